@@ -1,0 +1,40 @@
+"""lp_rewrite: build-time rewriting of Xen livepatch payloads.
+
+A payload that replaces a hypervisor function carries its own copy of it, and
+relocations in the payload bind to that copy. Where the payload stores such an
+address, the hypervisor keeps a pointer into payload memory that is freed on
+unload. ``rewrite`` renames the copy, imports the original under its Xen
+symbol-table name, and retargets every reference to the copy's entry point
+except in the sections that must describe the new code.
+
+Python API::
+
+    from lp_rewrite import rewrite, Policy
+    result = rewrite("fix.livepatch", "fix.rewritten.livepatch")
+    for d in result.decisions:
+        print(d.reason.value)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+__all__ = ["Policy", "analyse", "rewrite", "__version__"]
+
+if TYPE_CHECKING:
+    from lp_rewrite.pipeline import analyse, rewrite
+    from lp_rewrite.policy import Policy
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: `import lp_rewrite` stays cheap for the command line.
+    if name in ("rewrite", "analyse"):
+        from lp_rewrite import pipeline
+
+        return getattr(pipeline, name)
+    if name == "Policy":
+        from lp_rewrite.policy import Policy
+
+        return Policy
+    raise AttributeError(name)

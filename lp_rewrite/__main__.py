@@ -1,0 +1,3 @@
+from lp_rewrite.cli import main
+
+main()

@@ -1,0 +1,296 @@
+"""Pipeline stage 4, *apply*: turn the retarget decisions into a new image.
+
+Three edits, all by symbol index:
+
+1. **Rename** every defined symbol that names a retargeted replacement's entry
+   (the function, GCC's ``.localalias`` and friends) using the policy's
+   template. Values are kept, so Xen still sees the symbol as overriding.
+2. **Alias**: one undefined symbol per original, named exactly as Xen's
+   symbol table names it (``foo`` or ``path/file.c#foo``). An undefined
+   symbol of that name already in the payload (the ``old_addr`` one) is
+   reused. Default: STB_GLOBAL, appended. With ``local_aliases``,
+   file-scoped originals get an STB_LOCAL alias inside their FILE symbol's
+   group (which is what livepatch-build-tools' ``prelink`` scopes by), and
+   every symbol reference in the object is renumbered.
+3. **Retarget**: each decided relocation now names the alias; its addend
+   becomes ``A + value(S) - entry`` so that the designated address is the
+   alias itself (RELA: the addend field; REL: the place is re-encoded).
+
+Nothing is done for a replacement no relocation needs moving for, so a
+payload that is already right comes out byte-identical.
+"""
+
+from __future__ import annotations
+
+import bisect
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from lp_rewrite.elf import consts as C
+from lp_rewrite.elf.file import encode_name
+from lp_rewrite.elf.writer import serialize
+from lp_rewrite.errors import UsageError
+from lp_rewrite.identify import FuncsTable
+from lp_rewrite.policy import Policy
+from lp_rewrite.read import Payload
+from lp_rewrite.decide import Decision, Decisions
+
+
+@dataclass
+class Alias:
+    name: str
+    existing: int | None  # an undefined symbol already in the payload
+    binding: int
+    index: int = -1  # its index in the output's symbol table
+
+
+@dataclass
+class NewSymbol:
+    name: str
+    info: int
+    shndx: int
+
+
+@dataclass
+class Plan:
+    """Everything the rewrite changes, in terms of the input's indices."""
+
+    aliases: dict[str, Alias] = field(default_factory=dict)
+    renames: dict[int, str] = field(default_factory=dict)  # symbol index -> new name
+    retargets: list[Decision] = field(default_factory=list)
+    # Local symbols inserted before input index `pos`: (pos, symbols) in order.
+    inserts: list[tuple[int, list[NewSymbol]]] = field(default_factory=list)
+    appended: list[NewSymbol] = field(default_factory=list)
+    new_addends: dict[tuple[int, int], int] = field(default_factory=dict)  # (reloc sec, entry) -> addend
+    alias_for_replacement: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def changes(self) -> bool:
+        return bool(self.retargets)
+
+    def inserted_count(self) -> int:
+        return sum(len(s) for _p, s in self.inserts)
+
+    def index_map(self) -> Callable[[int], int]:
+        """Input symbol index -> output symbol index."""
+        if not self.inserts:
+            return lambda i: i
+        positions = [p for p, _s in self.inserts]
+        before: list[int] = []
+        total = 0
+        for _p, syms in self.inserts:
+            total += len(syms)
+            before.append(total)
+
+        def remap(i: int) -> int:
+            k = bisect.bisect_right(positions, i)
+            return i + (before[k - 1] if k else 0)
+
+        return remap
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    if name not in taken:
+        return name
+    n = 1
+    while f"{name}.{n}" in taken:
+        n += 1
+    return f"{name}.{n}"
+
+
+def plan(payload: Payload, funcs: FuncsTable, decisions: Decisions, policy: Policy) -> Plan:
+    """Decide the symbol-level edits for the retarget decisions."""
+    syms = payload.elf.symbols
+    out = Plan(retargets=decisions.retargets)
+    if not out.retargets:
+        return out
+    reps = sorted({d.replacement for d in out.retargets if d.replacement is not None})
+    undefined: dict[str, int] = {}
+    for i, s in enumerate(syms.shndx):
+        if i and s == C.SHN_UNDEF and syms.type(i) not in (C.STT_SECTION, C.STT_FILE):
+            undefined.setdefault(syms.name(i), i)
+    entry_points = {(funcs.replacements[n].section, funcs.replacements[n].offset) for n in reps}
+    at_entry: dict[tuple[int, int], list[int]] = {}
+    for i, s in enumerate(syms.shndx):
+        if (s, syms.value[i]) in entry_points:
+            at_entry.setdefault((s, syms.value[i]), []).append(i)
+    for n in reps:
+        rep = funcs.replacements[n]
+        name = rep.original
+        out.alias_for_replacement[n] = name
+        if name not in out.aliases:
+            existing = rep.old_symbol if rep.old_symbol is not None else undefined.get(name)
+            local = policy.local_aliases and "#" in name
+            out.aliases[name] = Alias(name, existing, C.STB_LOCAL if local else C.STB_GLOBAL)
+        for i in at_entry.get((rep.section, rep.offset), []):
+            if syms.type(i) in (C.STT_SECTION, C.STT_FILE):
+                continue
+            old = syms.name(i)
+            if not old or old.startswith("$") or policy.is_renamed(old) or i in out.renames:
+                continue  # unnamed, an Arm mapping symbol, or done by an earlier run
+            out.renames[i] = old
+    if out.renames:
+        taken = {syms.name(i) for i in range(syms.count)} | set(out.aliases)
+        for i in sorted(out.renames):
+            new = _unique(policy.renamed(out.renames[i]), taken)
+            taken.add(new)
+            out.renames[i] = new
+    _place_aliases(payload, out)
+    for d in out.retargets:
+        rep = funcs.replacements[d.replacement] if d.replacement is not None else None
+        assert rep is not None
+        out.new_addends[(d.reloc_section, d.index)] = d.addend + syms.value[d.symbol] - rep.offset
+    return out
+
+
+def _place_aliases(payload: Payload, out: Plan) -> None:
+    """Where each injected alias goes in the symbol table."""
+    syms = payload.elf.symbols
+    files = [(i, syms.name(i)) for i in range(1, syms.first_global) if syms.type(i) == C.STT_FILE]
+    groups: dict[int, list[NewSymbol]] = {}
+    missing_file: dict[str, list[NewSymbol]] = {}
+    func_undef = C.st_info(C.STB_GLOBAL, C.STT_FUNC)
+    for alias in out.aliases.values():
+        if alias.existing is not None:
+            continue
+        if alias.binding == C.STB_GLOBAL:
+            out.appended.append(NewSymbol(alias.name, func_undef, C.SHN_UNDEF))
+            continue
+        new = NewSymbol(alias.name, C.st_info(C.STB_LOCAL, C.STT_FUNC), C.SHN_UNDEF)
+        scope = alias.name.partition("#")[0]
+        pos = None
+        for k, (idx, fname) in enumerate(files):
+            if fname == scope:
+                # End of that FILE symbol's group: prelink scopes by the nearest preceding FILE.
+                pos = files[k + 1][0] if k + 1 < len(files) else syms.first_global
+                break
+        if pos is None:
+            missing_file.setdefault(scope, []).append(new)
+        else:
+            groups.setdefault(pos, []).append(new)
+    if missing_file:
+        tail = groups.setdefault(syms.first_global, [])
+        for scope, news in missing_file.items():
+            tail.append(NewSymbol(scope, C.st_info(C.STB_LOCAL, C.STT_FILE), C.SHN_ABS))
+            tail.extend(news)
+    out.inserts = sorted(groups.items())
+
+
+def apply(payload: Payload, funcs: FuncsTable, out: Plan) -> bytes:
+    """The rewritten object's bytes (the input's bytes when nothing changes)."""
+    if not out.changes:
+        return payload.data
+    elf, arch = payload.elf, payload.arch
+    lay = elf.layout
+    syms = elf.symbols
+    remap = out.index_map()
+    n_local_inserted = out.inserted_count()
+    if n_local_inserted:
+        for s in elf.sections:
+            if s.sh_type == C.SHT_LLVM_ADDRSIG:
+                raise UsageError(f"section {s.name!r} holds symbol indices this tool cannot renumber; "
+                                 "local aliases are not possible for this object")
+
+    # String table: the input's, plus every new name once.
+    strtab = bytearray(syms.strtab.data)
+    name_offsets: dict[str, int] = {}
+
+    def add_name(name: str) -> int:
+        off = name_offsets.get(name)
+        if off is None:
+            off = len(strtab)
+            strtab.extend(encode_name(name) + b"\0")
+            name_offsets[name] = off
+        return off
+
+    def pack(sym: NewSymbol) -> bytes:
+        return lay.pack_sym(add_name(sym.name), sym.info, C.STV_DEFAULT, sym.shndx, 0, 0)
+
+    # Symbol table: renamed entries patched, locals inserted, globals appended.
+    symdata = bytearray(elf.section_data(elf.symtab_index))
+    for i, new in out.renames.items():
+        struct.pack_into("<I", symdata, i * lay.sym.size, add_name(new))
+    pieces: list[bytes] = []
+    prev = 0
+    for pos, news in out.inserts:
+        pieces.append(bytes(symdata[prev * lay.sym.size : pos * lay.sym.size]))
+        pieces.extend(pack(s) for s in news)
+        prev = pos
+    pieces.append(bytes(symdata[prev * lay.sym.size :]))
+    pieces.extend(pack(s) for s in out.appended)
+    new_symtab = b"".join(pieces)
+    total = syms.count + n_local_inserted + len(out.appended)
+
+    # Output index of every alias.
+    appended_at = syms.count + n_local_inserted
+    by_name: dict[str, int] = {}
+    for pos, news in out.inserts:
+        base = remap(pos) - len(news)  # the inserted block sits just before input `pos`
+        for j, s in enumerate(news):
+            if s.info & 0xF == C.STT_FUNC:
+                by_name[s.name] = base + j
+    for j, s in enumerate(out.appended):
+        by_name[s.name] = appended_at + j
+    for alias in out.aliases.values():
+        alias.index = remap(alias.existing) if alias.existing is not None else by_name[alias.name]
+
+    new_data: dict[int, bytes] = {elf.symtab_index: new_symtab, syms.strtab_index: bytes(strtab)}
+    new_info: dict[int, int] = {}
+    if n_local_inserted:
+        new_info[elf.symtab_index] = syms.first_global + n_local_inserted
+    if syms.shndx_section is not None:
+        ext = elf.section_data(syms.shndx_section)
+        parts: list[bytes] = []
+        prev = 0
+        for pos, news in out.inserts:
+            parts.append(bytes(ext[prev * 4 : pos * 4]))
+            parts.append(bytes(4 * len(news)))
+            prev = pos
+        parts.append(bytes(ext[prev * 4 :]))
+        parts.append(bytes(4 * len(out.appended)))
+        new_data[syms.shndx_section] = b"".join(parts)
+    assert len(new_symtab) == total * lay.sym.size
+
+    # Relocations: retargets everywhere; every entry renumbered when locals moved.
+    retargets_by_section: dict[int, list[Decision]] = {}
+    for d in out.retargets:
+        retargets_by_section.setdefault(d.reloc_section, []).append(d)
+    patched_targets: dict[int, bytearray] = {}
+    for sec in elf.sections:
+        if sec.sh_type not in (C.SHT_REL, C.SHT_RELA) or sec.sh_link != elf.symtab_index:
+            continue
+        todo = retargets_by_section.get(sec.index, [])
+        if not todo and not n_local_inserted:
+            continue
+        is_rela = sec.sh_type == C.SHT_RELA
+        entsize = lay.rela.size if is_rela else lay.rel.size
+        info_off = lay.rel_info[1]
+        info_fmt = "<" + lay.rel_info[0]
+        buf = bytearray(elf.section_data(sec.index))
+        if n_local_inserted:
+            unpack_info = struct.Struct(info_fmt)
+            for pos in range(info_off, len(buf), entsize):
+                info = unpack_info.unpack_from(buf, pos)[0]
+                unpack_info.pack_into(buf, pos, lay.r_info(remap(lay.r_sym(info)), lay.r_type(info)))
+        for d in todo:
+            assert d.replacement is not None
+            alias = out.aliases[out.alias_for_replacement[d.replacement]]
+            base = d.index * entsize
+            struct.pack_into(info_fmt, buf, base + info_off, lay.r_info(alias.index, d.rtype))
+            addend = out.new_addends[(d.reloc_section, d.index)]
+            if is_rela:
+                struct.pack_into("<" + lay.rela_addend[0], buf, base + lay.rela_addend[1], addend)
+            elif addend != d.addend:
+                place = patched_targets.get(d.section)
+                if place is None:
+                    place = patched_targets[d.section] = bytearray(elf.section_data(d.section))
+                arch.write_implicit_addend(d.rtype, place, d.offset, addend)
+        new_data[sec.index] = bytes(buf)
+    for idx, place in patched_targets.items():
+        new_data[idx] = bytes(place)
+    if n_local_inserted:
+        for sec in elf.sections:
+            if sec.sh_type == C.SHT_GROUP and sec.sh_link == elf.symtab_index:
+                new_info[sec.index] = remap(sec.sh_info)
+    return serialize(elf, new_data, new_info)

@@ -1,0 +1,113 @@
+"""Per-architecture relocation semantics behind one small interface.
+
+One module per target (``x86_64``, ``aarch64``, ``arm``), in the manner of
+lld's ``ELF/Arch/*``. Each module states, for its architecture only:
+
+* which relocation types Xen's loader applies (anything else is refused),
+* how a REL place stores its implicit addend, and how to write a new one,
+* the *bias* from ``S + A`` to the address a relocated field actually
+  designates (the "effective target" the rewriter compares with a
+  replacement's entry point),
+* how Xen computes and range-checks each type (for the Xen-semantics loader).
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from lp_rewrite.elf.file import ElfFile, Section
+from lp_rewrite.errors import InputError
+
+
+class Use(enum.Enum):
+    """What a relocated field does with the address it receives."""
+
+    DATA = "data"  # an address (or offset) stored as data
+    BRANCH = "branch"  # a direct call or jump
+    ADDRESS = "address"  # code that materialises an address in a register
+    MEMORY = "memory"  # code that loads or stores at the address
+    CODE_REF = "code-ref"  # a PC-relative code field whose use needs decoding (x86 rel32)
+    NONE = "none"  # no effect (R_*_NONE)
+
+
+@dataclass(frozen=True)
+class RelocType:
+    code: int
+    name: str
+    use: Use
+    width: int  # bytes of the place the loader reads/writes
+
+
+class LoadError(Exception):
+    """A relocation Xen's loader would refuse (message: Xen's wording)."""
+
+
+class Arch(ABC):
+    """Relocation semantics of one Xen livepatch target."""
+
+    name: str
+    machine: int
+    elfclass: int
+    # Section types Xen's loader applies on this target.
+    rel_section_types: frozenset[int]
+    # Exactly the relocation types Xen applies; anything else fails the load.
+    types: Mapping[int, RelocType]
+    # Bytes Xen overwrites at the original function's entry when applying.
+    patch_insn_size: int
+    # Names of common types Xen does *not* apply, for readable refusals.
+    other_type_names: Mapping[int, str] = {}
+
+    def type_name(self, code: int) -> str:
+        t = self.types.get(code)
+        if t is not None:
+            return t.name
+        return self.other_type_names.get(code, f"type {code}")
+
+    def check_header(self, elf: ElfFile) -> None:
+        """Raise InputError unless Xen would accept this object's header."""
+        if elf.elfclass != self.elfclass:
+            raise InputError(f"{self.name} payloads must be ELFCLASS{32 if self.elfclass == 1 else 64}")
+
+    def implicit_addend(self, rtype: int, data: memoryview | bytearray, offset: int) -> int:
+        """The addend a REL place holds (only targets with REL need this)."""
+        raise InputError(f"{self.name}: SHT_REL relocations are not supported by Xen on this target")
+
+    def write_implicit_addend(self, rtype: int, data: bytearray, offset: int, addend: int) -> None:
+        """Re-encode a REL place so that it holds ``addend``."""
+        raise InputError(f"{self.name}: SHT_REL relocations are not supported by Xen on this target")
+
+    @abstractmethod
+    def target_bias(self, rtype: int, section: Section, data: memoryview, offset: int) -> int:
+        """Bytes from ``S + A`` to the address the field designates.
+
+        For most types it is 0. x86-64 rel32 in code is relative to the end
+        of the instruction, so ``S + A`` lies that far before the target;
+        arm32 branches read PC as the instruction address plus 8.
+        Raises InputError when the place cannot be interpreted.
+        """
+
+    @abstractmethod
+    def relocate(self, rtype: int, place: bytearray, offset: int, s: int, a: int, p: int) -> None:
+        """Apply one relocation the way Xen does (raises LoadError)."""
+
+
+def arch_for(elf: ElfFile) -> Arch:
+    """The target module for this object's ``e_machine``."""
+    from lp_rewrite.arch import aarch64, arm, x86_64
+
+    by_machine: dict[int, Arch] = {a.machine: a for a in (x86_64.ARCH, aarch64.ARCH, arm.ARCH)}
+    arch = by_machine.get(elf.e_machine)
+    if arch is None:
+        raise InputError(
+            f"e_machine {elf.e_machine} is not a Xen livepatch target (x86-64, AArch64 or 32-bit Arm)"
+        )
+    arch.check_header(elf)
+    return arch
+
+
+def sign_extend(value: int, bits: int) -> int:
+    sign = 1 << (bits - 1)
+    return (value & (sign - 1)) - (value & sign)

@@ -1,0 +1,139 @@
+"""32-bit Arm (EABI5, ARM state): REL and RELA, seven relocation types.
+
+Source: ``arch_livepatch_perform()`` in ``xen/arch/arm/arm32/livepatch.c``.
+The GNU toolchain emits SHT_REL, so addends live in the instruction or data
+word (Xen's ``get_addend()``): a ``bl foo`` holds A = -8 because the CPU reads
+PC as the branch's address plus 8. When the rewriter moves a reference from a
+section symbol at offset k to an alias, the addend changes, and for REL that
+means re-encoding the place itself.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+from lp_rewrite.arch import Arch, LoadError, RelocType, Use, sign_extend
+from lp_rewrite.elf import consts as C
+from lp_rewrite.elf.file import ElfFile, Section
+from lp_rewrite.errors import InputError
+
+R_ARM_NONE: Final = 0
+R_ARM_ABS32: Final = 2
+R_ARM_REL32: Final = 3
+R_ARM_CALL: Final = 28
+R_ARM_JUMP24: Final = 29
+R_ARM_MOVW_ABS_NC: Final = 43
+R_ARM_MOVT_ABS: Final = 44
+
+_TYPES: Final = {
+    t.code: t
+    for t in (
+        RelocType(R_ARM_NONE, "R_ARM_NONE", Use.NONE, 0),
+        RelocType(R_ARM_ABS32, "R_ARM_ABS32", Use.DATA, 4),
+        RelocType(R_ARM_REL32, "R_ARM_REL32", Use.DATA, 4),
+        RelocType(R_ARM_CALL, "R_ARM_CALL", Use.BRANCH, 4),
+        RelocType(R_ARM_JUMP24, "R_ARM_JUMP24", Use.BRANCH, 4),
+        RelocType(R_ARM_MOVW_ABS_NC, "R_ARM_MOVW_ABS_NC", Use.ADDRESS, 4),
+        RelocType(R_ARM_MOVT_ABS, "R_ARM_MOVT_ABS", Use.ADDRESS, 4),
+    )
+}
+_BRANCHES: Final = frozenset([R_ARM_CALL, R_ARM_JUMP24])
+_MOVES: Final = frozenset([R_ARM_MOVW_ABS_NC, R_ARM_MOVT_ABS])
+_WORDS: Final = frozenset([R_ARM_ABS32, R_ARM_REL32])
+_RANGE: Final = 32 << 20  # ARCH_LIVEPATCH_RANGE: +-32 MiB for B/BL
+
+_U32 = struct.Struct("<I")
+
+
+class Arm(Arch):
+    name = "arm"
+    machine = C.EM_ARM
+    elfclass = C.ELFCLASS32
+    rel_section_types = frozenset([C.SHT_REL, C.SHT_RELA])
+    types = _TYPES
+    patch_insn_size = 4  # one B instruction
+    other_type_names = {
+        1: "R_ARM_PC24",
+        10: "R_ARM_THM_CALL",
+        26: "R_ARM_GOT_BREL",
+        30: "R_ARM_THM_JUMP24",
+        40: "R_ARM_V4BX",
+        42: "R_ARM_PREL31",
+        45: "R_ARM_MOVW_PREL_NC",
+        46: "R_ARM_MOVT_PREL",
+        47: "R_ARM_THM_MOVW_ABS_NC",
+        48: "R_ARM_THM_MOVT_ABS",
+    }
+
+    def check_header(self, elf: ElfFile) -> None:
+        if elf.elfclass != C.ELFCLASS32:
+            raise InputError("32-bit Arm payloads must be ELFCLASS32")
+        if elf.e_flags & C.EF_ARM_EABIMASK != C.EF_ARM_EABI_VER5:
+            raise InputError(f"Unsupported ELF EABI({elf.e_flags:x}): Xen needs EABI version 5")
+
+    def implicit_addend(self, rtype: int, data: memoryview | bytearray, offset: int) -> int:
+        if rtype == R_ARM_NONE:
+            return 0
+        if offset + 4 > len(data):
+            raise InputError(f"REL place at {offset:#x} is past the end of its section")
+        word = _U32.unpack_from(data, offset)[0]
+        if rtype in _WORDS:
+            return sign_extend(word, 32)
+        if rtype in _MOVES:
+            return sign_extend((word & 0xFFF) | ((word & 0xF0000) >> 4), 16)
+        if rtype in _BRANCHES:
+            return sign_extend(word & 0xFFFFFF, 24) << 2
+        raise InputError(f"no implicit addend for relocation type {rtype}")
+
+    def write_implicit_addend(self, rtype: int, data: bytearray, offset: int, addend: int) -> None:
+        word = _U32.unpack_from(data, offset)[0]
+        if rtype in _WORDS:
+            word = addend & 0xFFFFFFFF
+        elif rtype in _MOVES:
+            if not -(1 << 15) <= addend < (1 << 15):
+                raise InputError(f"addend {addend} does not fit a MOVW/MOVT immediate")
+            imm = addend & 0xFFFF
+            word = (word & 0xFFF0F000) | (imm & 0xFFF) | ((imm >> 12) << 16)
+        elif rtype in _BRANCHES:
+            if addend % 4 or not -(1 << 25) <= addend < (1 << 25):
+                raise InputError(f"addend {addend} does not fit a B/BL immediate")
+            word = (word & 0xFF000000) | ((addend >> 2) & 0xFFFFFF)
+        else:
+            raise InputError(f"cannot re-encode an addend for relocation type {rtype}")
+        _U32.pack_into(data, offset, word)
+
+    def target_bias(self, rtype: int, section: Section, data: memoryview, offset: int) -> int:
+        return 8 if rtype in _BRANCHES else 0
+
+    def relocate(self, rtype: int, place: bytearray, offset: int, s: int, a: int, p: int) -> None:
+        # Xen's perform_rel(): val is S only; the addend comes separately.
+        if rtype == R_ARM_NONE:
+            return
+        if rtype not in _TYPES:
+            raise LoadError(f"Unhandled relocation #{rtype:x}")
+        if offset + 4 > len(place):
+            # Xen does not check this on arm32 and would write out of bounds.
+            raise LoadError("relocation offset is past {section} section (Xen arm32 does not check)")
+        val = s & 0xFFFFFFFF
+        insn = _U32.unpack_from(place, offset)[0]
+        if rtype == R_ARM_ABS32:
+            insn = (val + a) & 0xFFFFFFFF
+        elif rtype == R_ARM_REL32:
+            insn = (val + a - p) & 0xFFFFFFFF
+        elif rtype in _MOVES:
+            if a:
+                insn &= 0xFFF0F000  # Xen clears the addend and does not add it
+            val = (val >> 16) & 0xFFFF if rtype == R_ARM_MOVT_ABS else val & 0xFFFF
+            insn |= (val & 0xFFF) | ((val >> 12) << 16)
+        else:  # CALL / JUMP24
+            if a:
+                insn &= 0xFF000000
+            val = (val + a - p) & 0xFFFFFFFF
+            if not -_RANGE <= sign_extend(val, 32) < _RANGE:
+                raise LoadError("Overflow in relocation {index} in {rela} for {section}!")
+            insn |= (val >> 2) & 0x00FFFFFE  # Xen's mask clears bit 0 of imm24
+        _U32.pack_into(place, offset, insn & 0xFFFFFFFF)
+
+
+ARCH: Final = Arm()

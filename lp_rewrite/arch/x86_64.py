@@ -1,0 +1,91 @@
+"""x86-64: RELA only; Xen applies R_X86_64_NONE, 64, PC32 and PLT32.
+
+Source: ``arch_livepatch_perform_rela()`` in ``xen/arch/x86/livepatch.c``.
+Payloads are built ``-fpic`` with hidden visibility, so code takes a
+function's address with ``lea foo(%rip)`` (PC32, A = -4), calls it with
+``call foo`` (PLT32, A = -4) and data stores it with R_X86_64_64 (A = 0).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+from lp_rewrite.arch import Arch, LoadError, RelocType, Use
+from lp_rewrite.arch.x86_insn import decode_rel32
+from lp_rewrite.elf import consts as C
+from lp_rewrite.elf.file import ElfFile, Section
+from lp_rewrite.errors import InputError
+
+R_X86_64_NONE: Final = 0
+R_X86_64_64: Final = 1
+R_X86_64_PC32: Final = 2
+R_X86_64_PLT32: Final = 4
+
+_TYPES: Final = {
+    t.code: t
+    for t in (
+        RelocType(R_X86_64_NONE, "R_X86_64_NONE", Use.NONE, 0),
+        RelocType(R_X86_64_64, "R_X86_64_64", Use.DATA, 8),
+        RelocType(R_X86_64_PC32, "R_X86_64_PC32", Use.CODE_REF, 4),
+        RelocType(R_X86_64_PLT32, "R_X86_64_PLT32", Use.CODE_REF, 4),
+    )
+}
+
+_S32 = struct.Struct("<i")
+_U64 = struct.Struct("<Q")
+
+
+class X86_64(Arch):
+    name = "x86_64"
+    machine = C.EM_X86_64
+    elfclass = C.ELFCLASS64
+    rel_section_types = frozenset([C.SHT_RELA])
+    types = _TYPES
+    patch_insn_size = 5  # jmp rel32; +4 when the original starts with ENDBR64
+    other_type_names = {
+        3: "R_X86_64_GOT32",
+        9: "R_X86_64_GOTPCREL",
+        10: "R_X86_64_32",
+        11: "R_X86_64_32S",
+        12: "R_X86_64_16",
+        13: "R_X86_64_PC16",
+        14: "R_X86_64_8",
+        15: "R_X86_64_PC8",
+        24: "R_X86_64_PC64",
+        41: "R_X86_64_GOTPCRELX",
+        42: "R_X86_64_REX_GOTPCRELX",
+    }
+
+    def check_header(self, elf: ElfFile) -> None:
+        if elf.elfclass != C.ELFCLASS64:
+            raise InputError("x86-64 payloads must be ELFCLASS64")
+
+    def target_bias(self, rtype: int, section: Section, data: memoryview, offset: int) -> int:
+        if rtype in (R_X86_64_PC32, R_X86_64_PLT32) and section.executable:
+            where = f"{section.name}+{offset:#x}"
+            return decode_rel32(data, offset, where).bias(offset)
+        return 0
+
+    def relocate(self, rtype: int, place: bytearray, offset: int, s: int, a: int, p: int) -> None:
+        val = (s + a) & 0xFFFFFFFFFFFFFFFF
+        if rtype == R_X86_64_NONE:
+            return
+        if rtype == R_X86_64_64:
+            if offset + 8 > len(place):
+                raise LoadError("Relative relocation offset is past {section} section")
+            _U64.pack_into(place, offset, val)
+            return
+        if rtype in (R_X86_64_PC32, R_X86_64_PLT32):
+            if offset + 4 > len(place):
+                raise LoadError("Relative relocation offset is past {section} section")
+            rel = (val - p) & 0xFFFFFFFFFFFFFFFF
+            signed = rel - (1 << 64) if rel >> 63 else rel
+            if not -(1 << 31) <= signed < (1 << 31):
+                raise LoadError("Overflow in relocation {index} in {rela} for {section}")
+            _S32.pack_into(place, offset, signed)
+            return
+        raise LoadError(f"Unhandled relocation {rtype}")
+
+
+ARCH: Final = X86_64()

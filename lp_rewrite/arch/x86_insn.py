@@ -1,0 +1,102 @@
+"""Just enough x86-64 decoding to interpret a rel32 relocation in code.
+
+An x86 rel32 field is relative to the *end of its instruction*, which is not
+always 4 bytes after the field (``cmpl $1, foo(%rip)`` has an immediate after
+the displacement). To know which address a PC32/PLT32 place designates we
+need the instruction's end, and for the CI gate whether it is a call or an
+address computation.
+
+The forms a compiler uses to reach a function entry are recognised from the
+bytes just before the field: ``call``/``jmp``/``jcc`` rel32, and ``lea``/
+``mov`` with a RIP-relative ModRM and no immediate. Anything else goes to
+capstone (imported only then), which decodes the section linearly from its
+start to find the instruction holding the field.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+from lp_rewrite.errors import InputError
+
+
+class Form(enum.Enum):
+    CALL = "call"
+    JUMP = "jump"  # jmp and jcc
+    LEA = "lea"  # address computation
+    MEMORY = "memory"  # any other RIP-relative memory operand (load, store, indirect call)
+
+
+@dataclass(frozen=True)
+class Rel32Site:
+    end: int  # section offset just past the instruction
+    form: Form
+
+    def bias(self, field: int) -> int:
+        return self.end - field
+
+
+# With a RIP-relative ModRM byte (mod=00, rm=101) just before the field, the
+# byte before that is the opcode's last byte. For these four it always means
+# "no immediate follows" (they are never the tail of an opcode with an imm8).
+_LEA = 0x8D
+_NO_IMM_RIP_OPCODES = frozenset([0x89, 0x8B, 0x8D, 0xFF])
+
+
+def _fast(code: memoryview, field: int) -> Rel32Site | None:
+    """Recognise call/jmp/jcc rel32 and lea/mov/indirect-branch RIP forms."""
+    if field < 1:
+        return None
+    b1 = code[field - 1]
+    end = field + 4
+    if b1 == 0xE8:
+        return Rel32Site(end, Form.CALL)
+    if b1 == 0xE9:
+        return Rel32Site(end, Form.JUMP)
+    if field < 2:
+        return None
+    b2 = code[field - 2]
+    if b2 == 0x0F and 0x80 <= b1 <= 0x8F:
+        return Rel32Site(end, Form.JUMP)
+    if (b1 & 0xC7) == 0x05 and b2 in _NO_IMM_RIP_OPCODES:
+        return Rel32Site(end, Form.LEA if b2 == _LEA else Form.MEMORY)
+    return None
+
+
+def _capstone(code: memoryview, field: int, where: str) -> Rel32Site:
+    try:
+        import capstone
+    except ImportError as exc:  # pragma: no cover - capstone is a dependency
+        raise InputError(f"{where}: needs capstone to decode this instruction ({exc})") from exc
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    md.detail = True
+    md.skipdata = True
+    blob = bytes(code)
+    insn: Any
+    for insn in md.disasm(blob, 0):
+        if insn.address <= field < insn.address + insn.size:
+            if insn.id == 0:  # skipped data
+                break
+            offsets = {insn.disp_offset, insn.imm_offset} - {0}
+            if field - insn.address not in offsets:
+                break
+            mnemonic = insn.mnemonic
+            if mnemonic == "call":
+                form = Form.CALL
+            elif mnemonic.startswith("j"):
+                form = Form.JUMP
+            elif mnemonic == "lea":
+                form = Form.LEA
+            else:
+                form = Form.MEMORY
+            return Rel32Site(insn.address + insn.size, form)
+        if insn.address > field:
+            break
+    raise InputError(f"{where}: cannot decode the instruction holding this rel32 field")
+
+
+def decode_rel32(code: memoryview, field: int, where: str) -> Rel32Site:
+    """The instruction whose rel32 displacement/immediate starts at ``field``."""
+    return _fast(code, field) or _capstone(code, field, where)

@@ -1,0 +1,193 @@
+"""Pipeline stage 3, *decide*: one decision, with a reason code, per relocation.
+
+A relocation is retargeted to the original function when its **effective
+target** is exactly a replacement's entry point and it lives in a section
+that must not keep pointing at the new code. The effective target is
+``S + A + bias`` (see :meth:`lp_rewrite.arch.Arch.target_bias`), taken in the
+symbol's section, so function symbols, GCC's ``.localalias`` and friends and
+section symbols plus addend are all handled by the same comparison. A
+reference *into* a body (``.fixup``/``.cold`` jump-backs, jump tables, labels)
+never equals an entry point and is kept.
+
+``explain``, ``rewrite -v``, JSON and SARIF all render this one list.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+
+from lp_rewrite.arch import Use
+from lp_rewrite.elf import consts as C
+from lp_rewrite.errors import InputError
+from lp_rewrite.identify import FuncsTable, Replacement
+from lp_rewrite.policy import Policy
+from lp_rewrite.read import Payload
+
+
+class Reason(enum.Enum):
+    RETARGET = "retarget"
+    KEEP_EXEMPT = "keep-exempt-section"
+    KEEP_NON_ALLOC = "keep-non-alloc"
+    KEEP_BODY = "keep-body-reference"
+    KEEP_NOT_REPLACED = "keep-not-replaced"
+    KEEP_NO_EFFECT = "keep-no-effect"
+    KEEP_UNSUPPORTED = "keep-unsupported-type"
+
+    @property
+    def description(self) -> str:
+        return _DESCRIPTIONS[self]
+
+
+_DESCRIPTIONS = {
+    Reason.RETARGET: "references a replaced function's entry: now bound to the original",
+    Reason.KEEP_EXEMPT: "entry reference in a section that must describe the new code",
+    Reason.KEEP_NON_ALLOC: "section is not loaded (Xen does not apply its relocations)",
+    Reason.KEEP_BODY: "points inside a replacement's body, not at its entry",
+    Reason.KEEP_NOT_REPLACED: "does not reference a replaced function",
+    Reason.KEEP_NO_EFFECT: "relocation type has no effect",
+    Reason.KEEP_UNSUPPORTED: "relocation type Xen does not apply (refused by rewrite)",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    reloc_section: int  # the SHT_REL/SHT_RELA section
+    index: int  # entry number in it
+    section: int  # the section being relocated (sh_info)
+    offset: int  # r_offset
+    rtype: int
+    symbol: int
+    addend: int  # explicit (RELA) or read from the place (REL)
+    bias: int
+    target_section: int | None  # where S + A + bias lies; None for undefined/absolute symbols
+    target_offset: int | None
+    replacement: int | None  # index into FuncsTable.replacements
+    reason: Reason
+
+    @property
+    def retarget(self) -> bool:
+        return self.reason is Reason.RETARGET
+
+
+@dataclass
+class Decisions:
+    """The decision list, plus counts for relocations not materialised."""
+
+    items: list[Decision]
+    counts: Counter[Reason] = field(default_factory=Counter)
+    total: int = 0
+
+    @property
+    def retargets(self) -> list[Decision]:
+        return [d for d in self.items if d.retarget]
+
+    def __iter__(self) -> Iterator[Decision]:
+        return iter(self.items)
+
+
+class ExemptSections:
+    """The keep list, matched by name (shell-style patterns)."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.patterns = policy.keep_patterns()
+        self._cache: dict[str, bool] = {}
+
+    def __call__(self, name: str) -> bool:
+        hit = self._cache.get(name)
+        if hit is None:
+            hit = any(fnmatchcase(name, p) for p in self.patterns)
+            self._cache[name] = hit
+        return hit
+
+
+def decide(payload: Payload, funcs: FuncsTable, policy: Policy, *, everything: bool = False) -> Decisions:
+    """Decide every relocation that can reach a replacement's section.
+
+    With ``everything``, also materialise a decision for every other
+    relocation (for ``explain``); otherwise those are only counted.
+    """
+    elf, arch = payload.elf, payload.arch
+    syms = elf.symbols
+    by_section: dict[int, list[tuple[int, Replacement]]] = {}
+    for n, rep in enumerate(funcs.replacements):
+        by_section.setdefault(rep.section, []).append((n, rep))
+    shndx = syms.shndx
+    interesting = {i for i, s in enumerate(shndx) if s in by_section}
+    exempt = ExemptSections(policy)
+    out = Decisions([])
+    for ridx in elf.relocation_sections:
+        table = elf.relocations(ridx)
+        out.total += table.count
+        if not everything and interesting.isdisjoint(table.syms):
+            out.counts[Reason.KEEP_NOT_REPLACED] += table.count
+            continue
+        sec = elf.sections[table.target]
+        data = elf.section_data(sec.index)
+        seen = 0
+        for i, sym in enumerate(table.syms):
+            if sym not in interesting and not everything:
+                continue
+            seen += 1
+            rtype = table.types[i]
+            offset = table.offsets[i]
+            rt = arch.types.get(rtype)
+            known = rt is not None
+            if table.addends is not None:
+                addend = table.addends[i]
+            elif known and sec.alloc:
+                addend = arch.implicit_addend(rtype, data, offset)
+            else:
+                addend = 0
+            bias = 0
+            if known and sec.alloc:
+                if sym in interesting:
+                    bias = arch.target_bias(rtype, sec, data, offset)
+                else:
+                    bias = _display_bias(payload, rtype, sec.index, offset)
+            tsec: int | None = shndx[sym] if syms.is_defined_in_section(sym) else None
+            toff = syms.value[sym] + addend + bias if tsec is not None else None
+            rep_index: int | None = None
+            reason = Reason.KEEP_NOT_REPLACED
+            if rt is not None and rt.use is Use.NONE:
+                reason = Reason.KEEP_NO_EFFECT
+            elif not sec.alloc:
+                reason = Reason.KEEP_NON_ALLOC
+            elif not known:
+                reason = Reason.KEEP_UNSUPPORTED
+            elif tsec is not None and toff is not None and tsec in by_section:
+                for n, rep in by_section[tsec]:
+                    if rep.offset == toff:
+                        rep_index = n
+                        reason = Reason.KEEP_EXEMPT if exempt(sec.name) else Reason.RETARGET
+                        break
+                    if rep.contains(toff):
+                        rep_index = n
+                        reason = Reason.KEEP_BODY
+            out.items.append(
+                Decision(ridx, i, sec.index, offset, rtype, sym, addend, bias, tsec, toff, rep_index, reason)
+            )
+            out.counts[reason] += 1
+        if not everything:
+            out.counts[Reason.KEEP_NOT_REPLACED] += table.count - seen
+    return out
+
+
+def _display_bias(payload: Payload, rtype: int, section: int, offset: int) -> int:
+    """Bias of a relocation nothing depends on: best effort, for display only."""
+    sec = payload.elf.sections[section]
+    try:
+        return payload.arch.target_bias(rtype, sec, payload.elf.section_data(section), offset)
+    except InputError:
+        return 0
+
+
+def symbol_label(payload: Payload, sym: int) -> str:
+    """A readable name for a relocation's symbol (section symbols by section name)."""
+    syms = payload.elf.symbols
+    if syms.type(sym) == C.STT_SECTION and syms.is_defined_in_section(sym):
+        return payload.elf.sections[syms.shndx[sym]].name
+    return syms.name(sym) or f"#{sym}"

@@ -1,0 +1,377 @@
+"""A validating reader for little-endian ELF relocatable objects.
+
+Every offset, size and index taken from the file is checked before use, and
+every failure is an :class:`InputError` whose message names the offending
+section, symbol or field. Work is bounded by the file size: tables are read
+as columns over the raw bytes (see :mod:`lp_rewrite.elf.layout`), never
+followed through links more than once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from lp_rewrite.elf import consts as C
+from lp_rewrite.elf.layout import ClassLayout, column, layout_for
+from lp_rewrite.errors import InputError
+
+
+@dataclass(slots=True)
+class Section:
+    """One section header, plus its resolved name."""
+
+    index: int
+    name: str
+    sh_name: int
+    sh_type: int
+    sh_flags: int
+    sh_addr: int
+    sh_offset: int
+    sh_size: int
+    sh_link: int
+    sh_info: int
+    sh_addralign: int
+    sh_entsize: int
+
+    @property
+    def alloc(self) -> bool:
+        return bool(self.sh_flags & C.SHF_ALLOC)
+
+    @property
+    def executable(self) -> bool:
+        return bool(self.sh_flags & C.SHF_EXECINSTR)
+
+    @property
+    def has_file_data(self) -> bool:
+        return self.sh_type not in (C.SHT_NOBITS, C.SHT_NULL)
+
+    def header_tuple(self) -> tuple[int, ...]:
+        return (
+            self.sh_name,
+            self.sh_type,
+            self.sh_flags,
+            self.sh_addr,
+            self.sh_offset,
+            self.sh_size,
+            self.sh_link,
+            self.sh_info,
+            self.sh_addralign,
+            self.sh_entsize,
+        )
+
+
+def _decode(raw: bytes) -> str:
+    # Symbol names are bytes; surrogateescape round-trips any of them.
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def encode_name(name: str) -> bytes:
+    return name.encode("utf-8", "surrogateescape")
+
+
+class StringTable:
+    """A NUL-terminated string table (checked the way Xen checks one)."""
+
+    def __init__(self, data: bytes, what: str) -> None:
+        if not data or data[0] != 0 or data[-1] != 0:
+            raise InputError(f"{what}: string table must start and end with a NUL byte")
+        self.data = data
+
+    def get(self, offset: int) -> str:
+        end = self.data.find(b"\0", offset)
+        # The table ends with NUL, so any in-range offset finds one.
+        return _decode(self.data[offset:end])
+
+
+class SymbolTable:
+    """The object's symbol table, as columns indexed by symbol number."""
+
+    def __init__(self, elf: ElfFile, section: Section) -> None:
+        lay = elf.layout
+        self.section = section
+        where = f"symbol table [{section.index}] {section.name!r}"
+        if section.sh_entsize != lay.sym.size:
+            raise InputError(f"{where}: sh_entsize {section.sh_entsize} (expected {lay.sym.size})")
+        if section.sh_size == 0 or section.sh_size % lay.sym.size:
+            raise InputError(f"{where}: size {section.sh_size} is not a non-zero multiple of {lay.sym.size}")
+        if not 0 < section.sh_link < len(elf.sections):
+            raise InputError(f"{where}: sh_link {section.sh_link} is not a section index")
+        strsec = elf.sections[section.sh_link]
+        if strsec.sh_type != C.SHT_STRTAB:
+            raise InputError(f"{where}: linked section [{strsec.index}] is not a string table")
+        self.strtab_index = strsec.index
+        self.strtab = StringTable(bytes(elf.section_data(strsec.index)), f"string table [{strsec.index}] {strsec.name!r}")
+        data = elf.section_data(section.index)
+        self.count = section.sh_size // lay.sym.size
+        self.name_off = column(data, lay.sym_name, lay.sym.size)
+        self.info = column(data, lay.sym_info, lay.sym.size)
+        self.other = column(data, lay.sym_other, lay.sym.size)
+        self.value = column(data, lay.sym_value, lay.sym.size)
+        self.size = column(data, lay.sym_size, lay.sym.size)
+        shndx = column(data, lay.sym_shndx, lay.sym.size)
+        if max(self.name_off) >= len(self.strtab.data):
+            bad = next(i for i, n in enumerate(self.name_off) if n >= len(self.strtab.data))
+            raise InputError(f"symbol [{bad}]: name offset {self.name_off[bad]} is outside the string table")
+        self.shndx_section: int | None = None
+        if C.SHN_XINDEX in shndx:
+            shndx = self._resolve_xindex(elf, shndx)
+        nsec = len(elf.sections)
+        for i, s in enumerate(shndx):
+            if nsec <= s < C.SHN_LORESERVE:
+                raise InputError(f"symbol [{i}]: section index {s} is out of range (the object has {nsec} sections)")
+        self.shndx = shndx
+        # sh_info: one greater than the index of the last local symbol.
+        self.first_global = section.sh_info
+        if not 0 < self.first_global <= self.count:
+            raise InputError(f"{where}: sh_info {self.first_global} is not a valid first-global index")
+        self._names: dict[int, str] = {}
+
+    def _resolve_xindex(self, elf: ElfFile, shndx: list[int]) -> list[int]:
+        for sec in elf.sections:
+            if sec.sh_type == C.SHT_SYMTAB_SHNDX and sec.sh_link == self.section.index:
+                if sec.sh_size != 4 * self.count:
+                    raise InputError(f"section [{sec.index}] {sec.name!r}: size does not match the symbol table")
+                self.shndx_section = sec.index
+                ext = column(elf.section_data(sec.index), ("I", 0), 4)
+                return [ext[i] if s == C.SHN_XINDEX else s for i, s in enumerate(shndx)]
+        raise InputError("symbol uses SHN_XINDEX but the object has no SHT_SYMTAB_SHNDX section")
+
+    def name(self, index: int) -> str:
+        n = self._names.get(index)
+        if n is None:
+            n = self.strtab.get(self.name_off[index])
+            self._names[index] = n
+        return n
+
+    def bind(self, index: int) -> int:
+        return self.info[index] >> 4
+
+    def type(self, index: int) -> int:
+        return self.info[index] & 0xF
+
+    def is_defined_in_section(self, index: int) -> bool:
+        s = self.shndx[index]
+        return C.SHN_UNDEF < s < C.SHN_LORESERVE
+
+
+class RelocTable:
+    """One SHT_REL/SHT_RELA section, as columns indexed by entry number."""
+
+    def __init__(self, elf: ElfFile, section: Section) -> None:
+        lay: ClassLayout = elf.layout
+        self.section = section
+        self.is_rela = section.sh_type == C.SHT_RELA
+        self.entsize = lay.rela.size if self.is_rela else lay.rel.size
+        where = f"relocation section [{section.index}] {section.name!r}"
+        if section.sh_entsize != self.entsize:
+            raise InputError(f"{where}: sh_entsize {section.sh_entsize} (expected {self.entsize})")
+        if section.sh_size % self.entsize:
+            raise InputError(f"{where}: size {section.sh_size} is not a multiple of {self.entsize}")
+        self.target = section.sh_info
+        self.count = section.sh_size // self.entsize
+        data = elf.section_data(section.index)
+        self.offsets = column(data, lay.rel_offset, self.entsize)
+        self.types = column(data, lay.rel_type, self.entsize)
+        if lay.rel_sym is not None:
+            self.syms = column(data, lay.rel_sym, self.entsize)
+        else:
+            shift = lay.r_sym_shift
+            self.syms = [i >> shift for i in column(data, lay.rel_info, self.entsize)]
+        self.addends: list[int] | None = column(data, lay.rela_addend, self.entsize) if self.is_rela else None
+        if self.count:
+            nsym = elf.symbols.count
+            if max(self.syms) >= nsym:
+                bad = next(i for i, s in enumerate(self.syms) if s >= nsym)
+                raise InputError(
+                    f"{where}: entry {bad} (offset {self.offsets[bad]:#x}) uses symbol {self.syms[bad]}, "
+                    f"but the symbol table has {nsym} entries"
+                )
+            tsize = elf.sections[self.target].sh_size
+            if max(self.offsets) >= tsize:
+                bad = next(i for i, o in enumerate(self.offsets) if o >= tsize)
+                raise InputError(
+                    f"{where}: entry {bad} offset {self.offsets[bad]:#x} is outside its target section "
+                    f"[{self.target}] {elf.sections[self.target].name!r} (size {tsize:#x})"
+                )
+
+
+class ElfFile:
+    """A parsed, validated ELF relocatable object held in memory."""
+
+    def __init__(self, data: bytes, name: str = "<input>") -> None:
+        self.data = data
+        self.view = memoryview(data)
+        self.name = name
+        self._parse_ident()
+        self._parse_header()
+        self._parse_sections()
+        self.symtab_index = self._find_symtab()
+        self._relocs: dict[int, RelocTable] = {}
+
+    # -- header -------------------------------------------------------------
+
+    def _parse_ident(self) -> None:
+        d = self.data
+        if len(d) < 16 or d[:4] != C.ELFMAG:
+            raise InputError("not an ELF file (bad magic)")
+        if d[C.EI_CLASS] not in (C.ELFCLASS32, C.ELFCLASS64):
+            raise InputError(f"unknown ELF class {d[C.EI_CLASS]}")
+        if d[C.EI_DATA] != C.ELFDATA2LSB:
+            raise InputError("big-endian or unknown byte order: Xen livepatch targets are little-endian")
+        if d[C.EI_VERSION] != C.EV_CURRENT:
+            raise InputError(f"unknown ELF version {d[C.EI_VERSION]}")
+        self.elfclass = d[C.EI_CLASS]
+        self.layout = layout_for(self.elfclass)
+
+    def _parse_header(self) -> None:
+        lay = self.layout
+        if len(self.data) < lay.ehdr.size:
+            raise InputError(f"truncated ELF header ({len(self.data)} bytes, need {lay.ehdr.size})")
+        (
+            self.ident,
+            self.e_type,
+            self.e_machine,
+            self.e_version,
+            self.e_entry,
+            self.e_phoff,
+            self.e_shoff,
+            self.e_flags,
+            self.e_ehsize,
+            self.e_phentsize,
+            self.e_phnum,
+            self.e_shentsize,
+            self.e_shnum,
+            self.e_shstrndx,
+        ) = lay.ehdr.unpack_from(self.data, 0)
+        kinds = {C.ET_EXEC: "ET_EXEC (an executable)", C.ET_DYN: "ET_DYN (a shared object)"}
+        if self.e_type != C.ET_REL:
+            kind = kinds.get(self.e_type, f"e_type {self.e_type}")
+            raise InputError(f"{kind}: a livepatch payload is a relocatable object (ET_REL)")
+
+    def _section_header(self, index: int) -> tuple[int, ...]:
+        off = self.e_shoff + index * self.layout.shdr.size
+        if off + self.layout.shdr.size > len(self.data):
+            raise InputError(f"section header [{index}] at {off:#x} is past the end of the file")
+        return self.layout.shdr.unpack_from(self.data, off)
+
+    def _parse_sections(self) -> None:
+        lay = self.layout
+        size = len(self.data)
+        if self.e_shoff == 0:
+            raise InputError("the object has no section header table (e_shoff is 0)")
+        if self.e_shentsize != lay.shdr.size:
+            raise InputError(f"e_shentsize {self.e_shentsize} (expected {lay.shdr.size})")
+        if self.e_shoff < lay.ehdr.size or self.e_shoff >= size:
+            raise InputError(f"e_shoff {self.e_shoff:#x} is outside the file")
+        shnum = self.e_shnum
+        shstrndx = self.e_shstrndx
+        if shnum == 0 or shstrndx == C.SHN_XINDEX:
+            # Extended numbering: the real values live in section header 0.
+            h0 = self._section_header(0)
+            if shnum == 0:
+                shnum = h0[5]
+            if shstrndx == C.SHN_XINDEX:
+                shstrndx = h0[6]
+            if shnum == 0:
+                raise InputError("e_shnum is 0 and section header 0 gives no section count")
+        if self.e_shoff + shnum * lay.shdr.size > size:
+            raise InputError(
+                f"section header table ({shnum} entries at {self.e_shoff:#x}) is past the end of the file"
+            )
+        self.shnum = shnum
+        table = self.view[self.e_shoff : self.e_shoff + shnum * lay.shdr.size]
+        headers = list(lay.shdr.iter_unpack(table))
+        if not 0 < shstrndx < shnum:
+            raise InputError(f"e_shstrndx {shstrndx} is not a section index (the object has {shnum} sections)")
+        self.shstrndx = shstrndx
+        h = headers[shstrndx]
+        if h[1] != C.SHT_STRTAB or h[4] + h[5] > size:
+            raise InputError(f"section [{shstrndx}] named by e_shstrndx is not a string table inside the file")
+        shstr = StringTable(bytes(self.view[h[4] : h[4] + h[5]]), f"section name table [{shstrndx}]")
+        sections: list[Section] = []
+        limit = len(shstr.data)
+        for i, hdr in enumerate(headers):
+            if hdr[0] >= limit:
+                raise InputError(f"section [{i}]: name offset {hdr[0]} is outside the section name table")
+            sec = Section(i, shstr.get(hdr[0]) if i else "", *hdr)
+            if sec.has_file_data and i and (sec.sh_offset > size or sec.sh_size > size - sec.sh_offset):
+                raise InputError(
+                    f"section [{i}] {sec.name!r}: data at {sec.sh_offset:#x}+{sec.sh_size:#x} is past the end "
+                    f"of the file ({size:#x} bytes)"
+                )
+            if sec.sh_addralign > 1 and sec.sh_addralign & (sec.sh_addralign - 1):
+                raise InputError(f"section [{i}] {sec.name!r}: sh_addralign {sec.sh_addralign} is not a power of two")
+            sections.append(sec)
+        self.sections = sections
+        self._check_overlaps()
+
+    def _check_overlaps(self) -> None:
+        lay = self.layout
+        spans = [(0, lay.ehdr.size, "the ELF header"), (self.e_shoff, self.shnum * lay.shdr.size, "the section header table")]
+        spans += [
+            (s.sh_offset, s.sh_size, f"section [{s.index}] {s.name!r}")
+            for s in self.sections
+            if s.index and s.has_file_data and s.sh_size
+        ]
+        spans.sort()
+        end, owner = 0, ""
+        for off, size, what in spans:
+            if off < end:
+                raise InputError(f"{what} at {off:#x} overlaps {owner}")
+            if off + size > end:
+                end, owner = off + size, what
+
+    def _find_symtab(self) -> int:
+        found = [s.index for s in self.sections if s.sh_type == C.SHT_SYMTAB]
+        if not found:
+            raise InputError("the object has no symbol table (stripped?)")
+        if len(found) > 1:
+            raise InputError(f"the object has {len(found)} symbol tables (sections {found}); Xen accepts exactly one")
+        return found[0]
+
+    # -- access ---------------------------------------------------------------
+
+    def section_data(self, index: int) -> memoryview:
+        s = self.sections[index]
+        if not s.has_file_data:
+            return self.view[0:0]
+        return self.view[s.sh_offset : s.sh_offset + s.sh_size]
+
+    def section_by_name(self, name: str) -> Section | None:
+        """The first section with this name, as Xen's lookup returns it."""
+        for s in self.sections:
+            if s.name == name:
+                return s
+        return None
+
+    @cached_property
+    def symbols(self) -> SymbolTable:
+        return SymbolTable(self, self.sections[self.symtab_index])
+
+    @cached_property
+    def relocation_sections(self) -> list[int]:
+        """Indices of REL/RELA sections that apply to a real section via our symtab."""
+        out = []
+        for s in self.sections:
+            if s.sh_type not in (C.SHT_REL, C.SHT_RELA):
+                continue
+            if not 0 < s.sh_info < len(self.sections):
+                continue  # Xen skips relocation sections with no valid target too.
+            if s.sh_link != self.symtab_index:
+                target = self.sections[s.sh_info]
+                if target.alloc:
+                    raise InputError(
+                        f"relocation section [{s.index}] {s.name!r}: sh_link {s.sh_link} is not the "
+                        f"symbol table [{self.symtab_index}]"
+                    )
+                continue
+            out.append(s.index)
+        return out
+
+    def relocations(self, index: int) -> RelocTable:
+        table = self._relocs.get(index)
+        if table is None:
+            table = RelocTable(self, self.sections[index])
+            self._relocs[index] = table
+        return table

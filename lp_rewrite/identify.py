@@ -1,0 +1,203 @@
+"""Pipeline stage 2, *identify*: which functions does the payload replace?
+
+For every ``struct livepatch_func`` entry in ``.livepatch.funcs`` (the first
+section of that name, as Xen uses):
+
+* the relocation at ``new_addr`` locates the replacement's entry point
+  (a function symbol, or a section symbol plus addend);
+* the ``name`` string (read through its relocation) is the original's name
+  exactly as Xen resolves it: ``foo``, or ``path/file.c#foo`` for a static;
+* a relocation at ``old_addr`` against an undefined symbol is that same
+  original, already imported; it is reused as the alias.
+
+Entries without a ``new_addr`` (NOP patches) replace nothing and are skipped.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from lp_rewrite.elf import consts as C
+from lp_rewrite.elf.file import Section
+from lp_rewrite.errors import InputError
+from lp_rewrite.payload import FUNCS_SECTION, SUPPORTED_VERSIONS, FuncLayout, func_layout, version_offset
+from lp_rewrite.read import Payload
+
+
+@dataclass(frozen=True)
+class Replacement:
+    """One replaced function: where its new code is and what it replaces."""
+
+    entry: int  # index in .livepatch.funcs
+    original: str  # the `name` string (or the old_addr symbol's name)
+    section: int  # section holding the new code
+    offset: int  # entry point, as an offset in that section
+    size: int  # new_size, or the symbol's size
+    new_symbol: int  # symbol the new_addr relocation uses
+    old_symbol: int | None  # undefined symbol bound to old_addr, if any
+    old_literal: int  # old_addr's literal value (prelinked payloads), else 0
+
+    @property
+    def alias_name(self) -> str:
+        """The name the alias must carry (old_addr's symbol wins: Xen patches old_addr)."""
+        return self.original
+
+    def contains(self, offset: int) -> bool:
+        return self.offset <= offset < self.offset + max(self.size, 1)
+
+
+@dataclass(frozen=True)
+class FieldReloc:
+    symbol: int
+    rtype: int
+    addend: int
+
+
+@dataclass
+class FuncsTable:
+    section: Section
+    layout: FuncLayout
+    replacements: list[Replacement]
+    nop_entries: list[int]
+
+    @property
+    def count(self) -> int:
+        return self.section.sh_size // self.layout.entry_size
+
+
+def _field_relocations(payload: Payload, funcs: Section) -> dict[int, FieldReloc]:
+    """Relocations that write into .livepatch.funcs, by offset."""
+    elf, arch = payload.elf, payload.arch
+    data = elf.section_data(funcs.index)
+    out: dict[int, FieldReloc] = {}
+    for idx in elf.relocation_sections:
+        table = elf.relocations(idx)
+        if table.target != funcs.index:
+            continue
+        for i in range(table.count):
+            off, rtype, sym = table.offsets[i], table.types[i], table.syms[i]
+            if table.addends is not None:
+                addend = table.addends[i]
+            else:
+                addend = arch.implicit_addend(rtype, data, off)
+            if off in out:
+                raise InputError(f"{FUNCS_SECTION}+{off:#x}: two relocations apply to the same field")
+            out[off] = FieldReloc(sym, rtype, addend)
+    return out
+
+
+def _detect_layout(payload: Payload, funcs: Section) -> FuncLayout:
+    ptr = payload.elf.layout.ptr_size
+    data = payload.elf.section_data(funcs.index)
+    voff = version_offset(ptr)
+    if funcs.sh_size <= voff:
+        raise InputError(f"{FUNCS_SECTION} is {funcs.sh_size} bytes, too small for one entry")
+    version = data[voff]
+    if version not in SUPPORTED_VERSIONS:
+        raise InputError(
+            f"{FUNCS_SECTION} entry 0: payload version {version} is not supported "
+            f"(this tool knows versions {', '.join(map(str, SUPPORTED_VERSIONS))})"
+        )
+    layout = func_layout(version, ptr)
+    if funcs.sh_size % layout.entry_size:
+        raise InputError(
+            f"{FUNCS_SECTION} size {funcs.sh_size} is not a multiple of the version-{version} "
+            f"entry size {layout.entry_size}"
+        )
+    for i in range(funcs.sh_size // layout.entry_size):
+        v = data[i * layout.entry_size + voff]
+        if v != version:
+            raise InputError(f"{FUNCS_SECTION} entry {i}: payload version {v} differs from entry 0's {version}")
+    return layout
+
+
+def _read_string(payload: Payload, section: int, offset: int, where: str) -> str:
+    sec = payload.elf.sections[section]
+    if not sec.has_file_data or not 0 <= offset < sec.sh_size:
+        raise InputError(f"{where}: name pointer {sec.name}+{offset:#x} is outside its section")
+    data = payload.elf.section_data(section)
+    raw = bytes(data[offset:])
+    end = raw.find(b"\0")
+    if end < 0:
+        raise InputError(f"{where}: name string at {sec.name}+{offset:#x} has no NUL terminator")
+    if end == 0:
+        raise InputError(f"{where}: name string at {sec.name}+{offset:#x} is empty")
+    try:
+        return raw[:end].decode("ascii")
+    except UnicodeDecodeError:
+        raise InputError(f"{where}: name string at {sec.name}+{offset:#x} is not ASCII") from None
+
+
+def identify(payload: Payload) -> FuncsTable:
+    """Read .livepatch.funcs; raise InputError when it cannot be understood."""
+    elf = payload.elf
+    funcs = elf.section_by_name(FUNCS_SECTION)
+    if funcs is None:
+        raise InputError(f"no {FUNCS_SECTION} section: the payload replaces no function")
+    if funcs.sh_type == C.SHT_NOBITS or funcs.sh_size == 0:
+        raise InputError(f"{FUNCS_SECTION} is empty")
+    layout = _detect_layout(payload, funcs)
+    relocs = _field_relocations(payload, funcs)
+    data = elf.section_data(funcs.index)
+    syms = elf.symbols
+    ptr_fmt = "<Q" if layout.ptr_size == 8 else "<I"
+    replacements: list[Replacement] = []
+    nops: list[int] = []
+    by_entry_point: dict[tuple[int, int], Replacement] = {}
+    for i in range(funcs.sh_size // layout.entry_size):
+        base = i * layout.entry_size
+        where = f"{FUNCS_SECTION} entry {i}"
+        new = relocs.get(base + layout.new_addr)
+        if new is None:
+            literal = struct.unpack_from(ptr_fmt, data, base + layout.new_addr)[0]
+            if literal:
+                raise InputError(f"{where}: new_addr holds the literal {literal:#x} with no relocation")
+            nops.append(i)
+            continue
+        if not syms.is_defined_in_section(new.symbol):
+            raise InputError(
+                f"{where}: new_addr refers to {syms.name(new.symbol)!r}, which is not defined in the payload"
+            )
+        section = syms.shndx[new.symbol]
+        offset = syms.value[new.symbol] + new.addend
+        sec = elf.sections[section]
+        if not sec.executable or not 0 <= offset < max(sec.sh_size, 1):
+            raise InputError(f"{where}: new_addr points to {sec.name}+{offset:#x}, which is not payload code")
+        old = relocs.get(base + layout.old_addr)
+        old_symbol: int | None = None
+        old_literal = 0
+        if old is not None:
+            shndx = syms.shndx[old.symbol]
+            if shndx == C.SHN_UNDEF and old.symbol:
+                old_symbol = old.symbol
+            elif shndx == C.SHN_ABS:
+                old_literal = syms.value[old.symbol] + old.addend
+            else:
+                raise InputError(f"{where}: old_addr refers to {syms.name(old.symbol)!r}, defined in the payload itself")
+        else:
+            old_literal = struct.unpack_from(ptr_fmt, data, base + layout.old_addr)[0]
+        name_rel = relocs.get(base + layout.name)
+        if old_symbol is not None:
+            # Xen patches old_addr, which this symbol resolves to by name.
+            original = syms.name(old_symbol)
+        elif name_rel is not None:
+            if not syms.is_defined_in_section(name_rel.symbol):
+                raise InputError(f"{where}: the name pointer refers to an undefined symbol")
+            original = _read_string(
+                payload, syms.shndx[name_rel.symbol], syms.value[name_rel.symbol] + name_rel.addend, where
+            )
+        else:
+            raise InputError(f"{where}: neither a name string nor an old_addr symbol names the original function")
+        new_size = struct.unpack_from("<I", data, base + layout.new_size)[0]
+        size = new_size or syms.size[new.symbol]
+        rep = Replacement(i, original, section, offset, size, new.symbol, old_symbol, old_literal)
+        prior = by_entry_point.get((section, offset))
+        if prior is not None and prior.original != original:
+            raise InputError(
+                f"{where}: {sec.name}+{offset:#x} already replaces {prior.original!r} (entry {prior.entry}); "
+                f"one function cannot stand for two originals"
+            )
+        by_entry_point[(section, offset)] = rep
+        replacements.append(rep)
+    return FuncsTable(funcs, layout, replacements, nops)

@@ -1,0 +1,104 @@
+"""The whole rewrite: read -> identify -> decide -> apply -> verify -> write."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from lp_rewrite.apply import Plan, apply, plan
+from lp_rewrite.decide import Decisions, decide
+from lp_rewrite.errors import InputError, UsageError
+from lp_rewrite.identify import FuncsTable, identify
+from lp_rewrite.policy import Policy
+from lp_rewrite.read import Payload, read_payload, unsupported_relocations
+from lp_rewrite.verify import check_rewrite
+from lp_rewrite.write import write_atomic
+
+
+@dataclass
+class Analysis:
+    """A payload with its replacements and the decision for each relocation."""
+
+    payload: Payload
+    funcs: FuncsTable
+    decisions: Decisions
+
+
+@dataclass
+class RewriteResult(Analysis):
+    plan: Plan
+    output: bytes
+    written: Path | None
+
+    @property
+    def changed(self) -> bool:
+        return self.plan.changes
+
+    def retargets_per_section(self) -> Counter[str]:
+        names = self.payload.elf.sections
+        return Counter(names[d.section].name for d in self.plan.retargets)
+
+
+def analyse(source: str | os.PathLike[str] | bytes, policy: Policy | None = None, *, everything: bool = False) -> Analysis:
+    """Read a payload and decide every relocation (nothing is written)."""
+    policy = policy or Policy()
+    payload = read_payload(source)
+    try:
+        funcs = identify(payload)
+    except InputError as exc:
+        raise InputError(f"{payload.name}: {exc}") from None
+    return Analysis(payload, funcs, decide(payload, funcs, policy, everything=everything))
+
+
+def rewrite(
+    source: str | os.PathLike[str] | bytes,
+    output: str | os.PathLike[str] | None = None,
+    *,
+    in_place: bool = False,
+    policy: Policy | None = None,
+    backup_suffix: str | None = None,
+    before_rename: Callable[[Payload, Path], None] | None = None,
+) -> RewriteResult:
+    """Rewrite a payload; return the decisions and what was written.
+
+    With neither ``output`` nor ``in_place``, nothing is written (the new
+    bytes are in the result). ``before_rename`` gets the parsed input and the
+    temporary output file, and may raise to stop the rename.
+    """
+    policy = policy or Policy()
+    if in_place and output is not None:
+        raise UsageError("give either an output path or in-place, not both")
+    if in_place and isinstance(source, bytes):
+        raise UsageError("in-place needs a file path")
+    if backup_suffix and not in_place:
+        raise UsageError("a backup is only made for an in-place rewrite")
+    analysis = analyse(source, policy)
+    payload = analysis.payload
+    bad = unsupported_relocations(payload)
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise InputError(f"{payload.name}: {bad[0].describe()}{more}")
+    edits = plan(payload, analysis.funcs, analysis.decisions, policy)
+    data = apply(payload, analysis.funcs, edits)
+    if edits.changes:
+        check_rewrite(payload, analysis.funcs, edits, data, policy)
+    dest: Path | None = None
+    if in_place:
+        assert not isinstance(source, bytes)
+        dest = Path(source)
+    elif output is not None:
+        dest = Path(output)
+    if dest is not None and not (in_place and not edits.changes):
+        mode_from = None if isinstance(source, bytes) else Path(source)
+        hook = None
+        if before_rename is not None:
+            hook_fn = before_rename
+
+            def hook(tmp: Path) -> None:
+                hook_fn(payload, tmp)
+
+        write_atomic(dest, data, mode_from=mode_from, backup_suffix=backup_suffix, before_rename=hook)
+    return RewriteResult(payload, analysis.funcs, analysis.decisions, edits, data, dest)
