@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Policy", "analyse", "rewrite", "__version__"]
+__all__ = ["Policy", "__version__", "analyse", "rewrite"]
 
 if TYPE_CHECKING:
     from lp_rewrite.pipeline import analyse, rewrite

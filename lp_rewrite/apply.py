@@ -27,6 +27,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from lp_rewrite.decide import Decision, Decisions
 from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.file import encode_name
 from lp_rewrite.elf.writer import serialize
@@ -34,7 +35,6 @@ from lp_rewrite.errors import UsageError
 from lp_rewrite.identify import FuncsTable
 from lp_rewrite.policy import Policy
 from lp_rewrite.read import Payload
-from lp_rewrite.decide import Decision, Decisions
 
 
 @dataclass
@@ -123,6 +123,15 @@ def plan(payload: Payload, funcs: FuncsTable, decisions: Decisions, policy: Poli
             existing = rep.old_symbol if rep.old_symbol is not None else undefined.get(name)
             local = policy.local_aliases and "#" in name
             out.aliases[name] = Alias(name, existing, C.STB_LOCAL if local else C.STB_GLOBAL)
+        alias = out.aliases[name]
+        if alias.existing is None and alias.binding == C.STB_LOCAL and policy.linker_check:
+            arch = payload.arch
+            if not arch.ld_r_keeps_undefined_locals:
+                raise UsageError(
+                    f"--local-aliases: GNU ld -r on {arch.name} rejects undefined local symbols "
+                    f"('undefined reference to `{name}'), so this object could not be linked; "
+                    "rewrite the linked payload instead, without --local-aliases"
+                )
         for i in at_entry.get((rep.section, rep.offset), []):
             if syms.type(i) in (C.STT_SECTION, C.STT_FILE):
                 continue
@@ -138,8 +147,8 @@ def plan(payload: Payload, funcs: FuncsTable, decisions: Decisions, policy: Poli
             out.renames[i] = new
     _place_aliases(payload, out)
     for d in out.retargets:
-        rep = funcs.replacements[d.replacement] if d.replacement is not None else None
-        assert rep is not None
+        assert d.replacement is not None
+        rep = funcs.replacements[d.replacement]
         out.new_addends[(d.reloc_section, d.index)] = d.addend + syms.value[d.symbol] - rep.offset
     return out
 
@@ -160,7 +169,7 @@ def _place_aliases(payload: Payload, out: Plan) -> None:
         new = NewSymbol(alias.name, C.st_info(C.STB_LOCAL, C.STT_FUNC), C.SHN_UNDEF)
         scope = alias.name.partition("#")[0]
         pos = None
-        for k, (idx, fname) in enumerate(files):
+        for k, (_idx, fname) in enumerate(files):
             if fname == scope:
                 # End of that FILE symbol's group: prelink scopes by the nearest preceding FILE.
                 pos = files[k + 1][0] if k + 1 < len(files) else syms.first_global
@@ -189,8 +198,10 @@ def apply(payload: Payload, funcs: FuncsTable, out: Plan) -> bytes:
     if n_local_inserted:
         for s in elf.sections:
             if s.sh_type == C.SHT_LLVM_ADDRSIG:
-                raise UsageError(f"section {s.name!r} holds symbol indices this tool cannot renumber; "
-                                 "local aliases are not possible for this object")
+                raise UsageError(
+                    f"section {s.name!r} holds symbol indices this tool cannot renumber; "
+                    "local aliases are not possible for this object"
+                )
 
     # String table: the input's, plus every new name once.
     strtab = bytearray(syms.strtab.data)
@@ -227,11 +238,11 @@ def apply(payload: Payload, funcs: FuncsTable, out: Plan) -> bytes:
     by_name: dict[str, int] = {}
     for pos, news in out.inserts:
         base = remap(pos) - len(news)  # the inserted block sits just before input `pos`
-        for j, s in enumerate(news):
-            if s.info & 0xF == C.STT_FUNC:
-                by_name[s.name] = base + j
-    for j, s in enumerate(out.appended):
-        by_name[s.name] = appended_at + j
+        for j, new_sym in enumerate(news):
+            if new_sym.info & 0xF == C.STT_FUNC:
+                by_name[new_sym.name] = base + j
+    for j, new_sym in enumerate(out.appended):
+        by_name[new_sym.name] = appended_at + j
     for alias in out.aliases.values():
         alias.index = remap(alias.existing) if alias.existing is not None else by_name[alias.name]
 
@@ -243,7 +254,7 @@ def apply(payload: Payload, funcs: FuncsTable, out: Plan) -> bytes:
         ext = elf.section_data(syms.shndx_section)
         parts: list[bytes] = []
         prev = 0
-        for pos, news in out.inserts:
+        for pos, news in out.inserts:  # the same positions as in the symbol table
             parts.append(bytes(ext[prev * 4 : pos * 4]))
             parts.append(bytes(4 * len(news)))
             prev = pos

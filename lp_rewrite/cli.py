@@ -23,15 +23,14 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Rewrite Xen livepatch payloads so stored pointers to replaced functions "
-    "survive revert and unload.",
+    help="Rewrite Xen livepatch payloads so stored pointers to replaced functions survive revert and unload.",
 )
 
 EXIT_INTERNAL = 70
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class Format(str, enum.Enum):
+class Format(enum.StrEnum):
     text = "text"
     json = "json"
 
@@ -89,7 +88,9 @@ LocalOpt = Annotated[
 ]
 TemplateOpt = Annotated[
     str | None,
-    typer.Option("--rename-template", metavar="TEMPLATE", help="New name of a replacement symbol; {name} is its old name."),
+    typer.Option(
+        "--rename-template", metavar="TEMPLATE", help="New name of a replacement symbol; {name} is its old name."
+    ),
 ]
 FormatOpt = Annotated[Format, typer.Option("--format", help="Output format.")]
 
@@ -112,7 +113,8 @@ def rewrite(
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Where to write the result.")] = None,
     in_place: Annotated[bool, typer.Option("--in-place", help="Replace the input file.")] = False,
     backup: Annotated[
-        str | None, typer.Option("--backup", metavar="SUFFIX", help="With --in-place: keep the original as PAYLOAD+SUFFIX.")
+        str | None,
+        typer.Option("--backup", metavar="SUFFIX", help="With --in-place: keep the original as PAYLOAD+SUFFIX."),
     ] = None,
     keep_section: KeepOpt = None,
     no_default_keep: NoDefaultKeepOpt = False,
@@ -167,7 +169,9 @@ def summary_text(result: Any) -> str:
     p = result.payload
     nrep = len(result.funcs.replacements)
     if not result.changed:
-        where = f"; {result.written} is a byte-identical copy" if result.written and result.written != Path(p.name) else ""
+        where = (
+            f"; {result.written} is a byte-identical copy" if result.written and result.written != Path(p.name) else ""
+        )
         return (
             f"{p.name}: {p.arch.name}, {nrep} replaced function(s): nothing to retarget, "
             f"the payload is unchanged{where}"

@@ -77,10 +77,7 @@ def _field_relocations(payload: Payload, funcs: Section) -> dict[int, FieldReloc
             continue
         for i in range(table.count):
             off, rtype, sym = table.offsets[i], table.types[i], table.syms[i]
-            if table.addends is not None:
-                addend = table.addends[i]
-            else:
-                addend = arch.implicit_addend(rtype, data, off)
+            addend = table.addends[i] if table.addends is not None else arch.implicit_addend(rtype, data, off)
             if off in out:
                 raise InputError(f"{FUNCS_SECTION}+{off:#x}: two relocations apply to the same field")
             out[off] = FieldReloc(sym, rtype, addend)
@@ -174,7 +171,9 @@ def identify(payload: Payload) -> FuncsTable:
             elif shndx == C.SHN_ABS:
                 old_literal = syms.value[old.symbol] + old.addend
             else:
-                raise InputError(f"{where}: old_addr refers to {syms.name(old.symbol)!r}, defined in the payload itself")
+                raise InputError(
+                    f"{where}: old_addr refers to {syms.name(old.symbol)!r}, defined in the payload itself"
+                )
         else:
             old_literal = struct.unpack_from(ptr_fmt, data, base + layout.old_addr)[0]
         name_rel = relocs.get(base + layout.name)

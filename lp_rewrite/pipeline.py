@@ -42,7 +42,9 @@ class RewriteResult(Analysis):
         return Counter(names[d.section].name for d in self.plan.retargets)
 
 
-def analyse(source: str | os.PathLike[str] | bytes, policy: Policy | None = None, *, everything: bool = False) -> Analysis:
+def analyse(
+    source: str | os.PathLike[str] | bytes, policy: Policy | None = None, *, everything: bool = False
+) -> Analysis:
     """Read a payload and decide every relocation (nothing is written)."""
     policy = policy or Policy()
     payload = read_payload(source)

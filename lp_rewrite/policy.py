@@ -21,6 +21,9 @@ class Policy:
     default_keep: bool = True
     local_aliases: bool = False
     rename_template: str = DEFAULT_RENAME_TEMPLATE
+    # Refuse local aliases where `ld -r` cannot carry them. Only tests turn
+    # this off, to build the objects that show why.
+    linker_check: bool = True
 
     def __post_init__(self) -> None:
         t = self.rename_template

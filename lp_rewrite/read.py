@@ -93,7 +93,9 @@ def _check_relocation_sections(payload: Payload) -> None:
         target = elf.sections[sec.sh_info]
         if target.alloc and sec.sh_type not in payload.arch.rel_section_types:
             kind = "SHT_REL" if sec.sh_type == C.SHT_REL else "SHT_RELA"
-            raise InputError(f"section [{idx}] {sec.name!r}: {kind} relocations are not supported by Xen on {payload.arch.name}")
+            raise InputError(
+                f"section [{idx}] {sec.name!r}: {kind} relocations are not supported by Xen on {payload.arch.name}"
+            )
         if target.alloc and target.sh_type == C.SHT_NOBITS and sec.sh_size:
             raise InputError(f"section [{idx}] {sec.name!r} relocates {target.name!r}, which has no file data (NOBITS)")
         elf.relocations(idx)  # validates symbol indices and offsets

@@ -62,7 +62,7 @@ def _check_sections(inp: Payload, out: Payload, plan: Plan) -> None:
         if a.sections[d.reloc_section].sh_type == C.SHT_REL:
             rel_places.setdefault(d.section, []).append(d.offset)
     renumbered = plan.inserted_count() > 0
-    for x, y in zip(a.sections, b.sections):
+    for x, y in zip(a.sections, b.sections, strict=True):
         where = f"section [{x.index}] {x.name!r}"
         same = (x.name, x.sh_type, x.sh_flags, x.sh_link, x.sh_addralign, x.sh_entsize)
         if same != (y.name, y.sh_type, y.sh_flags, y.sh_link, y.sh_addralign, y.sh_entsize):
@@ -76,11 +76,9 @@ def _check_sections(inp: Payload, out: Payload, plan: Plan) -> None:
             raise _fail(f"{where}: sh_info changed")
         if may_differ:
             continue
-        old, new = a.section_data(x.index), b.section_data(y.index)
-        if x.index in rel_places:
-            old, new = bytearray(old), bytearray(new)
-            for off in rel_places[x.index]:
-                old[off : off + 4] = new[off : off + 4] = bytes(4)
+        old, new = bytearray(a.section_data(x.index)), bytearray(b.section_data(y.index))
+        for off in rel_places.get(x.index, ()):
+            old[off : off + 4] = new[off : off + 4] = bytes(4)
         if old != new:
             raise _fail(f"{where}: contents changed")
 
@@ -91,10 +89,7 @@ def _check_symbols(inp: Payload, out: Payload, plan: Plan) -> None:
     if t.count != expected:
         raise _fail(f"symbol count {t.count}, expected {expected}")
     remap = plan.index_map()
-    if plan.inserts:
-        order = [remap(i) for i in range(s.count)]
-    else:
-        order = list(range(s.count))
+    order = [remap(i) for i in range(s.count)] if plan.inserts else list(range(s.count))
     for column in ("info", "other", "shndx", "value", "size"):
         old, new = getattr(s, column), getattr(t, column)
         if [new[j] for j in order] != old:
@@ -131,7 +126,7 @@ def _check_relocations(inp: Payload, out: Payload, plan: Plan) -> None:
             if expect_add is not None:
                 expect_add[i] = plan.new_addends[(ridx, i)]
         if y.syms != expect_syms:
-            bad = next(i for i, (p, q) in enumerate(zip(y.syms, expect_syms)) if p != q)
+            bad = next(i for i, (p, q) in enumerate(zip(y.syms, expect_syms, strict=True)) if p != q)
             raise _fail(f"{x.section.name!r} entry {bad}: symbol {y.syms[bad]}, expected {expect_syms[bad]}")
         if expect_add is not None and y.addends != expect_add:
             raise _fail(f"{x.section.name!r}: an addend changed unexpectedly")

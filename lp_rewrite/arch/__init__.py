@@ -17,6 +17,7 @@ import enum
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from lp_rewrite.elf.file import ElfFile, Section
 from lp_rewrite.errors import InputError
@@ -57,8 +58,12 @@ class Arch(ABC):
     types: Mapping[int, RelocType]
     # Bytes Xen overwrites at the original function's entry when applying.
     patch_insn_size: int
+    # Whether GNU ld -r (binutils 2.40) keeps an undefined STB_LOCAL symbol.
+    # x86-64 does; the AArch64 and Arm back ends fail with "undefined
+    # reference" (tests/test_local_aliases.py shows both).
+    ld_r_keeps_undefined_locals: bool = False
     # Names of common types Xen does *not* apply, for readable refusals.
-    other_type_names: Mapping[int, str] = {}
+    other_type_names: Mapping[int, str] = MappingProxyType({})
 
     def type_name(self, code: int) -> str:
         t = self.types.get(code)
@@ -101,9 +106,7 @@ def arch_for(elf: ElfFile) -> Arch:
     by_machine: dict[int, Arch] = {a.machine: a for a in (x86_64.ARCH, aarch64.ARCH, arm.ARCH)}
     arch = by_machine.get(elf.e_machine)
     if arch is None:
-        raise InputError(
-            f"e_machine {elf.e_machine} is not a Xen livepatch target (x86-64, AArch64 or 32-bit Arm)"
-        )
+        raise InputError(f"e_machine {elf.e_machine} is not a Xen livepatch target (x86-64, AArch64 or 32-bit Arm)")
     arch.check_header(elf)
     return arch
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Final
 
 from lp_rewrite.arch import Arch, LoadError, RelocType, Use, sign_extend
@@ -35,53 +38,84 @@ class Imm(enum.Enum):
     ADR = (0, 0)
 
 
+@dataclass(frozen=True)
+class Data:
+    """A data word: ``reloc_data()``."""
+
+    op: Op
+    bits: int
+    checked: bool
+
+
+@dataclass(frozen=True)
+class Movw:
+    """A MOVZ/MOVK/MOVN immediate: ``reloc_insn_movw()``."""
+
+    op: Op
+    lsb: int
+    signed: bool  # MOVNZ: Xen switches between MOVZ and MOVN
+    checked: bool
+
+
+@dataclass(frozen=True)
+class Insn:
+    """An instruction immediate field: ``reloc_insn_imm()``."""
+
+    op: Op
+    lsb: int
+    length: int
+    field: Imm
+    checked: bool
+
+
+How = Data | Movw | Insn
+
 # name -> (code, use, how Xen applies it)
-#   ("data", op, bits, checked) | ("movw", op, lsb, signed, checked) | ("imm", op, lsb, len, Imm, checked)
-_SPEC: Final[dict[str, tuple[int, Use, tuple[object, ...]]]] = {
-    "ABS64": (257, Use.DATA, ("data", Op.ABS, 64, False)),
-    "ABS32": (258, Use.DATA, ("data", Op.ABS, 32, True)),
-    "ABS16": (259, Use.DATA, ("data", Op.ABS, 16, True)),
-    "PREL64": (260, Use.DATA, ("data", Op.PREL, 64, False)),
-    "PREL32": (261, Use.DATA, ("data", Op.PREL, 32, True)),
-    "PREL16": (262, Use.DATA, ("data", Op.PREL, 16, True)),
-    "MOVW_UABS_G0": (263, Use.ADDRESS, ("movw", Op.ABS, 0, False, True)),
-    "MOVW_UABS_G0_NC": (264, Use.ADDRESS, ("movw", Op.ABS, 0, False, False)),
-    "MOVW_UABS_G1": (265, Use.ADDRESS, ("movw", Op.ABS, 16, False, True)),
-    "MOVW_UABS_G1_NC": (266, Use.ADDRESS, ("movw", Op.ABS, 16, False, False)),
-    "MOVW_UABS_G2": (267, Use.ADDRESS, ("movw", Op.ABS, 32, False, True)),
-    "MOVW_UABS_G2_NC": (268, Use.ADDRESS, ("movw", Op.ABS, 32, False, False)),
-    "MOVW_UABS_G3": (269, Use.ADDRESS, ("movw", Op.ABS, 48, False, False)),
-    "MOVW_SABS_G0": (270, Use.ADDRESS, ("movw", Op.ABS, 0, True, True)),
-    "MOVW_SABS_G1": (271, Use.ADDRESS, ("movw", Op.ABS, 16, True, True)),
-    "MOVW_SABS_G2": (272, Use.ADDRESS, ("movw", Op.ABS, 32, True, True)),
-    "ADR_PREL_LO21": (274, Use.ADDRESS, ("imm", Op.PREL, 0, 21, Imm.ADR, True)),
-    "ADR_PREL_PG_HI21": (275, Use.ADDRESS, ("imm", Op.PAGE, 12, 21, Imm.ADR, True)),
-    "ADR_PREL_PG_HI21_NC": (276, Use.ADDRESS, ("imm", Op.PAGE, 12, 21, Imm.ADR, False)),
-    "ADD_ABS_LO12_NC": (277, Use.ADDRESS, ("imm", Op.ABS, 0, 12, Imm.IMM_12, False)),
-    "LDST8_ABS_LO12_NC": (278, Use.MEMORY, ("imm", Op.ABS, 0, 12, Imm.IMM_12, False)),
+_SPEC: Final[dict[str, tuple[int, Use, How]]] = {
+    "ABS64": (257, Use.DATA, Data(Op.ABS, 64, False)),
+    "ABS32": (258, Use.DATA, Data(Op.ABS, 32, True)),
+    "ABS16": (259, Use.DATA, Data(Op.ABS, 16, True)),
+    "PREL64": (260, Use.DATA, Data(Op.PREL, 64, False)),
+    "PREL32": (261, Use.DATA, Data(Op.PREL, 32, True)),
+    "PREL16": (262, Use.DATA, Data(Op.PREL, 16, True)),
+    "MOVW_UABS_G0": (263, Use.ADDRESS, Movw(Op.ABS, 0, False, True)),
+    "MOVW_UABS_G0_NC": (264, Use.ADDRESS, Movw(Op.ABS, 0, False, False)),
+    "MOVW_UABS_G1": (265, Use.ADDRESS, Movw(Op.ABS, 16, False, True)),
+    "MOVW_UABS_G1_NC": (266, Use.ADDRESS, Movw(Op.ABS, 16, False, False)),
+    "MOVW_UABS_G2": (267, Use.ADDRESS, Movw(Op.ABS, 32, False, True)),
+    "MOVW_UABS_G2_NC": (268, Use.ADDRESS, Movw(Op.ABS, 32, False, False)),
+    "MOVW_UABS_G3": (269, Use.ADDRESS, Movw(Op.ABS, 48, False, False)),
+    "MOVW_SABS_G0": (270, Use.ADDRESS, Movw(Op.ABS, 0, True, True)),
+    "MOVW_SABS_G1": (271, Use.ADDRESS, Movw(Op.ABS, 16, True, True)),
+    "MOVW_SABS_G2": (272, Use.ADDRESS, Movw(Op.ABS, 32, True, True)),
+    "ADR_PREL_LO21": (274, Use.ADDRESS, Insn(Op.PREL, 0, 21, Imm.ADR, True)),
+    "ADR_PREL_PG_HI21": (275, Use.ADDRESS, Insn(Op.PAGE, 12, 21, Imm.ADR, True)),
+    "ADR_PREL_PG_HI21_NC": (276, Use.ADDRESS, Insn(Op.PAGE, 12, 21, Imm.ADR, False)),
+    "ADD_ABS_LO12_NC": (277, Use.ADDRESS, Insn(Op.ABS, 0, 12, Imm.IMM_12, False)),
+    "LDST8_ABS_LO12_NC": (278, Use.MEMORY, Insn(Op.ABS, 0, 12, Imm.IMM_12, False)),
     # Xen passes len 19 for TSTBR14 (Linux uses 14); the field is still 14 bits.
-    "TSTBR14": (279, Use.BRANCH, ("imm", Op.PREL, 2, 19, Imm.IMM_14, True)),
-    "CONDBR19": (280, Use.BRANCH, ("imm", Op.PREL, 2, 19, Imm.IMM_19, True)),
-    "JUMP26": (282, Use.BRANCH, ("imm", Op.PREL, 2, 26, Imm.IMM_26, True)),
-    "CALL26": (283, Use.BRANCH, ("imm", Op.PREL, 2, 26, Imm.IMM_26, True)),
-    "LDST16_ABS_LO12_NC": (284, Use.MEMORY, ("imm", Op.ABS, 1, 11, Imm.IMM_12, False)),
-    "LDST32_ABS_LO12_NC": (285, Use.MEMORY, ("imm", Op.ABS, 2, 10, Imm.IMM_12, False)),
-    "LDST64_ABS_LO12_NC": (286, Use.MEMORY, ("imm", Op.ABS, 3, 9, Imm.IMM_12, False)),
-    "MOVW_PREL_G0": (287, Use.ADDRESS, ("movw", Op.PREL, 0, True, True)),
-    "MOVW_PREL_G0_NC": (288, Use.ADDRESS, ("movw", Op.PREL, 0, False, False)),
-    "MOVW_PREL_G1": (289, Use.ADDRESS, ("movw", Op.PREL, 16, True, True)),
-    "MOVW_PREL_G1_NC": (290, Use.ADDRESS, ("movw", Op.PREL, 16, False, False)),
-    "MOVW_PREL_G2": (291, Use.ADDRESS, ("movw", Op.PREL, 32, True, True)),
-    "MOVW_PREL_G2_NC": (292, Use.ADDRESS, ("movw", Op.PREL, 32, False, False)),
-    "MOVW_PREL_G3": (293, Use.ADDRESS, ("movw", Op.PREL, 48, True, False)),
-    "LDST128_ABS_LO12_NC": (299, Use.MEMORY, ("imm", Op.ABS, 4, 8, Imm.IMM_12, False)),
+    "TSTBR14": (279, Use.BRANCH, Insn(Op.PREL, 2, 19, Imm.IMM_14, True)),
+    "CONDBR19": (280, Use.BRANCH, Insn(Op.PREL, 2, 19, Imm.IMM_19, True)),
+    "JUMP26": (282, Use.BRANCH, Insn(Op.PREL, 2, 26, Imm.IMM_26, True)),
+    "CALL26": (283, Use.BRANCH, Insn(Op.PREL, 2, 26, Imm.IMM_26, True)),
+    "LDST16_ABS_LO12_NC": (284, Use.MEMORY, Insn(Op.ABS, 1, 11, Imm.IMM_12, False)),
+    "LDST32_ABS_LO12_NC": (285, Use.MEMORY, Insn(Op.ABS, 2, 10, Imm.IMM_12, False)),
+    "LDST64_ABS_LO12_NC": (286, Use.MEMORY, Insn(Op.ABS, 3, 9, Imm.IMM_12, False)),
+    "MOVW_PREL_G0": (287, Use.ADDRESS, Movw(Op.PREL, 0, True, True)),
+    "MOVW_PREL_G0_NC": (288, Use.ADDRESS, Movw(Op.PREL, 0, False, False)),
+    "MOVW_PREL_G1": (289, Use.ADDRESS, Movw(Op.PREL, 16, True, True)),
+    "MOVW_PREL_G1_NC": (290, Use.ADDRESS, Movw(Op.PREL, 16, False, False)),
+    "MOVW_PREL_G2": (291, Use.ADDRESS, Movw(Op.PREL, 32, True, True)),
+    "MOVW_PREL_G2_NC": (292, Use.ADDRESS, Movw(Op.PREL, 32, False, False)),
+    "MOVW_PREL_G3": (293, Use.ADDRESS, Movw(Op.PREL, 48, True, False)),
+    "LDST128_ABS_LO12_NC": (299, Use.MEMORY, Insn(Op.ABS, 4, 8, Imm.IMM_12, False)),
 }
 
 _TYPES: Final = {
-    code: RelocType(code, "R_AARCH64_" + name, use, 8 if name.endswith("64") and how[0] == "data" else 4)
+    code: RelocType(code, "R_AARCH64_" + name, use, 8 if isinstance(how, Data) and how.bits == 64 else 4)
     for name, (code, use, how) in _SPEC.items()
 }
-_HOW: Final = {code: how for code, _use, how in _SPEC.values()}
+_HOW: Final[dict[int, How]] = {code: how for code, _use, how in _SPEC.values()}
 
 _U32 = struct.Struct("<I")
 
@@ -102,7 +136,8 @@ def _encode(kind: Imm, insn: int, imm: int) -> int:
         immlo, immhi = imm & 3, (imm >> 2) & 0x7FFFF
         mask = (3 << 29) | (0x7FFFF << 5)
         return (insn & ~mask) | (immlo << 29) | (immhi << 5)
-    fmask, shift = kind.value
+    fmask: int = kind.value[0]
+    shift: int = kind.value[1]
     return (insn & ~(fmask << shift)) | ((imm & fmask) << shift)
 
 
@@ -113,13 +148,15 @@ class AArch64(Arch):
     rel_section_types = frozenset([C.SHT_RELA])
     types = _TYPES
     patch_insn_size = 4  # one B instruction
-    other_type_names = {
-        0: "R_AARCH64_NONE",
-        256: "R_AARCH64_NONE",
-        273: "R_AARCH64_LD_PREL_LO19",
-        311: "R_AARCH64_ADR_GOT_PAGE",
-        312: "R_AARCH64_LD64_GOT_LO12_NC",
-    }
+    other_type_names: Mapping[int, str] = MappingProxyType(
+        {
+            0: "R_AARCH64_NONE",
+            256: "R_AARCH64_NONE",
+            273: "R_AARCH64_LD_PREL_LO19",
+            311: "R_AARCH64_ADR_GOT_PAGE",
+            312: "R_AARCH64_LD64_GOT_LO12_NC",
+        }
+    )
 
     def target_bias(self, rtype: int, section: Section, data: memoryview, offset: int) -> int:
         return 0
@@ -132,24 +169,16 @@ class AArch64(Arch):
         if offset + need > len(place):
             raise LoadError("Relative relocation offset is past {section} section!")
         val = (s + a) & _M64
-        kind = how[0]
-        overflow = False
-        checked: bool
-        if kind == "data":
-            _k, op, bits, checked = how
-            assert isinstance(op, Op) and isinstance(bits, int) and isinstance(checked, bool)
-            sval = _do_reloc(op, p, val)
-            nbytes = bits // 8
-            place[offset : offset + nbytes] = (sval & ((1 << bits) - 1)).to_bytes(nbytes, "little")
-            if bits < 64:
-                overflow = sval < -(1 << (bits - 1)) or sval > (1 << bits) - 1
-        elif kind == "movw":
-            _k, op, lsb, signed, checked = how
-            assert isinstance(op, Op) and isinstance(lsb, int) and isinstance(checked, bool)
+        if isinstance(how, Data):
+            sval = _do_reloc(how.op, p, val)
+            nbytes = how.bits // 8
+            place[offset : offset + nbytes] = (sval & ((1 << how.bits) - 1)).to_bytes(nbytes, "little")
+            overflow = how.bits < 64 and (sval < -(1 << (how.bits - 1)) or sval > (1 << how.bits) - 1)
+        elif isinstance(how, Movw):
             insn = _U32.unpack_from(place, offset)[0]
-            sval = _do_reloc(op, p, val)
-            imm = (sval >> lsb) & _M64
-            if signed:
+            sval = _do_reloc(how.op, p, val)
+            imm = (sval >> how.lsb) & _M64
+            if how.signed:
                 insn &= ~(3 << 29)
                 if sval >= 0:
                     insn |= 2 << 29  # MOVZ
@@ -158,17 +187,14 @@ class AArch64(Arch):
             _U32.pack_into(place, offset, _encode(Imm.IMM_16, insn, imm) & 0xFFFFFFFF)
             overflow = imm > 0xFFFF
         else:
-            _k, op, lsb, length, imm_kind, checked = how
-            assert isinstance(op, Op) and isinstance(lsb, int) and isinstance(length, int)
-            assert isinstance(imm_kind, Imm) and isinstance(checked, bool)
             insn = _U32.unpack_from(place, offset)[0]
-            sval = _do_reloc(op, p, val) >> lsb
-            imm_mask = ((1 << (lsb + length)) - 1) >> lsb
+            sval = _do_reloc(how.op, p, val) >> how.lsb
+            imm_mask = ((1 << (how.lsb + how.length)) - 1) >> how.lsb
             imm = sval & imm_mask
-            _U32.pack_into(place, offset, _encode(imm_kind, insn, imm) & 0xFFFFFFFF)
-            upper = sign_extend(sval & ~(imm_mask >> 1) & _M64, 64) >> (length - 1)
+            _U32.pack_into(place, offset, _encode(how.field, insn, imm) & 0xFFFFFFFF)
+            upper = sign_extend(sval & ~(imm_mask >> 1) & _M64, 64) >> (how.length - 1)
             overflow = ((upper + 1) & _M64) >= 2
-        if checked and overflow:
+        if how.checked and overflow:
             raise LoadError("Overflow in relocation {index} in {rela} for {section}!")
 
 

@@ -11,6 +11,8 @@ means re-encoding the place itself.
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Final
 
 from lp_rewrite.arch import Arch, LoadError, RelocType, Use, sign_extend
@@ -53,18 +55,20 @@ class Arm(Arch):
     rel_section_types = frozenset([C.SHT_REL, C.SHT_RELA])
     types = _TYPES
     patch_insn_size = 4  # one B instruction
-    other_type_names = {
-        1: "R_ARM_PC24",
-        10: "R_ARM_THM_CALL",
-        26: "R_ARM_GOT_BREL",
-        30: "R_ARM_THM_JUMP24",
-        40: "R_ARM_V4BX",
-        42: "R_ARM_PREL31",
-        45: "R_ARM_MOVW_PREL_NC",
-        46: "R_ARM_MOVT_PREL",
-        47: "R_ARM_THM_MOVW_ABS_NC",
-        48: "R_ARM_THM_MOVT_ABS",
-    }
+    other_type_names: Mapping[int, str] = MappingProxyType(
+        {
+            1: "R_ARM_PC24",
+            10: "R_ARM_THM_CALL",
+            26: "R_ARM_GOT_BREL",
+            30: "R_ARM_THM_JUMP24",
+            40: "R_ARM_V4BX",
+            42: "R_ARM_PREL31",
+            45: "R_ARM_MOVW_PREL_NC",
+            46: "R_ARM_MOVT_PREL",
+            47: "R_ARM_THM_MOVW_ABS_NC",
+            48: "R_ARM_THM_MOVT_ABS",
+        }
+    )
 
     def check_header(self, elf: ElfFile) -> None:
         if elf.elfclass != C.ELFCLASS32:

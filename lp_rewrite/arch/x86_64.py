@@ -9,6 +9,8 @@ function's address with ``lea foo(%rip)`` (PC32, A = -4), calls it with
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Final
 
 from lp_rewrite.arch import Arch, LoadError, RelocType, Use
@@ -43,19 +45,22 @@ class X86_64(Arch):
     rel_section_types = frozenset([C.SHT_RELA])
     types = _TYPES
     patch_insn_size = 5  # jmp rel32; +4 when the original starts with ENDBR64
-    other_type_names = {
-        3: "R_X86_64_GOT32",
-        9: "R_X86_64_GOTPCREL",
-        10: "R_X86_64_32",
-        11: "R_X86_64_32S",
-        12: "R_X86_64_16",
-        13: "R_X86_64_PC16",
-        14: "R_X86_64_8",
-        15: "R_X86_64_PC8",
-        24: "R_X86_64_PC64",
-        41: "R_X86_64_GOTPCRELX",
-        42: "R_X86_64_REX_GOTPCRELX",
-    }
+    ld_r_keeps_undefined_locals = True
+    other_type_names: Mapping[int, str] = MappingProxyType(
+        {
+            3: "R_X86_64_GOT32",
+            9: "R_X86_64_GOTPCREL",
+            10: "R_X86_64_32",
+            11: "R_X86_64_32S",
+            12: "R_X86_64_16",
+            13: "R_X86_64_PC16",
+            14: "R_X86_64_8",
+            15: "R_X86_64_PC8",
+            24: "R_X86_64_PC64",
+            41: "R_X86_64_GOTPCRELX",
+            42: "R_X86_64_REX_GOTPCRELX",
+        }
+    )
 
     def check_header(self, elf: ElfFile) -> None:
         if elf.elfclass != C.ELFCLASS64:

@@ -101,7 +101,9 @@ class SymbolTable:
         if strsec.sh_type != C.SHT_STRTAB:
             raise InputError(f"{where}: linked section [{strsec.index}] is not a string table")
         self.strtab_index = strsec.index
-        self.strtab = StringTable(bytes(elf.section_data(strsec.index)), f"string table [{strsec.index}] {strsec.name!r}")
+        self.strtab = StringTable(
+            bytes(elf.section_data(strsec.index)), f"string table [{strsec.index}] {strsec.name!r}"
+        )
         data = elf.section_data(section.index)
         self.count = section.sh_size // lay.sym.size
         self.name_off = column(data, lay.sym_name, lay.sym.size)
@@ -262,8 +264,10 @@ class ElfFile:
             raise InputError("the object has no section header table (e_shoff is 0)")
         if self.e_shentsize != lay.shdr.size:
             raise InputError(f"e_shentsize {self.e_shentsize} (expected {lay.shdr.size})")
-        if self.e_shoff < lay.ehdr.size or self.e_shoff >= size:
-            raise InputError(f"e_shoff {self.e_shoff:#x} is outside the file")
+        if self.e_shoff >= size:
+            raise InputError(f"section header table at {self.e_shoff:#x} is past the end of the file ({size:#x} bytes)")
+        if self.e_shoff < lay.ehdr.size:
+            raise InputError(f"section header table at {self.e_shoff:#x} overlaps the ELF header")
         shnum = self.e_shnum
         shstrndx = self.e_shstrndx
         if shnum == 0 or shstrndx == C.SHN_XINDEX:
@@ -276,9 +280,7 @@ class ElfFile:
             if shnum == 0:
                 raise InputError("e_shnum is 0 and section header 0 gives no section count")
         if self.e_shoff + shnum * lay.shdr.size > size:
-            raise InputError(
-                f"section header table ({shnum} entries at {self.e_shoff:#x}) is past the end of the file"
-            )
+            raise InputError(f"section header table ({shnum} entries at {self.e_shoff:#x}) is past the end of the file")
         self.shnum = shnum
         table = self.view[self.e_shoff : self.e_shoff + shnum * lay.shdr.size]
         headers = list(lay.shdr.iter_unpack(table))
@@ -308,7 +310,10 @@ class ElfFile:
 
     def _check_overlaps(self) -> None:
         lay = self.layout
-        spans = [(0, lay.ehdr.size, "the ELF header"), (self.e_shoff, self.shnum * lay.shdr.size, "the section header table")]
+        spans = [
+            (0, lay.ehdr.size, "the ELF header"),
+            (self.e_shoff, self.shnum * lay.shdr.size, "the section header table"),
+        ]
         spans += [
             (s.sh_offset, s.sh_size, f"section [{s.index}] {s.name!r}")
             for s in self.sections

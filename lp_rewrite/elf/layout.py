@@ -29,7 +29,9 @@ def column(data: memoryview, field: Field, entsize: int) -> list[int]:
     fmt, off = field
     size = struct.calcsize(fmt)
     if _NATIVE_LE and entsize % size == 0 and off % size == 0 and len(data) % size == 0:
-        return data.cast(fmt)[off // size :: entsize // size].tolist()
+        view: memoryview = data.cast(fmt)  # type: ignore[call-overload]
+        values: list[int] = view[off // size :: entsize // size].tolist()
+        return values
     unpack = struct.Struct("<" + fmt).unpack_from
     return [unpack(data, i + off)[0] for i in range(0, len(data), entsize)]
 

@@ -39,12 +39,11 @@ def serialize(
     sizes: dict[int, int] = {}
     order = sorted((s for s in elf.sections[1:]), key=lambda s: (s.sh_offset, s.index))
     for sec in order:
-        data = new_data.get(sec.index)
         if not sec.has_file_data:
             offsets[sec.index] = _align(pos, sec.sh_addralign)
             continue
-        if data is None:
-            data = elf.section_data(sec.index)
+        replaced = new_data.get(sec.index)
+        data: bytes | memoryview = elf.section_data(sec.index) if replaced is None else replaced
         start = _align(pos, sec.sh_addralign)
         if start > pos:
             chunks.append(bytes(start - pos))

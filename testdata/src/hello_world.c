@@ -63,7 +63,8 @@ static unsigned long cnt;
                    "663: " NOP_INSN "\n"                                     \
                    "664:\n"                                                  \
                    ".popsection\n" )
-#define FAULTING_READ(v, p) ((v) = *(volatile unsigned long *)(p))
+extern const volatile unsigned long *hv_probe_addr;
+#define FAULTING_READ(v, p) ((void)(p), (v) = *hv_probe_addr)
 #define BUG_FRAME                                                            \
     asm volatile ( "1: " BRK_INSN "\n"                                       \
                    ".pushsection .bug_frames.2, \"a\"\n"                     \

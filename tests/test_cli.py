@@ -1,0 +1,247 @@
+"""The command line's contract: outputs, exit codes and one-line errors.
+
+Bad inputs are real fixtures damaged at a precise field (located with
+pyelftools, not with the project's reader) or real files of the wrong kind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from elftools.elf.elffile import ELFFile
+
+from tests.conftest import COMMITTED, assert_one_line_error, run_cli
+
+GOOD = COMMITTED / "x86_64" / "global_refs.livepatch"
+GOOD_ARM = COMMITTED / "arm" / "global_refs.livepatch"
+
+
+def _section(path: Path, name: str) -> tuple[int, int]:
+    with open(path, "rb") as f:
+        s = ELFFile(f).get_section_by_name(name)
+        return s["sh_offset"], s["sh_size"]
+
+
+def _patched(src: Path, dst: Path, edit: Callable[[bytearray], None]) -> Path:
+    data = bytearray(src.read_bytes())
+    edit(data)
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def _set_version(data: bytearray, path: Path = GOOD, version: int = 3) -> None:
+    off, _ = _section(path, ".livepatch.funcs")
+    data[off + 32] = version
+
+
+def _first_rela_info(path: Path, section: str) -> int:
+    off, _ = _section(path, section)
+    return off + 8  # r_info of entry 0 (Elf64_Rela)
+
+
+BAD_INPUTS: dict[str, tuple[Callable[[Path], Path], str]] = {}
+
+
+def bad(name: str, expect: str) -> Callable[[Callable[[Path], Path]], Callable[[Path], Path]]:
+    def register(fn: Callable[[Path], Path]) -> Callable[[Path], Path]:
+        BAD_INPUTS[name] = (fn, expect)
+        return fn
+
+    return register
+
+
+@bad("not-elf", "not an ELF file")
+def _not_elf(tmp: Path) -> Path:
+    p = tmp / "notes.txt"
+    p.write_text("this is not a payload\n")
+    return p
+
+
+@bad("empty", "not an ELF file")
+def _empty(tmp: Path) -> Path:
+    p = tmp / "empty.livepatch"
+    p.write_bytes(b"")
+    return p
+
+
+@bad("truncated-header", "truncated ELF header")
+def _truncated_header(tmp: Path) -> Path:
+    p = tmp / "t.livepatch"
+    p.write_bytes(GOOD.read_bytes()[:40])
+    return p
+
+
+@bad("truncated-half", "past the end of the file")
+def _truncated_half(tmp: Path) -> Path:
+    p = tmp / "t.livepatch"
+    data = GOOD.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+    return p
+
+
+@bad("et-exec", "ET_EXEC")
+def _et_exec(tmp: Path) -> Path:
+    return _patched(GOOD, tmp / "exec.livepatch", lambda d: struct.pack_into("<H", d, 16, 2))
+
+
+@bad("et-dyn-real-binary", "ET_DYN")
+def _et_dyn(tmp: Path) -> Path:
+    true = Path(shutil.which("true") or "/bin/true").resolve()
+    return _patched(true, tmp / "true", lambda d: None)
+
+
+@bad("missing-funcs", "no .livepatch.funcs section")
+def _missing_funcs(tmp: Path) -> Path:
+    return _patched(COMMITTED / "x86_64" / "no_funcs.livepatch", tmp / "nf.livepatch", lambda d: None)
+
+
+@bad("wrong-version", "payload version 3 is not supported")
+def _wrong_version(tmp: Path) -> Path:
+    return _patched(GOOD, tmp / "v3.livepatch", _set_version)
+
+
+@bad("unsupported-type-real", "R_X86_64_32S")
+def _unsupported_real(tmp: Path) -> Path:
+    return _patched(COMMITTED / "x86_64" / "unsupported_reloc.livepatch", tmp / "u.livepatch", lambda d: None)
+
+
+@bad("unsupported-type-edited", "R_X86_64_32 (10)")
+def _unsupported_edit(tmp: Path) -> Path:
+    pos = _first_rela_info(GOOD, ".rela.text.install")
+    return _patched(GOOD, tmp / "u.livepatch", lambda d: struct.pack_into("<I", d, pos, 10))
+
+
+@bad("symbol-index-out-of-range", "but the symbol table has")
+def _sym_range(tmp: Path) -> Path:
+    pos = _first_rela_info(GOOD, ".rela.text.install")
+    return _patched(GOOD, tmp / "s.livepatch", lambda d: struct.pack_into("<I", d, pos + 4, 0xFFFF))
+
+
+@bad("arm-thumb-type", "R_ARM_THM_CALL")
+def _arm_thumb(tmp: Path) -> Path:
+    off, _ = _section(GOOD_ARM, ".rel.text.caller")
+    return _patched(GOOD_ARM, tmp / "t.livepatch", lambda d: struct.pack_into("<B", d, off + 4, 10))
+
+
+@bad("big-endian", "big-endian")
+def _big_endian(tmp: Path) -> Path:
+    return _patched(GOOD, tmp / "be.livepatch", lambda d: d.__setitem__(5, 2))
+
+
+@bad("wrong-machine", "e_machine 3 is not a Xen livepatch target")
+def _wrong_machine(tmp: Path) -> Path:
+    return _patched(GOOD, tmp / "m.livepatch", lambda d: struct.pack_into("<H", d, 18, 3))
+
+
+@bad("funcs-size-not-multiple", "not a multiple of the version-2 entry size 104")
+def _funcs_size(tmp: Path) -> Path:
+    with open(GOOD, "rb") as f:
+        elf = ELFFile(f)
+        idx = next(i for i, s in enumerate(elf.iter_sections()) if s.name == ".livepatch.funcs")
+        shdr = elf["e_shoff"] + idx * elf["e_shentsize"]
+    return _patched(GOOD, tmp / "f.livepatch", lambda d: struct.pack_into("<Q", d, shdr + 32, 100))
+
+
+@bad("directory", "is a directory")
+def _directory(tmp: Path) -> Path:
+    d = tmp / "adir"
+    d.mkdir()
+    return d
+
+
+@bad("missing-file", "No such file or directory")
+def _missing(tmp: Path) -> Path:
+    return tmp / "nope.livepatch"
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_INPUTS))
+def test_bad_input_is_one_line_exit_2_and_no_output(kind: str, tmp_path: Path) -> None:
+    make, expect = BAD_INPUTS[kind]
+    src = make(tmp_path)
+    before = src.read_bytes() if src.is_file() else None
+    out = tmp_path / "out" / "result.livepatch"
+    out.parent.mkdir()
+    line = assert_one_line_error(run_cli("rewrite", src, "-o", out))
+    assert expect in line
+    assert list(out.parent.iterdir()) == [], "no output (and no temporary file) may be left"
+    if before is not None:
+        assert src.read_bytes() == before
+    # explain reads the same way and fails the same way (no .livepatch.funcs aside).
+    if kind not in ("unsupported-type-real", "unsupported-type-edited", "arm-thumb-type"):
+        assert expect in assert_one_line_error(run_cli("explain", src))
+
+
+def test_usage_errors(tmp_path: Path) -> None:
+    copy = tmp_path / "p.livepatch"
+    shutil.copy(GOOD, copy)
+    assert "-o OUTPUT or --in-place" in assert_one_line_error(run_cli("rewrite", copy))
+    assert "is the input file" in assert_one_line_error(run_cli("rewrite", copy, "-o", copy))
+    assert "not both" in assert_one_line_error(run_cli("rewrite", copy, "-o", tmp_path / "x", "--in-place"))
+    assert "only made for an in-place" in assert_one_line_error(
+        run_cli("rewrite", copy, "-o", tmp_path / "x", "--backup", ".orig")
+    )
+    assert "{name}" in assert_one_line_error(run_cli("rewrite", copy, "--in-place", "--rename-template", "x"))
+    assert "does not exist" in assert_one_line_error(run_cli("rewrite", copy, "-o", tmp_path / "no" / "dir" / "x"))
+    assert copy.read_bytes() == GOOD.read_bytes()
+
+
+def test_input_untouched_without_in_place(tmp_path: Path) -> None:
+    copy = tmp_path / "p.livepatch"
+    shutil.copy(GOOD, copy)
+    proc = run_cli("rewrite", copy, "-o", tmp_path / "o.livepatch")
+    assert proc.returncode == 0, proc.stderr
+    assert copy.read_bytes() == GOOD.read_bytes()
+    assert (tmp_path / "o.livepatch").read_bytes() != GOOD.read_bytes()
+
+
+def test_in_place_with_backup_keeps_mode_bits(tmp_path: Path) -> None:
+    copy = tmp_path / "p.livepatch"
+    shutil.copy(GOOD, copy)
+    os.chmod(copy, 0o640)
+    proc = run_cli("rewrite", copy, "--in-place", "--backup", ".orig")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "p.livepatch.orig").read_bytes() == GOOD.read_bytes()
+    assert copy.read_bytes() != GOOD.read_bytes()
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.livepatch", "p.livepatch.orig"]
+    # A second in-place run changes nothing and says so.
+    again = run_cli("rewrite", copy, "--in-place")
+    assert again.returncode == 0 and "nothing to retarget" in again.stdout
+
+
+def test_explain_json_lists_every_relocation(tmp_path: Path) -> None:
+    proc = run_cli("explain", "--format", "json", GOOD)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    with open(GOOD, "rb") as f:
+        elf = ELFFile(f)
+        total = sum(s.num_relocations() for s in elf.iter_sections() if s["sh_type"] in ("SHT_RELA", "SHT_REL"))
+    assert len(doc["decisions"]) == total
+    reasons = {d["reason"] for d in doc["decisions"]}
+    assert {"retarget", "keep-exempt-section", "keep-not-replaced"} <= reasons
+    assert doc["replacements"][0]["original"] == "do_work"
+    retargets = [d for d in doc["decisions"] if d["decision"] == "retarget"]
+    assert len(retargets) == 4 and all(d["original"] == "do_work" for d in retargets)
+
+
+def test_rewrite_json_summary(tmp_path: Path) -> None:
+    proc = run_cli("rewrite", "--format", "json", GOOD, "-o", tmp_path / "o")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["changed"] is True
+    assert doc["aliases"] == [{"name": "do_work", "index": doc["aliases"][0]["index"], "reused": False}]
+    assert doc["renamed"] == {"do_work": "do_work.lp_new"}
+    assert sum(doc["retargeted"].values()) == 4
+
+
+def test_help_lists_commands() -> None:
+    proc = run_cli("--help")
+    assert proc.returncode == 0
+    assert "rewrite" in proc.stdout and "explain" in proc.stdout
