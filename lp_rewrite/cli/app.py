@@ -1,0 +1,113 @@
+"""The ``lp-rewrite`` command line: the Typer app and what every command shares.
+
+Errors are one line on stderr: exit 2 for bad input or options, 1 for a
+failed proof, 70 for an internal error (set LP_REWRITE_DEBUG=1 for the
+traceback). Heavy modules are imported inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import os
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from lp_rewrite.errors import LpRewriteError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Rewrite Xen livepatch payloads so stored pointers to replaced functions survive revert and unload.",
+)
+
+EXIT_INTERNAL = 70
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Format(enum.StrEnum):
+    text = "text"
+    json = "json"
+
+
+def _fail(msg: str, code: int) -> typer.Exit:
+    typer.echo(f"lp-rewrite: error: {msg}", err=True)
+    return typer.Exit(code)
+
+
+def one_line_errors(fn: F) -> F:
+    """Turn every failure into one line and an exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except LpRewriteError as exc:
+            raise _fail(str(exc), exc.exit_code) from None
+        except KeyboardInterrupt:
+            raise _fail("interrupted", 130) from None
+        except Exception as exc:
+            if os.environ.get("LP_REWRITE_DEBUG"):
+                raise
+            where = f"{type(exc).__name__}: {exc}"
+            raise _fail(f"internal error ({where}); rerun with LP_REWRITE_DEBUG=1 for details", EXIT_INTERNAL) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+KeepOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--keep-section",
+        metavar="PATTERN",
+        help="Also keep references in sections matching PATTERN (shell glob, repeatable).",
+    ),
+]
+NoDefaultKeepOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-default-keep",
+        help="Drop the default keep list (.altinstructions, .alt_call_sites, .ex_table, .bug_frames.*, "
+        "unwind tables); .livepatch.funcs is always kept.",
+    ),
+]
+LocalOpt = Annotated[
+    bool,
+    typer.Option(
+        "--local-aliases",
+        help="Make aliases of file-scoped originals (path/file.c#foo) STB_LOCAL, for objects that still "
+        "go through ld -r and prelink.",
+    ),
+]
+TemplateOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--rename-template", metavar="TEMPLATE", help="New name of a replacement symbol; {name} is its old name."
+    ),
+]
+FormatOpt = Annotated[Format, typer.Option("--format", help="Output format.")]
+
+
+def make_policy(keep: list[str] | None, no_default_keep: bool, local: bool, template: str | None) -> Any:
+    from lp_rewrite.policy import DEFAULT_RENAME_TEMPLATE, Policy
+
+    return Policy(
+        keep_sections=tuple(keep or ()),
+        default_keep=not no_default_keep,
+        local_aliases=local,
+        rename_template=template or DEFAULT_RENAME_TEMPLATE,
+    )
+
+
+def main() -> None:
+    try:
+        app()
+    except BrokenPipeError:  # e.g. `lp-rewrite explain x | head`
+        sys.stderr.close()
+        sys.exit(0)

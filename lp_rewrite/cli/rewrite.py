@@ -1,0 +1,107 @@
+"""``lp-rewrite rewrite``: retarget, write atomically, summarise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from lp_rewrite.cli.app import (
+    Format,
+    FormatOpt,
+    KeepOpt,
+    LocalOpt,
+    NoDefaultKeepOpt,
+    TemplateOpt,
+    app,
+    make_policy,
+    one_line_errors,
+)
+from lp_rewrite.errors import UsageError
+
+
+@app.command()
+@one_line_errors
+def rewrite(
+    payload: Annotated[Path, typer.Argument(help="The livepatch payload to rewrite.", show_default=False)],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Where to write the result.")] = None,
+    in_place: Annotated[bool, typer.Option("--in-place", help="Replace the input file.")] = False,
+    backup: Annotated[
+        str | None,
+        typer.Option("--backup", metavar="SUFFIX", help="With --in-place: keep the original as PAYLOAD+SUFFIX."),
+    ] = None,
+    keep_section: KeepOpt = None,
+    no_default_keep: NoDefaultKeepOpt = False,
+    local_aliases: LocalOpt = False,
+    rename_template: TemplateOpt = None,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Print every decision.")] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print nothing on success.")] = False,
+    fmt: FormatOpt = Format.text,
+) -> None:
+    """Retarget references to replaced functions to the originals."""
+    from lp_rewrite import report
+    from lp_rewrite.pipeline import rewrite as run
+
+    if output is None and not in_place:
+        raise UsageError("say where the result goes: -o OUTPUT or --in-place")
+    if output is not None and output.exists() and payload.exists() and output.samefile(payload):
+        raise UsageError(f"{output} is the input file; use --in-place to rewrite it")
+    policy = make_policy(keep_section, no_default_keep, local_aliases, rename_template)
+    result = run(payload, output, in_place=in_place, policy=policy, backup_suffix=backup)
+    if fmt is Format.json:
+        typer.echo(report.dumps(summary_record(result, verbose)))
+        return
+    if quiet:
+        return
+    typer.echo(summary_text(result))
+    if verbose:
+        typer.echo(report.decisions_table(result.payload, result.funcs, result.decisions))
+
+
+def summary_record(result: Any, with_decisions: bool) -> dict[str, Any]:
+    from lp_rewrite import report
+
+    rec: dict[str, Any] = {
+        "payload": result.payload.name,
+        "arch": result.payload.arch.name,
+        "output": str(result.written) if result.written else None,
+        "changed": result.changed,
+        "replacements": report.replacement_records(result.payload, result.funcs),
+        "aliases": [
+            {"name": a.name, "index": a.index, "reused": a.existing is not None} for a in result.plan.aliases.values()
+        ],
+        "renamed": {result.payload.elf.symbols.name(i): new for i, new in sorted(result.plan.renames.items())},
+        "retargeted": dict(sorted(result.retargets_per_section().items())),
+        "counts": {r.value: n for r, n in sorted(result.decisions.counts.items(), key=lambda kv: kv[0].value)},
+    }
+    if with_decisions:
+        rec["decisions"] = [report.decision_record(result.payload, result.funcs, d) for d in result.decisions]
+    return rec
+
+
+def summary_text(result: Any) -> str:
+    p = result.payload
+    nrep = len(result.funcs.replacements)
+    if not result.changed:
+        where = (
+            f"; {result.written} is a byte-identical copy" if result.written and result.written != Path(p.name) else ""
+        )
+        return (
+            f"{p.name}: {p.arch.name}, {nrep} replaced function(s): nothing to retarget, "
+            f"the payload is unchanged{where}"
+        )
+    per = result.retargets_per_section()
+    lines = [
+        f"{p.name}: {p.arch.name}, {nrep} replaced function(s), "
+        f"{len(result.plan.retargets)} relocation(s) retargeted -> {result.written}",
+    ]
+    for alias in result.plan.aliases.values():
+        how = "reused" if alias.existing is not None else "added"
+        lines.append(f"  alias {alias.name} ({how}, symbol {alias.index})")
+    syms = p.elf.symbols
+    for i, new in sorted(result.plan.renames.items()):
+        lines.append(f"  renamed {syms.name(i)} -> {new}")
+    for sec, n in sorted(per.items()):
+        lines.append(f"  {n:5d}  {sec}")
+    return "\n".join(lines)

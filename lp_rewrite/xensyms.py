@@ -1,0 +1,118 @@
+"""Xen's runtime symbol table, as the hypervisor resolves payload symbols.
+
+Xen embeds a table built by ``xen/tools/symbols.c`` from ``nm -pa`` of
+``xen-syms``: global symbols under their plain name, local ones as
+``<FILE symbol>#<name>`` (the FILE symbol being the source path relative to
+``xen/`` under CONFIG_ENFORCE_UNIQUE_SYMBOLS). A payload's undefined symbol
+resolves by exact ``strcmp`` against that table. This module rebuilds the
+same name -> address map from a ``xen-syms`` file (read with pyelftools:
+this is not a hot path), or makes a synthetic one that gives every asked-for
+name a distinct address.
+
+Left out, as symbols.c leaves them out: undefined symbols, section and FILE
+symbols, Arm mapping symbols and other ``$`` names, absolute symbols (other
+than ``__gp``), and names containing ``_compiled.``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lp_rewrite.errors import InputError
+
+
+@dataclass(frozen=True)
+class XenSymbol:
+    name: str  # as Xen's runtime table spells it
+    address: int
+    size: int
+    is_function: bool
+    section: str  # output section in xen-syms ("" for synthetic symbols)
+
+
+@dataclass
+class XenSymbols:
+    """Name -> symbol, with the names that occur more than once."""
+
+    source: str
+    symbols: dict[str, XenSymbol] = field(default_factory=dict)
+    ambiguous: set[str] = field(default_factory=set)
+    synthetic: bool = False
+    elf_path: Path | None = None
+
+    def lookup(self, name: str) -> XenSymbol | None:
+        """What ``symbols_lookup_by_name()`` returns (None for "Unknown symbol")."""
+        if not name:
+            return None
+        return self.symbols.get(name)
+
+    def _add(self, sym: XenSymbol) -> None:
+        if sym.name in self.symbols:
+            self.ambiguous.add(sym.name)
+            return
+        self.symbols[sym.name] = sym
+
+    @classmethod
+    def from_xen_syms(cls, path: str | os.PathLike[str]) -> XenSymbols:
+        from elftools.common.exceptions import ELFError
+        from elftools.elf.elffile import ELFFile
+        from elftools.elf.sections import SymbolTableSection
+
+        p = Path(path)
+        table = cls(source=str(p), elf_path=p)
+        try:
+            with open(p, "rb") as f:
+                elf = ELFFile(f)
+                symtab = elf.get_section_by_name(".symtab")
+                if not isinstance(symtab, SymbolTableSection):
+                    raise InputError(f"{p}: no .symtab (a stripped image? use the unstripped xen-syms)")
+                names = {i: s.name for i, s in enumerate(elf.iter_sections())}
+                current_file: str | None = None
+                for sym in symtab.iter_symbols():
+                    kind = sym["st_info"]["type"]
+                    bind = sym["st_info"]["bind"]
+                    shndx = sym["st_shndx"]
+                    if kind == "STT_FILE":
+                        current_file = sym.name
+                        continue
+                    name = sym.name
+                    if not name or kind == "STT_SECTION" or shndx == "SHN_UNDEF" or name.startswith("$"):
+                        continue
+                    if "_compiled." in name or (shndx == "SHN_ABS" and name != "__gp"):
+                        continue
+                    if bind == "STB_LOCAL" and current_file is not None:
+                        name = f"{current_file}#{name}"
+                    section = names.get(shndx, "") if isinstance(shndx, int) else ""
+                    table._add(XenSymbol(name, sym["st_value"], sym["st_size"], kind == "STT_FUNC", section))
+        except OSError as exc:
+            raise InputError(f"{p}: {exc.strerror or exc}") from None
+        except ELFError as exc:
+            raise InputError(f"{p}: not a readable ELF image ({exc})") from None
+        if not table.symbols:
+            raise InputError(f"{p}: no symbols found")
+        return table
+
+    @classmethod
+    def synthetic_for(cls, names: Iterable[str], base: int = 0xFFFF_82D0_4000_0000, stride: int = 0x1000) -> XenSymbols:
+        """A stand-in table: each name at its own address, ``stride`` apart."""
+        table = cls(source="<synthetic>", synthetic=True)
+        for i, name in enumerate(sorted(set(names))):
+            table._add(XenSymbol(name, base + i * stride, stride, True, ""))
+        return table
+
+    def read(self, address: int, size: int) -> bytes | None:
+        """Bytes of the image at a virtual address (None when unknown)."""
+        if self.elf_path is None:
+            return None
+        from elftools.elf.elffile import ELFFile
+
+        with open(self.elf_path, "rb") as f:
+            elf = ELFFile(f)
+            for seg in elf.iter_segments():
+                if seg["p_type"] == "PT_LOAD" and seg["p_vaddr"] <= address < seg["p_vaddr"] + seg["p_filesz"]:
+                    start = address - seg["p_vaddr"]
+                    return bytes(seg.data()[start : start + size])
+        return None
