@@ -15,10 +15,12 @@ never equals an entry point and is kept.
 from __future__ import annotations
 
 import enum
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
+from itertools import accumulate
 
 from lp_rewrite.arch import Use
 from lp_rewrite.elf import consts as C
@@ -104,6 +106,39 @@ class ExemptSections:
         return hit
 
 
+class _Entries:
+    """The replacements in one section, looked up by offset in O(log n).
+
+    A payload with thousands of replacements in one section must not make
+    every relocation scan them all.
+    """
+
+    def __init__(self) -> None:
+        self.exact: dict[int, int] = {}  # entry offset -> first replacement there
+        self._spans: list[tuple[int, int, int]] = []  # (start, replacement, end)
+        self._starts: list[int] | None = None
+        self._reach: list[int] = []
+
+    def add(self, n: int, rep: Replacement) -> None:
+        self.exact.setdefault(rep.offset, n)
+        self._spans.append((rep.offset, n, rep.offset + max(rep.size, 1)))
+        self._starts = None
+
+    def body(self, offset: int) -> int | None:
+        """The replacement whose body holds ``offset``; of several (overlapping
+        bodies, which a compiler never emits), the one that starts first."""
+        if self._starts is None:
+            self._spans.sort()
+            self._starts = [start for start, _n, _end in self._spans]
+            self._reach = list(accumulate((end for _s, _n, end in self._spans), max))
+        # The first span whose running reach passes `offset` ends past it, and
+        # holds it if it also starts at or before it.
+        first = bisect_right(self._reach, offset)
+        if first < bisect_right(self._starts, offset):
+            return self._spans[first][1]
+        return None
+
+
 def decide(payload: Payload, funcs: FuncsTable, policy: Policy, *, everything: bool = False) -> Decisions:
     """Decide every relocation that can reach a replacement's section.
 
@@ -112,9 +147,9 @@ def decide(payload: Payload, funcs: FuncsTable, policy: Policy, *, everything: b
     """
     elf, arch = payload.elf, payload.arch
     syms = elf.symbols
-    by_section: dict[int, list[tuple[int, Replacement]]] = {}
+    by_section: dict[int, _Entries] = {}
     for n, rep in enumerate(funcs.replacements):
-        by_section.setdefault(rep.section, []).append((n, rep))
+        by_section.setdefault(rep.section, _Entries()).add(n, rep)
     shndx = syms.shndx
     interesting = {i for i, s in enumerate(shndx) if s in by_section}
     exempt = ExemptSections(policy)
@@ -159,13 +194,13 @@ def decide(payload: Payload, funcs: FuncsTable, policy: Policy, *, everything: b
             elif not known:
                 reason = Reason.KEEP_UNSUPPORTED
             elif tsec is not None and toff is not None and tsec in by_section:
-                for n, rep in by_section[tsec]:
-                    if rep.offset == toff:
-                        rep_index = n
-                        reason = Reason.KEEP_EXEMPT if exempt(sec.name) else Reason.RETARGET
-                        break
-                    if rep.contains(toff):
-                        rep_index = n
+                entries = by_section[tsec]
+                rep_index = entries.exact.get(toff)
+                if rep_index is not None:
+                    reason = Reason.KEEP_EXEMPT if exempt(sec.name) else Reason.RETARGET
+                else:
+                    rep_index = entries.body(toff)
+                    if rep_index is not None:
                         reason = Reason.KEEP_BODY
             out.items.append(
                 Decision(ridx, i, sec.index, offset, rtype, sym, addend, bias, tsec, toff, rep_index, reason)

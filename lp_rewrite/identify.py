@@ -18,10 +18,16 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.file import Section
 from lp_rewrite.errors import InputError
-from lp_rewrite.payload import FUNCS_SECTION, SUPPORTED_VERSIONS, FuncLayout, func_layout, version_offset
+from lp_rewrite.payload import (
+    FUNCS_SECTION,
+    MAX_NAME_LEN,
+    SUPPORTED_VERSIONS,
+    FuncLayout,
+    func_layout,
+    version_offset,
+)
 from lp_rewrite.read import Payload
 
 
@@ -113,15 +119,19 @@ def _read_string(payload: Payload, section: int, offset: int, where: str) -> str
     sec = payload.elf.sections[section]
     if not sec.has_file_data or not 0 <= offset < sec.sh_size:
         raise InputError(f"{where}: name pointer {sec.name}+{offset:#x} is outside its section")
-    data = payload.elf.section_data(section)
-    raw = bytes(data[offset:])
-    end = raw.find(b"\0")
+    # Search the file bytes in place, within the section and the name bound:
+    # copying the rest of the section for every entry would be quadratic.
+    start = sec.sh_offset + offset
+    stop = min(sec.sh_offset + sec.sh_size, start + MAX_NAME_LEN + 1)
+    end = payload.elf.data.find(b"\0", start, stop)
     if end < 0:
+        if stop - start > MAX_NAME_LEN:
+            raise InputError(f"{where}: name string at {sec.name}+{offset:#x} is longer than {MAX_NAME_LEN} bytes")
         raise InputError(f"{where}: name string at {sec.name}+{offset:#x} has no NUL terminator")
-    if end == 0:
+    if end == start:
         raise InputError(f"{where}: name string at {sec.name}+{offset:#x} is empty")
     try:
-        return raw[:end].decode("ascii")
+        return payload.elf.data[start:end].decode("ascii")
     except UnicodeDecodeError:
         raise InputError(f"{where}: name string at {sec.name}+{offset:#x} is not ASCII") from None
 
@@ -132,7 +142,7 @@ def identify(payload: Payload) -> FuncsTable:
     funcs = elf.section_by_name(FUNCS_SECTION)
     if funcs is None:
         raise InputError(f"no {FUNCS_SECTION} section: the payload replaces no function")
-    if funcs.sh_type == C.SHT_NOBITS or funcs.sh_size == 0:
+    if not funcs.has_file_data or funcs.sh_size == 0:  # NOBITS, or an inactive SHT_NULL header
         raise InputError(f"{FUNCS_SECTION} is empty")
     layout = _detect_layout(payload, funcs)
     relocs = _field_relocations(payload, funcs)
@@ -165,10 +175,9 @@ def identify(payload: Payload) -> FuncsTable:
         old_symbol: int | None = None
         old_literal = 0
         if old is not None:
-            shndx = syms.shndx[old.symbol]
-            if shndx == C.SHN_UNDEF and old.symbol:
+            if syms.is_undefined(old.symbol) and old.symbol:
                 old_symbol = old.symbol
-            elif shndx == C.SHN_ABS:
+            elif syms.is_absolute(old.symbol):
                 old_literal = syms.value[old.symbol] + old.addend
             else:
                 raise InputError(

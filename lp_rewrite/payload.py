@@ -22,8 +22,22 @@ HOOK_SECTIONS: Final = tuple(
 # livepatch_upload(): LIVEPATCH_MAX_SIZE; livepatch_header_check(): e_shnum < 1024.
 MAX_PAYLOAD_SIZE: Final = 2 * 1024 * 1024
 MAX_SECTIONS: Final = 1024
+# Longest symbol or section name read. Xen's runtime symbol table drops names
+# longer than KSYM_NAME_LEN (127), so no original can be longer; this bound
+# leaves room for payload-only names and keeps a hostile string table (one
+# endless name shared by every symbol) from costing more than a small multiple
+# of the file in decoded names.
+MAX_NAME_LEN: Final = 512
 
 SUPPORTED_VERSIONS: Final = (1, 2)
+# LIVEPATCH_PAYLOAD_VERSION of every Xen since 4.14; prepare_payload() refuses
+# any other ("Wrong version (%u). Expected %d"). Version 1 is Xen 4.7-4.13.
+XEN_PAYLOAD_VERSION: Final = 2
+
+# Sections the loader requires, present and non-empty: check_xen_buildid()
+# and check_special_sections(). A payload also needs .livepatch.funcs or at
+# least one hook section (check_patching_sections(): "Nothing to patch").
+REQUIRED_SECTIONS: Final = (XEN_DEPENDS_SECTION, DEPENDS_SECTION, BUILD_ID_SECTION)
 
 
 @dataclass(frozen=True)
@@ -75,8 +89,11 @@ def version_offset(ptr_size: int) -> int:
 # Sections whose references to a replacement's entry must keep pointing at the
 # payload's new code. ``.livepatch.funcs`` is not negotiable (retargeting
 # new_addr would patch the original to jump to itself), so it is kept even
-# with --no-default-keep.
-ALWAYS_KEEP: Final = (FUNCS_SECTION,)
+# with --no-default-keep. Nor are the hook sections: Xen reads them from the
+# payload and calls them while the payload lives; a hook that is also a
+# replacement must stay the payload's function (the load hook runs before
+# the patch is applied, when the original is still the old code).
+ALWAYS_KEEP: Final = (FUNCS_SECTION, *HOOK_SECTIONS)
 DEFAULT_KEEP: Final = (
     ".altinstructions",  # alternatives patch sites in the new code
     ".alt_call_sites",  # altcall sites in the new code (Xen >= 4.21)

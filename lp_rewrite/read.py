@@ -80,7 +80,7 @@ def read_payload(source: str | os.PathLike[str] | bytes, name: str | None = None
 def _check_xen_header(elf: ElfFile) -> None:
     # livepatch_header_check(): the rules that are not about the machine.
     if elf.e_phnum != 0:
-        raise InputError(f"has {elf.e_phnum} program headers; a livepatch payload has none")
+        raise InputError(f"e_phnum is {elf.e_phnum}: a livepatch payload has no program headers")
     osabi = elf.data[C.EI_OSABI]
     if osabi not in (C.ELFOSABI_NONE, C.ELFOSABI_FREEBSD):
         raise InputError(f"EI_OSABI {osabi} is not accepted by Xen")
@@ -96,8 +96,9 @@ def _check_relocation_sections(payload: Payload) -> None:
             raise InputError(
                 f"section [{idx}] {sec.name!r}: {kind} relocations are not supported by Xen on {payload.arch.name}"
             )
-        if target.alloc and target.sh_type == C.SHT_NOBITS and sec.sh_size:
-            raise InputError(f"section [{idx}] {sec.name!r} relocates {target.name!r}, which has no file data (NOBITS)")
+        if target.alloc and not target.has_file_data and sec.sh_size:
+            kind = "NOBITS" if target.sh_type == C.SHT_NOBITS else "SHT_NULL"
+            raise InputError(f"section [{idx}] {sec.name!r} relocates {target.name!r}, which has no file data ({kind})")
         elf.relocations(idx)  # validates symbol indices and offsets
 
 

@@ -40,6 +40,7 @@ class XenSymbols:
     source: str
     symbols: dict[str, XenSymbol] = field(default_factory=dict)
     ambiguous: set[str] = field(default_factory=set)
+    candidates: dict[str, list[XenSymbol]] = field(default_factory=dict)  # every symbol of an ambiguous name
     synthetic: bool = False
     elf_path: Path | None = None
 
@@ -52,6 +53,7 @@ class XenSymbols:
     def _add(self, sym: XenSymbol) -> None:
         if sym.name in self.symbols:
             self.ambiguous.add(sym.name)
+            self.candidates.setdefault(sym.name, [self.symbols[sym.name]]).append(sym)
             return
         self.symbols[sym.name] = sym
 

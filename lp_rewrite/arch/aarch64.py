@@ -155,6 +155,7 @@ class AArch64(Arch):
             273: "R_AARCH64_LD_PREL_LO19",
             311: "R_AARCH64_ADR_GOT_PAGE",
             312: "R_AARCH64_LD64_GOT_LO12_NC",
+            313: "R_AARCH64_LD64_GOTPAGE_LO15",  # GCC -fpic, default-visibility data
         }
     )
 
@@ -162,12 +163,14 @@ class AArch64(Arch):
         return 0
 
     def relocate(self, rtype: int, place: bytearray, offset: int, s: int, a: int, p: int) -> None:
+        # Xen checks the 32-bit minimum before looking at the type, 64-bit types after.
+        if offset + 4 > len(place):
+            raise LoadError("Relative relocation offset is past {section} section")
         how = _HOW.get(rtype)
         if how is None:
             raise LoadError(f"Unhandled relocation {rtype}")
-        need = 8 if _TYPES[rtype].width == 8 else 4
-        if offset + need > len(place):
-            raise LoadError("Relative relocation offset is past {section} section!")
+        if _TYPES[rtype].width == 8 and offset + 8 > len(place):
+            raise LoadError("Relative relocation offset is past {section} section")
         val = (s + a) & _M64
         if isinstance(how, Data):
             sval = _do_reloc(how.op, p, val)
@@ -195,7 +198,7 @@ class AArch64(Arch):
             upper = sign_extend(sval & ~(imm_mask >> 1) & _M64, 64) >> (how.length - 1)
             overflow = ((upper + 1) & _M64) >= 2
         if how.checked and overflow:
-            raise LoadError("Overflow in relocation {index} in {rela} for {section}!")
+            raise LoadError("Overflow in relocation {index} in {rela} for {section}")
 
 
 ARCH: Final = AArch64()

@@ -135,7 +135,7 @@ class Arm(Arch):
                 insn &= 0xFF000000
             val = (val + a - p) & 0xFFFFFFFF
             if not -_RANGE <= sign_extend(val, 32) < _RANGE:
-                raise LoadError("Overflow in relocation {index} in {rela} for {section}!")
+                raise LoadError("Overflow in relocation {index} in {rela} for {section}")
             insn |= (val >> 2) & 0x00FFFFFE  # Xen's mask clears bit 0 of imm24
         _U32.pack_into(place, offset, insn & 0xFFFFFFFF)
 

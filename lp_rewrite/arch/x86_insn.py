@@ -16,6 +16,7 @@ start to find the instruction holding the field.
 from __future__ import annotations
 
 import enum
+from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,20 +66,47 @@ def _fast(code: memoryview, field: int) -> Rel32Site | None:
     return None
 
 
+# The last section decoded: (its view, its bytes, instruction starts, sizes,
+# whether each is skipped data). decide() asks about every rel32 field of a
+# section in turn; decoding the section once, not once per field, keeps a
+# section with thousands of such fields linear.
+_decoded: tuple[memoryview, bytes, list[int], list[int], list[bool]] | None = None
+
+
+def _instructions(code: memoryview) -> tuple[bytes, list[int], list[int], list[bool]]:
+    """Start, size and skipped-data flag of every instruction of ``code``, decoded linearly."""
+    global _decoded
+    if _decoded is not None and (_decoded[0] is code or _decoded[1] == code):
+        return _decoded[1:]
+    import capstone
+
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    md.skipdata = True
+    blob = bytes(code)
+    starts: list[int] = []
+    sizes: list[int] = []
+    skipped: list[bool] = []
+    for address, size, mnemonic, _ops in md.disasm_lite(blob, 0):
+        starts.append(address)
+        sizes.append(size)
+        skipped.append(mnemonic == ".byte")
+    _decoded = (code, blob, starts, sizes, skipped)
+    return blob, starts, sizes, skipped
+
+
 def _capstone(code: memoryview, field: int, where: str) -> Rel32Site:
     try:
         import capstone
     except ImportError as exc:  # pragma: no cover - capstone is a dependency
         raise InputError(f"{where}: needs capstone to decode this instruction ({exc})") from exc
-    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-    md.detail = True
-    md.skipdata = True
-    blob = bytes(code)
-    insn: Any
-    for insn in md.disasm(blob, 0):
-        if insn.address <= field < insn.address + insn.size:
-            if insn.id == 0:  # skipped data
-                break
+    blob, starts, sizes, skipped = _instructions(code)
+    k = bisect_right(starts, field) - 1
+    if k >= 0 and field < starts[k] + sizes[k] and not skipped[k]:
+        md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+        md.detail = True
+        start = starts[k]
+        insn: Any
+        for insn in md.disasm(blob[start : start + sizes[k]], start, 1):
             offsets = {insn.disp_offset, insn.imm_offset} - {0}
             if field - insn.address not in offsets:
                 break
@@ -92,8 +120,6 @@ def _capstone(code: memoryview, field: int, where: str) -> Rel32Site:
             else:
                 form = Form.MEMORY
             return Rel32Site(insn.address + insn.size, form)
-        if insn.address > field:
-            break
     raise InputError(f"{where}: cannot decode the instruction holding this rel32 field")
 
 

@@ -7,6 +7,7 @@ traceback). Heavy modules are imported inside the commands that need them.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import os
@@ -34,9 +35,26 @@ class Format(enum.StrEnum):
     json = "json"
 
 
+def one_line(msg: str) -> str:
+    """``msg`` with control characters escaped: names in a payload may hold a newline."""
+    if msg.isprintable():
+        return msg
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in msg)
+
+
 def _fail(msg: str, code: int) -> typer.Exit:
-    typer.echo(f"lp-rewrite: error: {msg}", err=True)
+    typer.echo(f"lp-rewrite: error: {one_line(msg)}", err=True)
     return typer.Exit(code)
+
+
+def _tolerant_streams() -> None:
+    """Names in a payload are bytes, decoded with surrogateescape so that they
+    round-trip; one that is not UTF-8 must print escaped, not fail the command."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            with contextlib.suppress(Exception):
+                reconfigure(errors="backslashreplace")
 
 
 def one_line_errors(fn: F) -> F:
@@ -44,14 +62,17 @@ def one_line_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _tolerant_streams()
         try:
             return fn(*args, **kwargs)
         except typer.Exit:
             raise
         except LpRewriteError as exc:
             raise _fail(str(exc), exc.exit_code) from None
-        except KeyboardInterrupt:
-            raise _fail("interrupted", 130) from None
+        except KeyboardInterrupt as exc:
+            # SIGINT, or SIGTERM/SIGHUP caught while writing (write.Interrupted): 128 + signal.
+            signum = getattr(exc, "signum", 2)
+            raise _fail(f"interrupted ({str(exc) or 'SIGINT'})", 128 + signum) from None
         except Exception as exc:
             if os.environ.get("LP_REWRITE_DEBUG"):
                 raise
@@ -74,7 +95,7 @@ NoDefaultKeepOpt = Annotated[
     typer.Option(
         "--no-default-keep",
         help="Drop the default keep list (.altinstructions, .alt_call_sites, .ex_table, .bug_frames.*, "
-        "unwind tables); .livepatch.funcs is always kept.",
+        "unwind tables); .livepatch.funcs and the .livepatch.hooks.* sections are always kept.",
     ),
 ]
 LocalOpt = Annotated[

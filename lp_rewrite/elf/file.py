@@ -15,6 +15,7 @@ from functools import cached_property
 from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.layout import ClassLayout, column, layout_for
 from lp_rewrite.errors import InputError
+from lp_rewrite.payload import MAX_NAME_LEN, MAX_SECTIONS
 
 
 @dataclass(slots=True)
@@ -77,10 +78,14 @@ class StringTable:
         if not data or data[0] != 0 or data[-1] != 0:
             raise InputError(f"{what}: string table must start and end with a NUL byte")
         self.data = data
+        self.what = what
 
     def get(self, offset: int) -> str:
-        end = self.data.find(b"\0", offset)
-        # The table ends with NUL, so any in-range offset finds one.
+        # The table ends with NUL, so any in-range offset finds one; the bound
+        # keeps the scan (and the decoded name) short whatever the table holds.
+        end = self.data.find(b"\0", offset, offset + MAX_NAME_LEN + 1)
+        if end < 0:
+            raise InputError(f"{self.what}: the name at offset {offset} is longer than {MAX_NAME_LEN} bytes")
         return _decode(self.data[offset:end])
 
 
@@ -115,13 +120,34 @@ class SymbolTable:
         if max(self.name_off) >= len(self.strtab.data):
             bad = next(i for i, n in enumerate(self.name_off) if n >= len(self.strtab.data))
             raise InputError(f"symbol [{bad}]: name offset {self.name_off[bad]} is outside the string table")
-        self.shndx_section: int | None = None
+        # Names are decoded lazily, each at most MAX_NAME_LEN bytes. If the table
+        # holds a longer string at all (one C-speed split), find the symbol now,
+        # while the error can name it.
+        if max(map(len, self.strtab.data.split(b"\0"))) > MAX_NAME_LEN:
+            table = self.strtab.data
+            for i, off in enumerate(self.name_off):
+                if table.find(b"\0", off, off + MAX_NAME_LEN + 1) < 0:
+                    raise InputError(
+                        f"symbol [{i}]: its name (string table offset {off}) is longer than {MAX_NAME_LEN} bytes"
+                    )
+        # .symtab_shndx, when present, must grow with the symbol table even if
+        # no symbol needs it, so find it whatever the symbols say.
+        self.shndx_section = self._find_shndx_section(elf)
+        # Symbols whose real section index came through SHN_XINDEX: their index
+        # may be >= SHN_LORESERVE and still be a section, not a special value.
+        self.extended: frozenset[int] = frozenset()
         if C.SHN_XINDEX in shndx:
             shndx = self._resolve_xindex(elf, shndx)
         nsec = len(elf.sections)
-        for i, s in enumerate(shndx):
-            if nsec <= s < C.SHN_LORESERVE:
-                raise InputError(f"symbol [{i}]: section index {s} is out of range (the object has {nsec} sections)")
+        for value in set(shndx):  # distinct values only: C-speed on big tables
+            if nsec <= value < C.SHN_LORESERVE:
+                i = shndx.index(value)
+                raise InputError(
+                    f"symbol [{i}]: section index {value} is out of range (the object has {nsec} sections)"
+                )
+        for i in self.extended:
+            if not 0 < shndx[i] < nsec:
+                raise InputError(f"symbol [{i}]: extended section index {shndx[i]} is out of range ({nsec} sections)")
         self.shndx = shndx
         # sh_info: one greater than the index of the last local symbol.
         self.first_global = section.sh_info
@@ -129,15 +155,24 @@ class SymbolTable:
             raise InputError(f"{where}: sh_info {self.first_global} is not a valid first-global index")
         self._names: dict[int, str] = {}
 
-    def _resolve_xindex(self, elf: ElfFile, shndx: list[int]) -> list[int]:
+    def _find_shndx_section(self, elf: ElfFile) -> int | None:
         for sec in elf.sections:
             if sec.sh_type == C.SHT_SYMTAB_SHNDX and sec.sh_link == self.section.index:
                 if sec.sh_size != 4 * self.count:
                     raise InputError(f"section [{sec.index}] {sec.name!r}: size does not match the symbol table")
-                self.shndx_section = sec.index
-                ext = column(elf.section_data(sec.index), ("I", 0), 4)
-                return [ext[i] if s == C.SHN_XINDEX else s for i, s in enumerate(shndx)]
-        raise InputError("symbol uses SHN_XINDEX but the object has no SHT_SYMTAB_SHNDX section")
+                return sec.index
+        return None
+
+    def _resolve_xindex(self, elf: ElfFile, shndx: list[int]) -> list[int]:
+        if self.shndx_section is None:
+            first = shndx.index(C.SHN_XINDEX)
+            raise InputError(f"symbol [{first}] uses SHN_XINDEX but the object has no SHT_SYMTAB_SHNDX section")
+        ext = column(elf.section_data(self.shndx_section), ("I", 0), 4)
+        extended = [i for i, s in enumerate(shndx) if s == C.SHN_XINDEX]
+        self.extended = frozenset(extended)
+        for i in extended:
+            shndx[i] = ext[i]
+        return shndx
 
     def name(self, index: int) -> str:
         n = self._names.get(index)
@@ -154,7 +189,13 @@ class SymbolTable:
 
     def is_defined_in_section(self, index: int) -> bool:
         s = self.shndx[index]
-        return C.SHN_UNDEF < s < C.SHN_LORESERVE
+        return C.SHN_UNDEF < s < C.SHN_LORESERVE or index in self.extended
+
+    def is_undefined(self, index: int) -> bool:
+        return self.shndx[index] == C.SHN_UNDEF
+
+    def is_absolute(self, index: int) -> bool:
+        return self.shndx[index] == C.SHN_ABS and index not in self.extended
 
 
 class RelocTable:
@@ -279,6 +320,9 @@ class ElfFile:
                 shstrndx = h0[6]
             if shnum == 0:
                 raise InputError("e_shnum is 0 and section header 0 gives no section count")
+        if shnum >= MAX_SECTIONS:
+            # livepatch_header_check(): e_shnum < 1024. Checked before any header is read.
+            raise InputError(f"the object has {shnum} sections; Xen accepts a payload with fewer than {MAX_SECTIONS}")
         if self.e_shoff + shnum * lay.shdr.size > size:
             raise InputError(f"section header table ({shnum} entries at {self.e_shoff:#x}) is past the end of the file")
         self.shnum = shnum
@@ -339,7 +383,7 @@ class ElfFile:
 
     def section_data(self, index: int) -> memoryview:
         s = self.sections[index]
-        if not s.has_file_data:
+        if not s.has_file_data or not index:  # section 0 has no contents, whatever its header says
             return self.view[0:0]
         return self.view[s.sh_offset : s.sh_offset + s.sh_size]
 
