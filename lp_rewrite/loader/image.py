@@ -1,0 +1,304 @@
+"""A payload loaded the way Xen loads it, and what Xen reads from it afterwards.
+
+:func:`load` runs Xen's steps in order: the raw-image checks
+(:mod:`~lp_rewrite.loader.header`), the project's reader, placement
+(:mod:`~lp_rewrite.loader.layout`), symbol resolution
+(:mod:`~lp_rewrite.loader.resolve`), relocation
+(:mod:`~lp_rewrite.loader.relocate`), then the parts of
+``prepare_payload()`` and ``build_symbol_table()`` that depend on the bytes:
+``.livepatch.funcs`` entries (version, ``old_size``, ``resolve_old_address()``,
+the arch's size rule, ``livepatch_verify_distance()``), the load/unload hook
+arrays, and the "duplicate new symbol" rule.
+
+Not modelled: the build-id checks (``.livepatch.xen_depends`` against the
+running hypervisor, ``.livepatch.depends`` at apply time), the special and
+patching section presence checks, alternatives, exception tables and bug
+frames, and other payloads already loaded (Xen also resolves names against
+their new symbols).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass, field
+from typing import Final
+
+from lp_rewrite.arch.arm import R_ARM_CALL, R_ARM_JUMP24
+from lp_rewrite.elf import consts as C
+from lp_rewrite.errors import InputError
+from lp_rewrite.loader.header import check_image
+from lp_rewrite.loader.layout import Layout, PlacedSection, place
+from lp_rewrite.loader.refusal import Refused
+from lp_rewrite.loader.relocate import AppliedRelocation, perform_relocs
+from lp_rewrite.loader.resolve import Resolved, raw_shndx, resolve_symbols
+from lp_rewrite.payload import FUNCS_SECTION, HOOK_SECTIONS, func_layout, version_offset
+from lp_rewrite.read import Payload, read_file, read_payload
+from lp_rewrite.xensyms import XenSymbols
+
+# The payload version the modelled Xen (4.14 and later) accepts.
+LIVEPATCH_PAYLOAD_VERSION: Final = 2
+LOAD_HOOKS, UNLOAD_HOOKS = HOOK_SECTIONS[0], HOOK_SECTIONS[1]
+# ARCH_LIVEPATCH_RANGE: how far the patched entry's branch reaches.
+LIVEPATCH_RANGE: Final = {"x86_64": 1 << 31, "aarch64": 128 << 20, "arm": 32 << 20}
+
+
+@dataclass(frozen=True)
+class PatchFunction:
+    """One ``struct livepatch_func`` after relocation and ``resolve_old_address()``."""
+
+    entry: int
+    name: str
+    new_addr: int
+    old_addr: int
+    new_size: int
+    old_size: int
+    old_addr_from_name: bool  # old_addr was 0 in the image and Xen looked the name up
+
+
+@dataclass(frozen=True)
+class MisdirectedBranch:
+    """An Arm B/BL that Xen's relocation sends elsewhere than S + A designates."""
+
+    relocation: AppliedRelocation
+    intended: int
+    actual: int
+
+
+@dataclass
+class LoadedPayload:
+    """The payload's memory after Xen's load, and the facts read from it."""
+
+    payload: Payload
+    table: XenSymbols
+    layout: Layout
+    resolved: Resolved
+    relocations: list[AppliedRelocation]
+    functions: list[PatchFunction] = field(default_factory=list)
+    load_hooks: list[int] = field(default_factory=list)
+    unload_hooks: list[int] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.payload.name
+
+    @property
+    def base(self) -> int:
+        return self.layout.base
+
+    @property
+    def sections(self) -> dict[int, PlacedSection]:
+        return self.layout.sections
+
+    def section_bytes(self, index: int) -> bytes:
+        placed = self.layout.sections[index]
+        region = self.layout.regions[placed.region]
+        start = placed.address - region.address
+        return bytes(region.data[start : start + placed.size])
+
+    def read(self, address: int, size: int) -> bytes:
+        region = self.layout.region_of(address, size)
+        if region is None:
+            raise InputError(f"{self.name}: {address:#x}+{size} is outside the loaded payload")
+        start = address - region.address
+        return bytes(region.data[start : start + size])
+
+    def symbol_address(self, name: str) -> int:
+        """The resolved value of the payload's defined symbol ``name``."""
+        syms = self.payload.elf.symbols
+        for i in range(1, syms.count):
+            if syms.name(i) == name and syms.is_defined_in_section(i) and i not in self.resolved.ignored:
+                return self.resolved.values[i]
+        raise KeyError(name)
+
+    def misdirected_branches(self) -> list[MisdirectedBranch]:
+        """Arm B/BL relocations hit by Xen's ``& 0x00FFFFFE`` (bit 0 of imm24 cleared).
+
+        Xen's arm32 ``perform_rel()`` masks the word offset with 0x00FFFFFE, so
+        a branch whose offset is an odd number of words lands 4 bytes early.
+        """
+        if self.payload.arch.machine != C.EM_ARM:
+            return []
+        out = []
+        for r in self.relocations:
+            if r.rtype not in (R_ARM_CALL, R_ARM_JUMP24):
+                continue
+            word = struct.unpack("<I", r.after)[0]
+            imm = word & 0xFFFFFF
+            actual = (r.p + 8 + ((imm - (1 << 24) if imm & 0x800000 else imm) << 2)) & 0xFFFFFFFF
+            intended = (r.s + r.a + 8) & 0xFFFFFFFF
+            if actual != intended:
+                out.append(MisdirectedBranch(r, intended, actual))
+        return out
+
+
+def load(
+    source: str | os.PathLike[str] | bytes | Payload,
+    table: XenSymbols,
+    base: int,
+    *,
+    name: str | None = None,
+    prepare: bool = True,
+) -> LoadedPayload:
+    """Load a payload at ``base`` against ``table`` as Xen would (raises :class:`Refused`).
+
+    With ``prepare=False`` it stops after relocation, as ``load_payload_data()``
+    does before ``prepare_payload()``; :func:`prepare` runs the rest.
+    """
+    if isinstance(source, Payload):
+        payload = source
+        label = name or payload.name
+    else:
+        data = source if isinstance(source, bytes) else read_file(source)
+        label = name or ("<bytes>" if isinstance(source, bytes) else os.fspath(source))
+        check_image(data, label)
+        payload = read_payload(data, name=label)
+    if isinstance(source, Payload):
+        check_image(payload.data, label)
+    elf = payload.elf
+    layout = place(elf, base, label)
+    resolved = resolve_symbols(elf, layout, table, label)
+    buffers, applied = perform_relocs(elf, payload.arch, layout, resolved, label)
+    for index, buf in buffers.items():
+        placed = layout.sections[index]
+        region = layout.regions[placed.region]
+        start = placed.address - region.address
+        region.data[start : start + placed.size] = buf
+    loaded = LoadedPayload(payload, table, layout, resolved, applied)
+    if prepare:
+        prepare_payload(loaded)
+    return loaded
+
+
+def prepare_payload(loaded: LoadedPayload) -> None:
+    """What Xen reads from the relocated image before the payload is usable.
+
+    Fills ``functions`` and the hook lists; raises :class:`Refused` as
+    ``prepare_payload()`` and ``build_symbol_table()`` would.
+    """
+    loaded.functions.clear()
+    loaded.load_hooks.clear()
+    loaded.unload_hooks.clear()
+    _prepare(loaded, loaded.name)
+    _check_new_symbols(loaded, loaded.name)
+
+
+def _read_pointer(loaded: LoadedPayload, data: bytes, offset: int) -> int:
+    fmt = "<Q" if loaded.payload.elf.layout.ptr_size == 8 else "<I"
+    value: int = struct.unpack_from(fmt, data, offset)[0]
+    return value
+
+
+def _read_c_string(loaded: LoadedPayload, address: int) -> str | None:
+    region = loaded.layout.region_of(address)
+    if region is None:
+        return None
+    start = address - region.address
+    end = region.data.find(b"\0", start)
+    if end < 0:
+        return None
+    return region.data[start:end].decode("utf-8", "surrogateescape")
+
+
+def _section_ok(loaded: LoadedPayload, placed: PlacedSection, unit: int, label: str) -> None:
+    if placed.size % unit:
+        raise Refused(label, f"Wrong size {placed.size} of {placed.name} (must be multiple of {unit})")
+
+
+def _first_loaded(loaded: LoadedPayload, section: str) -> PlacedSection | None:
+    # livepatch_elf_sec_by_name(): the first section of that name.
+    sec = loaded.payload.elf.section_by_name(section)
+    if sec is None:
+        return None
+    return loaded.layout.sections.get(sec.index)
+
+
+def _prepare(loaded: LoadedPayload, label: str) -> None:
+    """prepare_payload(): the .livepatch.funcs entries and the hook arrays."""
+    ptr = loaded.payload.elf.layout.ptr_size
+    arch = loaded.payload.arch
+    funcs = _first_loaded(loaded, FUNCS_SECTION)
+    if funcs is not None:
+        lay = func_layout(LIVEPATCH_PAYLOAD_VERSION, ptr)
+        _section_ok(loaded, funcs, lay.entry_size, label)
+        data = loaded.section_bytes(funcs.index)
+        for i in range(funcs.size // lay.entry_size):
+            at = i * lay.entry_size
+            version = data[at + version_offset(ptr)]
+            if version != LIVEPATCH_PAYLOAD_VERSION:
+                raise Refused(label, f"Wrong version ({version}). Expected {LIVEPATCH_PAYLOAD_VERSION}")
+            new_size, old_size = struct.unpack_from("<II", data, at + lay.new_size)
+            if not old_size:
+                raise Refused(label, "Address or size fields are zero")
+            name_ptr = _read_pointer(loaded, data, at + lay.name)
+            # A name outside the payload (or NULL) cannot be read here; Xen would read Xen memory.
+            name = _read_c_string(loaded, name_ptr) if name_ptr else None
+            new_addr = _read_pointer(loaded, data, at + lay.new_addr)
+            old_addr = _read_pointer(loaded, data, at + lay.old_addr)
+            from_name = False
+            if not old_addr:
+                found = loaded.table.lookup(name or "")
+                if found is None or not found.address:
+                    raise Refused(label, f"Could not resolve old address of {name}")
+                old_addr, from_name = found.address, True
+            _verify_func(arch.name, arch.patch_insn_size, new_addr, new_size, old_size, label)
+            reach = LIVEPATCH_RANGE[arch.name]
+            if new_addr and not -reach <= old_addr - new_addr < reach:
+                raise Refused(
+                    label,
+                    f"{name}: old_addr {old_addr:#x} is out of branch range of new_addr {new_addr:#x}: "
+                    "livepatch_verify_distance() fails with -EOVERFLOW (Xen logs nothing)",
+                )
+            loaded.functions.append(PatchFunction(i, name or "", new_addr, old_addr, new_size, old_size, from_name))
+    for section, out in ((LOAD_HOOKS, loaded.load_hooks), (UNLOAD_HOOKS, loaded.unload_hooks)):
+        hooks = _first_loaded(loaded, section)
+        if hooks is None:
+            continue
+        _section_ok(loaded, hooks, ptr, label)
+        data = loaded.section_bytes(hooks.index)
+        out.extend(_read_pointer(loaded, data, off) for off in range(0, hooks.size, ptr))
+
+
+def _verify_func(arch: str, insn_size: int, new_addr: int, new_size: int, old_size: int, label: str) -> None:
+    """arch_livepatch_verify_func() (x86's ENDBR64 allowance is not modelled). Xen logs nothing."""
+    opaque = 31  # LIVEPATCH_OPAQUE_SIZE: the most a NOP patch may cover
+    if arch == "x86_64":
+        if not new_addr and (new_size > opaque or old_size < new_size):
+            raise Refused(label, f"NOP patch of {new_size} bytes: arch_livepatch_verify_func() fails (no log line)")
+        if new_addr and old_size < insn_size:
+            raise Refused(label, f"old_size {old_size} < {insn_size}: arch_livepatch_verify_func() fails (no log line)")
+        return
+    if not new_addr and (new_size > opaque or new_size % insn_size):
+        raise Refused(label, f"NOP patch of {new_size} bytes: arch_livepatch_verify_func() fails (no log line)")
+    if old_size < insn_size:
+        raise Refused(label, f"old_size {old_size} < {insn_size}: arch_livepatch_verify_func() fails (no log line)")
+
+
+def _check_new_symbols(loaded: LoadedPayload, label: str) -> None:
+    """build_symbol_table(): a new (not overriding) symbol must not exist in the hypervisor."""
+    elf = loaded.payload.elf
+    syms = elf.symbols
+    new_addrs = {f.new_addr for f in loaded.functions}
+    arm = elf.e_machine in (C.EM_ARM, C.EM_AARCH64)
+    code_mapping = "a" if elf.e_machine == C.EM_ARM else "x"
+    for i, idx in enumerate(raw_shndx(elf)):
+        if i == 0 or idx == C.SHN_UNDEF or idx >= len(elf.sections) or idx not in loaded.layout.sections:
+            continue
+        sym_name = syms.name(i)
+        if not sym_name:
+            continue
+        if elf.sections[idx].sh_flags & 0x10 and sym_name.startswith(".L"):  # SHF_MERGE
+            continue
+        if arm and _is_mapping_symbol(sym_name, code_mapping):
+            continue  # arch_livepatch_symbol_ok() drops them
+        if loaded.resolved.values[i] in new_addrs:
+            continue  # an overriding symbol
+        found = loaded.table.lookup(sym_name)
+        if found is not None and found.address:
+            raise Refused(label, f"duplicate new symbol: {sym_name}")
+
+
+def _is_mapping_symbol(name: str, code: str) -> bool:
+    if len(name) < 2 or name[0] != "$" or (len(name) > 2 and name[2] != "."):
+        return False
+    return name[1] in ("d", code)
