@@ -1,0 +1,136 @@
+"""Checking many payloads in one process, with a progress bar and one summary.
+
+A directory argument stands for every ``*.livepatch`` below it (sorted). A
+file that cannot be read as a payload does not stop the batch: it becomes
+an LP012 finding in the report, its one-line reason goes to stderr, and the
+command exits 2 once everything else has been checked and reported (bad
+input outranks findings). Checking a single payload is the same code with
+one file; only the CLI turns that file's read error into the usual
+one-line exit 2 before any report is written.
+
+The progress bar is drawn on stderr only when stderr is a terminal and the
+``CI`` environment variable is unset (so CI logs get none), at most ten
+times a second, and erased before the report is written.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from lp_rewrite.check.findings import PayloadReport, Severity, counts, make
+from lp_rewrite.check.run import CheckOptions, check_payload
+from lp_rewrite.errors import LpRewriteError, UsageError
+
+PAYLOAD_SUFFIX = ".livepatch"
+
+
+@dataclass
+class BatchResult:
+    reports: list[PayloadReport]
+    elapsed: float
+
+    @property
+    def unreadable(self) -> int:
+        return sum(1 for r in self.reports if r.error is not None)
+
+    def failed(self, fail_on: Severity) -> bool:
+        return any(r.failing(fail_on) for r in self.reports)
+
+    def exit_code(self, fail_on: Severity) -> int:
+        if self.unreadable:
+            return 2
+        return 1 if self.failed(fail_on) else 0
+
+    def summary_line(self, fail_on: Severity) -> str:
+        c = counts(f for r in self.reports for f in r.findings if r.error is None)
+        n = len(self.reports)
+        parts = [f"{c['error']} error(s)", f"{c['warning']} warning(s)", f"{c['note']} note(s)"]
+        parts.append(f"{c['allowed']} allowed")
+        if self.unreadable:
+            parts.append(f"{self.unreadable} not checked")
+        verdict = {0: "PASS", 1: "FAIL", 2: "FAIL (bad input)"}[self.exit_code(fail_on)]
+        return (
+            f"lp-rewrite check: {n} payload(s) in {self.elapsed:.2f}s: {', '.join(parts)} "
+            f"-> {verdict} (--fail-on {fail_on.value})"
+        )
+
+
+def expand(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Files as given; directories replaced by the payloads below them."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(q for q in p.rglob(f"*{PAYLOAD_SUFFIX}") if q.is_file())
+            if not found:
+                # An empty build directory must not pass the gate silently.
+                raise UsageError(f"{p}: no *{PAYLOAD_SUFFIX} files below this directory")
+            out.extend(found)
+        else:
+            out.append(p)
+    return out
+
+
+class Progress:
+    """A one-line bar on a terminal; nothing anywhere else."""
+
+    def __init__(self, total: int, stream: TextIO) -> None:
+        self.total = total
+        self.stream = stream
+        self.last = 0.0
+        self.width = 0
+
+    @staticmethod
+    def wanted(stream: TextIO) -> bool:
+        return stream.isatty() and not os.environ.get("CI")
+
+    def update(self, done: int, label: str) -> None:
+        now = time.monotonic()
+        if now - self.last < 0.1 and done < self.total:
+            return
+        self.last = now
+        filled = 30 * done // max(self.total, 1)
+        line = f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{self.total} {label[-40:]}"
+        self.width = max(self.width, len(line))
+        self.stream.write(line.ljust(self.width))
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.width:
+            self.stream.write("\r" + " " * self.width + "\r")
+            self.stream.flush()
+
+
+def run(
+    paths: Sequence[str | os.PathLike[str]],
+    options: CheckOptions,
+    *,
+    progress: bool | None = None,
+    stream: TextIO | None = None,
+) -> BatchResult:
+    """Check every payload; unreadable ones become LP012 findings (and a line on ``stream``)."""
+    stream = stream or sys.stderr
+    files = expand(paths)
+    bar = Progress(len(files), stream) if (Progress.wanted(stream) if progress is None else progress) else None
+    start = time.perf_counter()
+    reports = []
+    for n, path in enumerate(files, 1):
+        try:
+            report = check_payload(path, options, name=os.fspath(path))
+        except LpRewriteError as exc:
+            message = str(exc)
+            if bar is not None:
+                bar.close()
+            stream.write(f"lp-rewrite: error: {message}\n")
+            report = PayloadReport(os.fspath(path), error=message, findings=[make("LP012", message)])
+        reports.append(report)
+        if bar is not None:
+            bar.update(n, os.fspath(path))
+    if bar is not None:
+        bar.close()
+    return BatchResult(reports, time.perf_counter() - start)

@@ -1,0 +1,117 @@
+"""Rules LP001 (not rewritten) and LP003 (unsupported relocation).
+
+LP001 is the rewriter's own decision list read the other way round: every
+decision with reason ``retarget`` is a reference the payload still binds to
+its copy of a replaced function. A rewritten payload has none, unless it was
+rewritten with a different keep list, which is why ``check`` takes the same
+``--keep-section``/``--no-default-keep`` options as ``rewrite``.
+"""
+
+from __future__ import annotations
+
+from lp_rewrite.check.context import Access, Context
+from lp_rewrite.check.findings import Finding, Place, make
+from lp_rewrite.decide import Decision, Decisions, symbol_label
+from lp_rewrite.read import unsupported_relocations
+
+_WHAT = {
+    Access.CALL: "calls the payload's copy of {orig} directly instead of the original: code that still runs after "
+    "revert (a hook, a stored callback) keeps running the reverted copy",
+    Access.ADDRESS: "takes the address of the payload's copy of {orig}: a pointer handed to the hypervisor keeps "
+    "pointing into the payload after revert and into freed memory after unload",
+    Access.STORED: "stores the address of the payload's copy of {orig}: the hypervisor keeps pointing into the "
+    "payload after revert, and calls into freed memory after unload",
+    Access.RELATIVE: "holds a PC-relative reference to the payload's copy of {orig}, which stays bound to the "
+    "copy after revert",
+    Access.LOAD: "reads memory at the payload's copy of {orig} instead of the original",
+    Access.PARTIAL: "is half of an address of the payload's copy of {orig}: a pointer built from it dangles after "
+    "unload",
+}
+
+
+def access_of(ctx: Context, d: Decision) -> Access:
+    """Classify a decision's relocation the way the other rules classify references."""
+    table = ctx.elf.relocations(d.reloc_section)
+    rt = ctx.arch.types[d.rtype]
+    ref = ctx.resolve(table, d.index, ctx.elf.sections[d.section], ctx.elf.section_data(d.section), rt, d.symbol)
+    return ref.access
+
+
+def not_rewritten(ctx: Context, decisions: Decisions | None) -> list[Finding]:
+    if decisions is None or ctx.funcs is None:
+        return []
+    out = []
+    elf = ctx.elf
+    for d in decisions.retargets:
+        rep = ctx.funcs.replacements[d.replacement] if d.replacement is not None else None
+        orig = rep.original if rep else "a replaced function"
+        rt = ctx.arch.types[d.rtype]
+        what = _WHAT.get(access_of(ctx, d), _WHAT[Access.STORED]).format(orig=orig)
+        keep = ""
+        if ctx.policy.keep_sections or not ctx.policy.default_keep:
+            keep = " with the keep options given here"
+        out.append(
+            make(
+                "LP001",
+                f"{ctx.where(d.section, d.offset)}: {rt.name} {what}. The payload was not rewritten (or with "
+                f"another keep list): run `lp-rewrite rewrite`{keep}",
+                Place(elf.sections[d.section].name, d.offset, ctx.file_offset(d.section, d.offset), rt.width or 4),
+                symbol=orig,
+            )
+        )
+    return out
+
+
+# Why a type is there, and what to build differently.
+_HINTS = (
+    (
+        "GOT",
+        "a GOT reference: the symbol has default visibility; build with -fvisibility=hidden or "
+        "#pragma GCC visibility push(hidden), as Xen does, so that -fpic code reaches it PC-relative",
+    ),
+    ("R_ARM_THM", "Thumb code: build the payload with -marm"),
+    ("R_ARM_PREL31", "an unwind-table entry: build with -fno-unwind-tables"),
+    ("R_X86_64_32", "a 32-bit absolute address (-fno-pic / -mcmodel=kernel): build with -fpic"),
+    ("R_X86_64_16", "a narrow absolute address: build with -fpic"),
+    ("R_X86_64_8", "a narrow absolute address: build with -fpic"),
+    ("R_X86_64_PC", "a narrow or 64-bit PC-relative field Xen does not apply"),
+    ("NONE", "an R_*_NONE entry, which Xen's AArch64 loader does not accept: rebuild without it"),
+)
+
+
+def _hint(type_name: str) -> str:
+    for key, hint in _HINTS:
+        if key in type_name:
+            return hint
+    return "rebuild with the flags Xen uses for its own code"
+
+
+def unsupported(ctx: Context) -> list[Finding]:
+    bad = unsupported_relocations(ctx.payload)
+    if not bad:
+        return []
+    # UnsupportedRelocation names sections; map back to the tables for file offsets and symbols.
+    tables = {t.section.name: t for t in ctx.payload.applied_relocations()}
+    out = []
+    for u in bad:
+        table = tables.get(u.reloc_section)
+        file_offset, where, symbol = None, u.section, None
+        if table is not None:
+            file_offset = ctx.file_offset(table.target, u.offset)
+            where = ctx.where(table.target, u.offset)
+            i = next(
+                (k for k in range(table.count) if table.offsets[k] == u.offset and table.types[k] == u.rtype), None
+            )
+            if i is not None:
+                symbol = symbol_label(ctx.payload, table.syms[i])
+        out.append(
+            make(
+                "LP003",
+                f"{where}: {u.type_name} ({u.rtype}) against {symbol or 'a symbol'} is not applied by Xen's loader on "
+                f"{ctx.arch.name}: the whole payload is refused at load ('Unhandled relocation'). This is "
+                f"{_hint(u.type_name)}",
+                Place(u.section, u.offset, file_offset, 4),
+                symbol=symbol,
+            )
+        )
+    return out

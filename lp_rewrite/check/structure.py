@@ -1,0 +1,208 @@
+"""Rules LP009-LP011: what Xen's loader refuses before looking at any code.
+
+Required sections, the shape of ``.livepatch.funcs`` and the loader's size
+limits; the facts come from :mod:`lp_rewrite.payload`. When the funcs table
+can be read, :func:`check` also returns it for the other rules; when it
+cannot, they run without replacements (a hooks-only payload has none and is
+valid).
+"""
+
+from __future__ import annotations
+
+import struct
+
+from lp_rewrite.check.findings import Finding, Place, Severity, make
+from lp_rewrite.elf import consts as C
+from lp_rewrite.elf.file import Section
+from lp_rewrite.errors import InputError
+from lp_rewrite.identify import FuncsTable, identify
+from lp_rewrite.payload import (
+    FUNCS_SECTION,
+    HOOK_SECTIONS,
+    MAX_PAYLOAD_SIZE,
+    MAX_SECTIONS,
+    REQUIRED_SECTIONS,
+    SUPPORTED_VERSIONS,
+    XEN_PAYLOAD_VERSION,
+    func_layout,
+    version_offset,
+)
+from lp_rewrite.read import Payload
+
+
+def _header_place(payload: Payload, sec: Section) -> Place:
+    """The section header as a region: where a wrong size lives."""
+    size = payload.elf.layout.shdr.size
+    return Place(sec.name, None, payload.elf.e_shoff + sec.index * size, size)
+
+
+def _empty(sec: Section) -> bool:
+    return sec.sh_size == 0 or sec.sh_type == C.SHT_NOBITS
+
+
+def _section_count(data: bytes) -> int | None:
+    """e_shnum from the raw header (extended numbering included), or None if unreadable."""
+    if len(data) < 64 or data[:4] != C.ELFMAG or data[C.EI_CLASS] not in (C.ELFCLASS32, C.ELFCLASS64):
+        return None
+    wide = data[C.EI_CLASS] == C.ELFCLASS64
+    shoff = struct.unpack_from("<Q" if wide else "<I", data, 40 if wide else 32)[0]
+    shnum: int = struct.unpack_from("<H", data, 60 if wide else 48)[0]
+    if shnum == 0 and 0 < shoff <= len(data) - (64 if wide else 40):
+        shnum = struct.unpack_from("<Q" if wide else "<I", data, shoff + (32 if wide else 20))[0]
+    return shnum
+
+
+def limits(data: bytes) -> list[Finding]:
+    """The upload and header limits, from the raw bytes: Xen checks them before anything else."""
+    out = []
+    size = len(data)
+    if size > MAX_PAYLOAD_SIZE:
+        out.append(
+            make(
+                "LP011",
+                f"the file is {size} bytes, over Xen's {MAX_PAYLOAD_SIZE}-byte limit (LIVEPATCH_MAX_SIZE): "
+                "the upload is refused; strip debug sections or split the payload",
+            )
+        )
+    shnum = _section_count(data)
+    if shnum is not None and shnum >= MAX_SECTIONS:
+        out.append(
+            make(
+                "LP011",
+                f"the file has {shnum} sections; Xen's loader accepts fewer than {MAX_SECTIONS} and refuses the "
+                "payload: link with fewer sections (e.g. without -ffunction-sections for code that is not patched)",
+            )
+        )
+    return out
+
+
+def required_sections(payload: Payload) -> list[Finding]:
+    elf = payload.elf
+    out = []
+    for name in REQUIRED_SECTIONS:
+        sec = elf.section_by_name(name)
+        if sec is None:
+            out.append(
+                make(
+                    "LP009",
+                    f"no {name} section: Xen refuses the payload at load; "
+                    + _HOW_TO_ADD.get(name, "add it the way livepatch-build does"),
+                    Place(name),
+                )
+            )
+        elif _empty(sec):
+            out.append(
+                make(
+                    "LP009",
+                    f"{name} is empty: Xen refuses the payload at load; "
+                    + _HOW_TO_ADD.get(name, "fill it the way livepatch-build does"),
+                    _header_place(payload, sec),
+                )
+            )
+    patching = [elf.section_by_name(n) for n in (FUNCS_SECTION, *HOOK_SECTIONS)]
+    present = [s for s in patching if s is not None]
+    if not present:
+        out.append(
+            make(
+                "LP009",
+                f"neither {FUNCS_SECTION} nor any .livepatch.hooks.* section: Xen refuses the payload "
+                "('Nothing to patch'); a payload must replace a function or run a hook",
+            )
+        )
+    for sec in present:
+        if _empty(sec):
+            out.append(
+                make(
+                    "LP009",
+                    f"{sec.name} is present but empty: Xen refuses the payload; drop the section or fill it",
+                    _header_place(payload, sec),
+                )
+            )
+    return out
+
+
+_HOW_TO_ADD = {
+    ".livepatch.xen_depends": "add the hypervisor's build-id as a GNU build-id note (livepatch-build --xen-depends)",
+    ".livepatch.depends": "add the build-id of the payload (or hypervisor) it applies on top of "
+    "(livepatch-build --depends)",
+    ".note.gnu.build-id": "link the payload with --build-id",
+}
+
+
+def funcs_table(payload: Payload) -> tuple[list[Finding], FuncsTable | None]:
+    """Shape of .livepatch.funcs, and the table itself when it can be read."""
+    elf = payload.elf
+    funcs = elf.section_by_name(FUNCS_SECTION)
+    if funcs is None or _empty(funcs) or not funcs.has_file_data:  # no table to read (SHT_NULL: no bytes)
+        return [], None  # hooks only (or LP009 said it is missing/empty)
+    where = Place(funcs.name, None, funcs.sh_offset, funcs.sh_size)
+    ptr = elf.layout.ptr_size
+    data = elf.section_data(funcs.index)
+    voff = version_offset(ptr)
+    if funcs.sh_size <= voff:
+        return [make("LP010", f"{funcs.name} is {funcs.sh_size} bytes, too small for one entry", where)], None
+    version = data[voff]
+    if version not in SUPPORTED_VERSIONS:
+        return [
+            make(
+                "LP010",
+                f"entry 0 has payload version {version}; Xen requires {XEN_PAYLOAD_VERSION} "
+                f"('Wrong version ({version}). Expected {XEN_PAYLOAD_VERSION}') and refuses the payload",
+                Place(funcs.name, voff, funcs.sh_offset + voff, 1),
+            )
+        ], None
+    out = []
+    layout = func_layout(version, ptr)
+    if version != XEN_PAYLOAD_VERSION:
+        out.append(
+            make(
+                "LP010",
+                f"payload version {version} (the {layout.entry_size}-byte layout of Xen 4.7-4.13): Xen 4.14 and "
+                f"later refuse it ('Wrong version ({version}). Expected {XEN_PAYLOAD_VERSION}'); rebuild it "
+                "for the hypervisor it targets",
+                Place(funcs.name, voff, funcs.sh_offset + voff, 1),
+                severity=Severity.WARNING,
+            )
+        )
+    if funcs.sh_size % layout.entry_size:
+        out.append(
+            make(
+                "LP010",
+                f"size {funcs.sh_size} is not a multiple of the version-{version} entry size "
+                f"{layout.entry_size}: Xen refuses the section; the payload and the struct livepatch_func "
+                "it was built with disagree",
+                _header_place(payload, funcs),
+            )
+        )
+        return out, None
+    for i in range(1, funcs.sh_size // layout.entry_size):
+        off = i * layout.entry_size + voff
+        if data[off] != version:
+            out.append(
+                make(
+                    "LP010",
+                    f"entry {i} has payload version {data[off]}, entry 0 has {version}: Xen refuses the payload "
+                    f"('Wrong version ({data[off]}). Expected {XEN_PAYLOAD_VERSION}')",
+                    Place(funcs.name, off, funcs.sh_offset + off, 1),
+                )
+            )
+    if len(out) > (version != XEN_PAYLOAD_VERSION):
+        return out, None
+    try:
+        table = identify(payload)
+    except InputError as exc:
+        out.append(
+            make(
+                "LP010",
+                f"{exc}; the replaced functions are unknown, so the relocation rules did not run",
+                where,
+            )
+        )
+        return out, None
+    return out, table
+
+
+def check(payload: Payload) -> tuple[list[Finding], FuncsTable | None]:
+    """LP009 and LP010 (the limits come first, from the raw bytes: :func:`limits`)."""
+    found, table = funcs_table(payload)
+    return required_sections(payload) + found, table

@@ -1,0 +1,283 @@
+"""Rules that need the hypervisor image (``--xen-syms``): LP004, LP005, LP007.
+
+:class:`XenImage` is read once per run (a batch shares it): the runtime
+symbol table (:class:`lp_rewrite.xensyms.XenSymbols`) and, on x86-64, what
+CET-IBT makes of it:
+
+* **IBT build**: Xen built with CONFIG_XEN_IBT uses ``-fcf-protection=branch
+  -mmanual-endbr``, so exactly its ``cf_check`` functions start with ENDBR64
+  (f3 0f 1e fa); without IBT none does. The image counts as an IBT build
+  when any function in ``[_stext, _etext)`` starts with ENDBR64.
+* **Sealed functions**: at boot ``seal_endbr64()`` walks every pointer-sized
+  word between the linker symbols ``__initdata_cf_clobber_start`` and
+  ``__initdata_cf_clobber_end`` (where xen.lds.S puts
+  ``.init.data.cf_clobber`` and ``.init.rodata.cf_clobber``) and, when the
+  word points into ``[_stext, _etext)`` at an ENDBR64, overwrites that
+  ENDBR64. This module reads the same words from the image and computes
+  the same set. When those symbols are missing, nothing counts as sealed.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Final
+
+from lp_rewrite.check.context import Access, Context
+from lp_rewrite.check.findings import Finding, Place, make
+from lp_rewrite.check.relocs import access_of
+from lp_rewrite.decide import Decisions
+from lp_rewrite.elf import consts as C
+from lp_rewrite.errors import InputError, UsageError
+from lp_rewrite.payload import FUNCS_SECTION
+from lp_rewrite.xensyms import XenSymbol, XenSymbols
+
+ENDBR64: Final = bytes.fromhex("f30f1efa")
+# gen_endbr64_poison() (nopw (%rcx)): what an ENDBR64 looks like once sealed.
+ENDBR64_POISON: Final = bytes.fromhex("660f1f01")
+ENDBR64_LEN: Final = 4
+_CLOBBER = ("__initdata_cf_clobber_start", "__initdata_cf_clobber_end")
+_TEXT = ("_stext", "_etext")
+_MACHINES = {C.EM_X86_64: "x86_64", C.EM_AARCH64: "aarch64", C.EM_ARM: "arm"}
+
+
+@dataclass
+class XenImage:
+    path: Path
+    symbols: XenSymbols
+    machine: int
+    ptr_size: int
+    text_start: int = 0
+    text: bytes = b""
+    sealed: frozenset[int] = field(default_factory=frozenset)
+
+    @property
+    def arch_name(self) -> str:
+        return _MACHINES.get(self.machine, f"e_machine {self.machine}")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> XenImage:
+        p = Path(path)
+        try:
+            with open(p, "rb") as f:
+                head = f.read(20)
+        except OSError as exc:
+            raise InputError(f"--xen-syms {p}: {exc.strerror or exc}") from None
+        if len(head) < 20 or head[:4] != C.ELFMAG:
+            raise InputError(f"--xen-syms {p}: not an ELF file")
+        machine = struct.unpack_from("<H", head, 18)[0]
+        ptr = 8 if head[C.EI_CLASS] == C.ELFCLASS64 else 4
+        symbols = XenSymbols.from_xen_syms(p)
+        image = cls(p, symbols, machine, ptr)
+        image._read_text()
+        if machine == C.EM_X86_64:
+            image.sealed = image._sealed()
+        return image
+
+    def _read_text(self) -> None:
+        start, end = (self.symbols.lookup(n) for n in _TEXT)
+        if start is not None and end is not None and start.address < end.address:
+            lo, hi = start.address, end.address
+        else:  # no linker symbols: span the functions in .text
+            spans = [s for s in self.symbols.symbols.values() if s.is_function and s.section == ".text"]
+            if not spans:
+                return
+            lo = min(s.address for s in spans)
+            hi = max(s.address + s.size for s in spans)
+        self.text_start = lo
+        self.text = self.symbols.read(lo, hi - lo) or b""
+
+    def in_text(self, address: int) -> bool:
+        return self.text_start <= address < self.text_start + len(self.text)
+
+    def code(self, address: int, size: int) -> bytes:
+        if not self.in_text(address):
+            return b""
+        off = address - self.text_start
+        return self.text[off : off + size]
+
+    def _sealed(self) -> frozenset[int]:
+        start, end = (self.symbols.lookup(n) for n in _CLOBBER)
+        if start is None or end is None or end.address <= start.address:
+            return frozenset()
+        words = self.symbols.read(start.address, end.address - start.address) or b""
+        fmt = "<Q" if self.ptr_size == 8 else "<I"
+        n = len(words) // self.ptr_size
+        targets = struct.unpack_from(f"<{n}{fmt[1]}", words) if n else ()
+        return frozenset(t for t in targets if self.code(t, ENDBR64_LEN) == ENDBR64)
+
+    @cached_property
+    def ibt(self) -> bool:
+        if self.machine != C.EM_X86_64:
+            return False
+        return any(
+            s.is_function and self.code(s.address, ENDBR64_LEN) == ENDBR64 for s in self.symbols.symbols.values()
+        )
+
+    def starts_with_endbr(self, address: int) -> bool:
+        """ENDBR64 or its poison at the entry: Xen then patches 4 bytes further in."""
+        return self.code(address, ENDBR64_LEN) in (ENDBR64, ENDBR64_POISON)
+
+    @cached_property
+    def _by_base_name(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for name in self.symbols.symbols:
+            out.setdefault(name.rpartition("#")[2], []).append(name)
+        return out
+
+    def suggestions(self, name: str) -> list[str]:
+        """Names this image has for the same base name (``foo`` / ``path/x.c#foo``)."""
+        return sorted(n for n in self._by_base_name.get(name.rpartition("#")[2], []) if n != name)[:3]
+
+
+def check_arch(ctx: Context, xen: XenImage) -> None:
+    if xen.machine != ctx.arch.machine:
+        raise UsageError(
+            f"{ctx.payload.name}: an {ctx.arch.name} payload, but --xen-syms {xen.path} is {xen.arch_name}"
+        )
+
+
+# -- LP004 / LP005 -----------------------------------------------------------------
+
+
+def _name_problem(xen: XenImage, name: str) -> str | None:
+    if name in xen.symbols.ambiguous:
+        return "LP005"
+    if xen.symbols.lookup(name) is None:
+        return "LP004"
+    return None
+
+
+def _unresolved_message(xen: XenImage, name: str, what: str) -> str:
+    hint = ""
+    near = xen.suggestions(name)
+    if near:
+        hint = f" (this hypervisor has {', '.join(near)})"
+    return (
+        f"{what} {name!r} is not in the hypervisor's symbol table{hint}: the load fails unless a payload loaded "
+        "earlier introduces it; check the name (statics are path/file.c#name, the path relative to xen/) or "
+        "build against this xen-syms"
+    )
+
+
+def _ambiguous_message(name: str, what: str) -> str:
+    return (
+        f"{what} {name!r} names more than one symbol in the hypervisor's table: Xen's lookup returns one of them, "
+        "so the payload may patch or call the wrong function; give the file a unique name or use a literal "
+        "old_addr"
+    )
+
+
+def check_names(ctx: Context, xen: XenImage) -> list[Finding]:
+    syms, elf = ctx.syms, ctx.elf
+    undefined = [i for i in range(1, syms.count) if syms.shndx[i] == C.SHN_UNDEF]
+    problems = {i: p for i in undefined if (p := _name_problem(xen, syms.name(i))) is not None}
+    out = []
+    if problems:
+        first = _first_references(ctx, set(problems))
+        symtab = elf.sections[elf.symtab_index]
+        entsize = elf.layout.sym.size
+        for i, rule_id in problems.items():
+            name = syms.name(i)
+            place = first.get(i) or Place(symtab.name, i * entsize, symtab.sh_offset + i * entsize, entsize)
+            what = "undefined symbol"
+            if rule_id == "LP004":
+                out.append(make(rule_id, _unresolved_message(xen, name, what), place, symbol=name))
+            else:
+                out.append(make(rule_id, _ambiguous_message(name, what), place, symbol=name))
+    if ctx.funcs is not None:
+        funcs = ctx.funcs
+        for rep in funcs.replacements:
+            if rep.old_symbol is not None or rep.old_literal:
+                continue  # old_addr is the undefined symbol above, or a literal: no name lookup
+            problem = _name_problem(xen, rep.original)
+            if problem is None:
+                continue
+            off = rep.entry * funcs.layout.entry_size + funcs.layout.name
+            place = Place(FUNCS_SECTION, off, funcs.section.sh_offset + off, funcs.layout.ptr_size)
+            what = f"the original of entry {rep.entry} (old_addr 0: Xen resolves the name string)"
+            msg = (
+                _unresolved_message(xen, rep.original, what).replace(
+                    "the load fails", "the load fails ('Could not resolve old address')"
+                )
+                if problem == "LP004"
+                else _ambiguous_message(rep.original, what)
+            )
+            out.append(make(problem, msg, place, symbol=rep.original))
+    return out
+
+
+def _first_references(ctx: Context, symbols: set[int]) -> dict[int, Place]:
+    out: dict[int, Place] = {}
+    elf = ctx.elf
+    for ridx in elf.relocation_sections:
+        table = elf.relocations(ridx)
+        if symbols.isdisjoint(table.syms):
+            continue
+        sec = elf.sections[table.target]
+        for i, s in enumerate(table.syms):
+            if s in symbols and s not in out:
+                off = table.offsets[i]
+                out[s] = Place(sec.name, off, ctx.file_offset(sec.index, off), 4)
+    return out
+
+
+# -- LP007 -----------------------------------------------------------------------
+
+
+def _ibt_problem(xen: XenImage, sym: XenSymbol | None) -> str | None:
+    if sym is None or not xen.in_text(sym.address):
+        return None  # not hypervisor code (or unknown: LP004 says so)
+    if sym.address in xen.sealed:
+        return "loses its ENDBR64 at boot (seal_endbr64() clobbers it: a .init.{ro,}data.cf_clobber table points at it)"
+    if xen.code(sym.address, ENDBR64_LEN) != ENDBR64:
+        return "does not start with ENDBR64 (it is not cf_check)"
+    return None
+
+
+def check_ibt(ctx: Context, xen: XenImage, decisions: Decisions | None) -> list[Finding]:
+    if ctx.arch.machine != C.EM_X86_64 or not xen.ibt:
+        return []
+    syms = ctx.syms
+    undefined = {i for i in range(1, syms.count) if syms.shndx[i] == C.SHN_UNDEF}
+    out = []
+    fix = (
+        "with CET-IBT an indirect call through this pointer faults with #CP; mark it cf_check in the hypervisor "
+        "(and keep it out of cf_clobber tables), or hand out a pointer to a cf_check wrapper"
+    )
+    for ref in ctx.references(undefined):
+        if ref.access not in (Access.ADDRESS, Access.STORED):
+            continue
+        name = syms.name(ref.symbol)
+        why = _ibt_problem(xen, xen.symbols.lookup(name))
+        if why is not None:
+            out.append(
+                make(
+                    "LP007",
+                    f"{ctx.where(ref.section.index, ref.offset)} takes the address of the hypervisor's {name}, which "
+                    f"{why}: {fix}",
+                    Place(ref.section.name, ref.offset, ctx.file_offset(ref.section.index, ref.offset), 4),
+                    symbol=name,
+                )
+            )
+    if decisions is not None and ctx.funcs is not None:
+        for d in decisions.retargets:
+            if d.replacement is None or access_of(ctx, d) not in (Access.ADDRESS, Access.STORED):
+                continue
+            name = ctx.funcs.replacements[d.replacement].original
+            why = _ibt_problem(xen, xen.symbols.lookup(name))
+            if why is not None:
+                section = ctx.elf.sections[d.section]
+                out.append(
+                    make(
+                        "LP007",
+                        f"{ctx.where(d.section, d.offset)} takes the address of {name}, which the rewrite retargets "
+                        f"to the hypervisor's original, which {why}: {fix}",
+                        Place(section.name, d.offset, ctx.file_offset(d.section, d.offset), 4),
+                        symbol=name,
+                    )
+                )
+    return out
