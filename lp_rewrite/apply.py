@@ -11,7 +11,9 @@ Three edits, all by symbol index:
    reused. Default: STB_GLOBAL, appended. With ``local_aliases``,
    file-scoped originals get an STB_LOCAL alias inside their FILE symbol's
    group (which is what livepatch-build-tools' ``prelink`` scopes by), and
-   every symbol reference in the object is renumbered.
+   every symbol reference in the object is renumbered. In a prelinked
+   payload (a literal ``old_addr``, or ``absolute``) the alias is instead
+   SHN_ABS, valued at the original's address (:mod:`lp_rewrite.absolute`).
 3. **Retarget**: each decided relocation now names the alias; its addend
    becomes ``A + value(S) - entry`` so that the designated address is the
    alias itself (RELA: the addend field; REL: the place is re-encoded).
@@ -31,7 +33,7 @@ from lp_rewrite.decide import Decision, Decisions
 from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.file import encode_name
 from lp_rewrite.elf.writer import serialize
-from lp_rewrite.errors import UsageError
+from lp_rewrite.errors import InputError, UsageError
 from lp_rewrite.identify import FuncsTable
 from lp_rewrite.policy import Policy
 from lp_rewrite.read import Payload
@@ -40,9 +42,13 @@ from lp_rewrite.read import Payload
 @dataclass
 class Alias:
     name: str
-    existing: int | None  # an undefined symbol already in the payload
+    existing: int | None  # a symbol already in the payload that serves as the alias
     binding: int
     index: int = -1  # its index in the output's symbol table
+    # SHN_UNDEF (Xen resolves the name at load), or SHN_ABS holding the
+    # original's address (prelinked payloads, lp_rewrite/absolute.py).
+    shndx: int = C.SHN_UNDEF
+    value: int = 0
 
 
 @dataclass
@@ -50,6 +56,7 @@ class NewSymbol:
     name: str
     info: int
     shndx: int
+    value: int = 0
 
 
 @dataclass
@@ -90,12 +97,15 @@ class Plan:
         return remap
 
 
-def _unique(name: str, taken: set[str]) -> str:
+def _unique(name: str, taken: set[str], next_suffix: dict[str, int]) -> str:
     if name not in taken:
         return name
-    n = 1
+    # Suffixes below next_suffix[name] are taken already: many symbols sharing
+    # one name must not make each search start again from ".1".
+    n = next_suffix.get(name, 1)
     while f"{name}.{n}" in taken:
         n += 1
+    next_suffix[name] = n + 1
     return f"{name}.{n}"
 
 
@@ -115,16 +125,23 @@ def plan(payload: Payload, funcs: FuncsTable, decisions: Decisions, policy: Poli
     for i, s in enumerate(syms.shndx):
         if (s, syms.value[i]) in entry_points:
             at_entry.setdefault((s, syms.value[i]), []).append(i)
+    # A literal old_addr means a prelinked payload: its aliases hold addresses too.
+    absolute = {funcs.replacements[n].original for n in reps if policy.absolute or funcs.replacements[n].old_literal}
     for n in reps:
         rep = funcs.replacements[n]
         name = rep.original
         out.alias_for_replacement[n] = name
         if name not in out.aliases:
-            existing = rep.old_symbol if rep.old_symbol is not None else undefined.get(name)
             local = policy.local_aliases and "#" in name
-            out.aliases[name] = Alias(name, existing, C.STB_LOCAL if local else C.STB_GLOBAL)
+            binding = C.STB_LOCAL if local else C.STB_GLOBAL
+            if name in absolute:
+                out.aliases[name] = Alias(name, None, binding, shndx=C.SHN_ABS)
+            else:
+                existing = rep.old_symbol if rep.old_symbol is not None else undefined.get(name)
+                out.aliases[name] = Alias(name, existing, binding)
         alias = out.aliases[name]
-        if alias.existing is None and alias.binding == C.STB_LOCAL and policy.linker_check:
+        new_undefined_local = alias.existing is None and alias.shndx == C.SHN_UNDEF and alias.binding == C.STB_LOCAL
+        if new_undefined_local and policy.linker_check:
             arch = payload.arch
             if not arch.ld_r_keeps_undefined_locals:
                 raise UsageError(
@@ -141,10 +158,13 @@ def plan(payload: Payload, funcs: FuncsTable, decisions: Decisions, policy: Poli
             out.renames[i] = old
     if out.renames:
         taken = {syms.name(i) for i in range(syms.count)} | set(out.aliases)
+        next_suffix: dict[str, int] = {}
         for i in sorted(out.renames):
-            new = _unique(policy.renamed(out.renames[i]), taken)
+            new = _unique(policy.renamed(out.renames[i]), taken, next_suffix)
             taken.add(new)
             out.renames[i] = new
+    if absolute:
+        _resolve_absolute(payload, funcs, reps, out, policy)
     _place_aliases(payload, out)
     for d in out.retargets:
         assert d.replacement is not None
@@ -153,20 +173,42 @@ def plan(payload: Payload, funcs: FuncsTable, decisions: Decisions, policy: Poli
     return out
 
 
+def _resolve_absolute(payload: Payload, funcs: FuncsTable, reps: list[int], out: Plan, policy: Policy) -> None:
+    """Give every SHN_ABS alias its address; reuse an identical symbol already there."""
+    from lp_rewrite.absolute import AbsoluteRequest, resolve_addresses
+
+    requests = [
+        AbsoluteRequest(r.original, r.old_literal, r.entry)
+        for r in (funcs.replacements[n] for n in reps)
+        if out.aliases[r.original].shndx == C.SHN_ABS
+    ]
+    addresses = resolve_addresses(requests, policy.xen_syms)
+    syms = payload.elf.symbols
+    present = {
+        (syms.name(i), syms.value[i]): i
+        for i, s in enumerate(syms.shndx)
+        if i and s == C.SHN_ABS and syms.type(i) not in (C.STT_SECTION, C.STT_FILE)
+    }
+    for name, address in addresses.items():
+        alias = out.aliases[name]
+        alias.value = address
+        alias.existing = present.get((name, address))  # e.g. prelink's value for an old_addr symbol
+
+
 def _place_aliases(payload: Payload, out: Plan) -> None:
     """Where each injected alias goes in the symbol table."""
     syms = payload.elf.symbols
     files = [(i, syms.name(i)) for i in range(1, syms.first_global) if syms.type(i) == C.STT_FILE]
     groups: dict[int, list[NewSymbol]] = {}
     missing_file: dict[str, list[NewSymbol]] = {}
-    func_undef = C.st_info(C.STB_GLOBAL, C.STT_FUNC)
+    global_func = C.st_info(C.STB_GLOBAL, C.STT_FUNC)
     for alias in out.aliases.values():
         if alias.existing is not None:
             continue
         if alias.binding == C.STB_GLOBAL:
-            out.appended.append(NewSymbol(alias.name, func_undef, C.SHN_UNDEF))
+            out.appended.append(NewSymbol(alias.name, global_func, alias.shndx, alias.value))
             continue
-        new = NewSymbol(alias.name, C.st_info(C.STB_LOCAL, C.STT_FUNC), C.SHN_UNDEF)
+        new = NewSymbol(alias.name, C.st_info(C.STB_LOCAL, C.STT_FUNC), alias.shndx, alias.value)
         scope = alias.name.partition("#")[0]
         pos = None
         for k, (_idx, fname) in enumerate(files):
@@ -216,7 +258,7 @@ def apply(payload: Payload, funcs: FuncsTable, out: Plan) -> bytes:
         return off
 
     def pack(sym: NewSymbol) -> bytes:
-        return lay.pack_sym(add_name(sym.name), sym.info, C.STV_DEFAULT, sym.shndx, 0, 0)
+        return lay.pack_sym(add_name(sym.name), sym.info, C.STV_DEFAULT, sym.shndx, sym.value, 0)
 
     # Symbol table: renamed entries patched, locals inserted, globals appended.
     symdata = bytearray(elf.section_data(elf.symtab_index))
@@ -298,6 +340,12 @@ def apply(payload: Payload, funcs: FuncsTable, out: Plan) -> bytes:
                     place = patched_targets[d.section] = bytearray(elf.section_data(d.section))
                 arch.write_implicit_addend(d.rtype, place, d.offset, addend)
         new_data[sec.index] = bytes(buf)
+    for idx in new_data:  # the tables the rewrite edits, not the loaded code and data
+        if elf.sections[idx].alloc:
+            raise InputError(
+                f"section [{idx}] {elf.sections[idx].name!r} is SHF_ALLOC: Xen would load this table, "
+                "and the rewrite must change it"
+            )
     for idx, place in patched_targets.items():
         new_data[idx] = bytes(place)
     if n_local_inserted:

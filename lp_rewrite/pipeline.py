@@ -83,8 +83,11 @@ def rewrite(
     if bad:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
         raise InputError(f"{payload.name}: {bad[0].describe()}{more}")
-    edits = plan(payload, analysis.funcs, analysis.decisions, policy)
-    data = apply(payload, analysis.funcs, edits)
+    try:
+        edits = plan(payload, analysis.funcs, analysis.decisions, policy)
+        data = apply(payload, analysis.funcs, edits)
+    except InputError as exc:  # names read late, tables Xen would load: still about this input
+        raise InputError(f"{payload.name}: {exc}") from None
     if edits.changes:
         check_rewrite(payload, analysis.funcs, edits, data, policy)
     dest: Path | None = None

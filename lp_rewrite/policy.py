@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from lp_rewrite.errors import UsageError
 from lp_rewrite.payload import ALWAYS_KEEP, DEFAULT_KEEP
@@ -24,6 +25,11 @@ class Policy:
     # Refuse local aliases where `ld -r` cannot carry them. Only tests turn
     # this off, to build the objects that show why.
     linker_check: bool = True
+    # SHN_ABS aliases holding the original's address, for prelinked payloads
+    # (lp_rewrite/absolute.py). A replacement whose old_addr is a literal gets
+    # one anyway; `absolute` asks for one everywhere.
+    absolute: bool = False
+    xen_syms: Path | None = None  # resolves and cross-checks absolute aliases
 
     def __post_init__(self) -> None:
         t = self.rename_template

@@ -6,7 +6,8 @@ new image from scratch and checks, against the input:
 * the same sections (names, types, flags, links) with identical contents,
   except the symbol/string tables and the relocation data the plan touched;
 * every input symbol is still there, identical but for the planned renames;
-  every alias is an undefined symbol carrying the original's exact name;
+  every alias is an undefined symbol carrying the original's exact name (or,
+  in a prelinked payload, an SHN_ABS one holding the original's address);
 * every relocation has the same place and type; only the retargeted ones name
   a different symbol (their alias) with the planned addend;
 * identifying and deciding the *output* finds the same replacements and
@@ -16,7 +17,7 @@ new image from scratch and checks, against the input:
 from __future__ import annotations
 
 from lp_rewrite.apply import Plan
-from lp_rewrite.decide import decide
+from lp_rewrite.decide import Decision, decide
 from lp_rewrite.elf import consts as C
 from lp_rewrite.errors import VerificationError
 from lp_rewrite.identify import FuncsTable, identify
@@ -103,36 +104,43 @@ def _check_symbols(inp: Payload, out: Payload, plan: Plan) -> None:
             raise _fail(f"symbol [{i}] should be named {want!r}")
     for alias in plan.aliases.values():
         j = alias.index
-        if t.shndx[j] != C.SHN_UNDEF or t.name(j) != alias.name:
-            raise _fail(f"alias {alias.name!r} is not an undefined symbol of that name")
+        if t.shndx[j] != alias.shndx or t.name(j) != alias.name:
+            kind = "an absolute" if alias.shndx == C.SHN_ABS else "an undefined"
+            raise _fail(f"alias {alias.name!r} is not {kind} symbol of that name")
+        if alias.shndx == C.SHN_ABS and t.value[j] != alias.value:
+            raise _fail(f"absolute alias {alias.name!r} holds {t.value[j]:#x}, not the original's {alias.value:#x}")
 
 
 def _check_relocations(inp: Payload, out: Payload, plan: Plan) -> None:
     a, b = inp.elf, out.elf
     remap = plan.index_map()
-    retarget = {(d.reloc_section, d.index): d for d in plan.retargets}
+    by_section: dict[int, list[Decision]] = {}
+    for d in plan.retargets:
+        by_section.setdefault(d.reloc_section, []).append(d)
     alias_index = {n: plan.aliases[name].index for n, name in plan.alias_for_replacement.items()}
     for idx in a.relocation_sections:
         x, y = a.relocations(idx), b.relocations(idx)
         if x.offsets != y.offsets or x.types != y.types:
             raise _fail(f"relocation section {x.section.name!r}: places or types changed")
+        moved = by_section.get(idx, [])
+        if not moved and not plan.inserts:
+            if y.syms != x.syms or y.addends != x.addends:
+                raise _fail(f"relocation section {x.section.name!r} changed without a plan")
+            continue
         expect_syms = [remap(v) for v in x.syms] if plan.inserts else list(x.syms)
         expect_add = list(x.addends) if x.addends is not None else None
-        for (ridx, i), d in retarget.items():
-            if ridx != idx:
-                continue
+        for d in moved:
             assert d.replacement is not None
-            expect_syms[i] = alias_index[d.replacement]
+            expect_syms[d.index] = alias_index[d.replacement]
             if expect_add is not None:
-                expect_add[i] = plan.new_addends[(ridx, i)]
+                expect_add[d.index] = plan.new_addends[(idx, d.index)]
         if y.syms != expect_syms:
             bad = next(i for i, (p, q) in enumerate(zip(y.syms, expect_syms, strict=True)) if p != q)
             raise _fail(f"{x.section.name!r} entry {bad}: symbol {y.syms[bad]}, expected {expect_syms[bad]}")
         if expect_add is not None and y.addends != expect_add:
             raise _fail(f"{x.section.name!r}: an addend changed unexpectedly")
         if x.addends is None:
-            for (ridx, i), d in retarget.items():
-                if ridx == idx:
-                    got = out.arch.implicit_addend(d.rtype, b.section_data(d.section), d.offset)
-                    if got != plan.new_addends[(ridx, i)]:
-                        raise _fail(f"{a.sections[d.section].name}+{d.offset:#x}: implicit addend {got}")
+            for d in moved:
+                got = out.arch.implicit_addend(d.rtype, b.section_data(d.section), d.offset)
+                if got != plan.new_addends[(idx, d.index)]:
+                    raise _fail(f"{a.sections[d.section].name}+{d.offset:#x}: implicit addend {got}")

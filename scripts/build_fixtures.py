@@ -93,7 +93,9 @@ def arches_for(spec: dict[str, object]) -> list[str]:
 def build_fixture(name: str, spec: dict[str, object], arch: str, out: Path, work: Path) -> Path:
     prefix = PREFIX[arch]
     gcc = prefix + "gcc"
-    include = subprocess.run([gcc, "-print-file-name=include"], capture_output=True, text=True, check=True).stdout.strip()
+    include = subprocess.run(
+        [gcc, "-print-file-name=include"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     flags = COMMON + ARCH_FLAGS[arch] + ["-isystem", include, "-I../include", f"-ffile-prefix-map={SRC}=."]
     flags += list(spec.get("cflags", []))  # type: ignore[call-overload]
     flags += list(spec.get("cflags_" + arch, []))  # type: ignore[call-overload]
@@ -125,8 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     arches = args.arch or list(PREFIX)
     missing = [a for a in arches if not toolchain_available(a)]
     if missing:
-        print(f"build_fixtures: no toolchain for {', '.join(missing)} "
-              "(apt-get install gcc gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf)", file=sys.stderr)
+        print(
+            f"build_fixtures: no toolchain for {', '.join(missing)} "
+            "(apt-get install gcc gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf)",
+            file=sys.stderr,
+        )
         return 2
     fixtures = load_manifest()
     out: Path = args.out.resolve()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,7 +19,9 @@ from lp_rewrite.cli.app import (
     make_policy,
     one_line_errors,
 )
-from lp_rewrite.errors import UsageError
+from lp_rewrite.cli.verify import CertificateHook
+from lp_rewrite.elf.consts import SHN_ABS
+from lp_rewrite.errors import InputError, UsageError
 
 
 @app.command()
@@ -35,6 +38,31 @@ def rewrite(
     no_default_keep: NoDefaultKeepOpt = False,
     local_aliases: LocalOpt = False,
     rename_template: TemplateOpt = None,
+    absolute: Annotated[
+        bool,
+        typer.Option(
+            "--absolute",
+            help="Make every alias SHN_ABS, holding the original's address (prelinked payloads; automatic "
+            "where old_addr holds a literal). Needs --xen-syms unless every old_addr is a literal.",
+        ),
+    ] = False,
+    xen_syms: Annotated[
+        Path | None,
+        typer.Option(
+            "--xen-syms",
+            metavar="FILE",
+            help="The hypervisor's xen-syms: looks up absolute aliases and cross-checks literal old_addr values; "
+            "with --verify, the symbol table both payloads are loaded against.",
+        ),
+    ] = None,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Prove the output with the verify certificate (both loaded the way Xen loads them, against "
+            "--xen-syms or a synthetic table) before it is renamed into place.",
+        ),
+    ] = False,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Print every decision.")] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print nothing on success.")] = False,
     fmt: FormatOpt = Format.text,
@@ -47,14 +75,22 @@ def rewrite(
         raise UsageError("say where the result goes: -o OUTPUT or --in-place")
     if output is not None and output.exists() and payload.exists() and output.samefile(payload):
         raise UsageError(f"{output} is the input file; use --in-place to rewrite it")
-    policy = make_policy(keep_section, no_default_keep, local_aliases, rename_template)
-    result = run(payload, output, in_place=in_place, policy=policy, backup_suffix=backup)
+    if xen_syms is not None and not xen_syms.is_file():
+        raise InputError(f"--xen-syms {xen_syms}: no such file")
+    policy = replace(
+        make_policy(keep_section, no_default_keep, local_aliases, rename_template), absolute=absolute, xen_syms=xen_syms
+    )
+    certify = CertificateHook(policy, xen_syms, str(output or payload)) if verify else None
+    result = run(payload, output, in_place=in_place, policy=policy, backup_suffix=backup, before_rename=certify)
+    proof = certify.certificate if certify is not None else None
     if fmt is Format.json:
-        typer.echo(report.dumps(summary_record(result, verbose)))
+        typer.echo(report.dumps(summary_record(result, verbose) | ({"certificate": proof.record()} if proof else {})))
         return
     if quiet:
         return
     typer.echo(summary_text(result))
+    if proof is not None:
+        typer.echo(proof.text().splitlines()[-1])
     if verbose:
         typer.echo(report.decisions_table(result.payload, result.funcs, result.decisions))
 
@@ -69,7 +105,9 @@ def summary_record(result: Any, with_decisions: bool) -> dict[str, Any]:
         "changed": result.changed,
         "replacements": report.replacement_records(result.payload, result.funcs),
         "aliases": [
-            {"name": a.name, "index": a.index, "reused": a.existing is not None} for a in result.plan.aliases.values()
+            {"name": a.name, "index": a.index, "reused": a.existing is not None}
+            | ({"absolute": a.value} if a.shndx == SHN_ABS else {})
+            for a in result.plan.aliases.values()
         ],
         "renamed": {result.payload.elf.symbols.name(i): new for i, new in sorted(result.plan.renames.items())},
         "retargeted": dict(sorted(result.retargets_per_section().items())),
@@ -98,6 +136,8 @@ def summary_text(result: Any) -> str:
     ]
     for alias in result.plan.aliases.values():
         how = "reused" if alias.existing is not None else "added"
+        if alias.shndx == SHN_ABS:
+            how += f", absolute {alias.value:#x}"
         lines.append(f"  alias {alias.name} ({how}, symbol {alias.index})")
     syms = p.elf.symbols
     for i, new in sorted(result.plan.renames.items()):
