@@ -1,0 +1,37 @@
+#!/bin/bash
+# Everything the e2e boots need for one architecture, cached per arch:
+# host tools, the Debian debs, (arm64) the livepatch-enabled hypervisor, then
+# the raw payloads and sendkey (always rebuilt: cheap, and tied to the
+# hypervisor's build-id).  Writes $E2E_DIR/build/prepared.env (KEY=VALUE) and
+# prints its path as the only line on stdout (progress goes to stderr).
+# Exit status 77: cannot run here (not root / package registry unreachable).
+# Usage: prepare.sh ARCH
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "$0")/lib.sh"
+e2e_arch "${1:?usage: prepare.sh ARCH}"
+t0=$SECONDS
+
+require_root
+if [ "$E2E_ARCH" = arm64 ]; then
+  host_tools fdtput:device-tree-compiler
+else
+  host_tools
+fi
+{
+  "$E2E_SCRIPTS/fetch-debs.sh" "$E2E_ARCH"
+  if [ "$E2E_ARCH" = arm64 ]; then "$E2E_SCRIPTS/build-xen-arm64.sh"; fi
+  "$E2E_SCRIPTS/build-payloads.sh" "$E2E_ARCH"
+} >&2
+
+e2e_xen_paths
+cat >"$BUILD/prepared.env" <<EOF
+E2E_ARCH=$E2E_ARCH
+E2E_DIR=$E2E_DIR
+XEN_IMAGE=$XEN_IMAGE
+XEN_SYMS=$XEN_SYMS
+XEN_BUILD_ID=$(readelf -n "$XEN_SYMS" | awk '/Build ID:/{print $3}')
+RAW_DIR=$BUILD/raw
+EOF
+log "$E2E_ARCH: prepared in $((SECONDS - t0))s"
+echo "$BUILD/prepared.env"
