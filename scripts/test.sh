@@ -13,7 +13,8 @@ for pair in \
     arm-linux-gnueabihf-gcc:gcc-arm-linux-gnueabihf \
     aarch64-linux-gnu-ld:binutils-aarch64-linux-gnu \
     arm-linux-gnueabihf-ld:binutils-arm-linux-gnueabihf \
-    objcopy:binutils; do
+    objcopy:binutils \
+    shellcheck:shellcheck; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need="$need ${pair#*:}"
 done
 if [ -n "$need" ]; then
