@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import bisect
 import struct
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lp_rewrite.decide import Decision, Decisions
 from lp_rewrite.elf import consts as C
-from lp_rewrite.elf.file import encode_name
+from lp_rewrite.elf.file import SymbolTable, decode_name, encode_name
 from lp_rewrite.elf.writer import serialize
 from lp_rewrite.errors import InputError, UsageError
 from lp_rewrite.identify import FuncsTable
@@ -121,10 +122,12 @@ def plan(payload: Payload, funcs: FuncsTable, decisions: Decisions, policy: Poli
         if i and s == C.SHN_UNDEF and syms.type(i) not in (C.STT_SECTION, C.STT_FILE):
             undefined.setdefault(syms.name(i), i)
     entry_points = {(funcs.replacements[n].section, funcs.replacements[n].offset) for n in reps}
+    entry_sections = {sec for sec, _off in entry_points}
     at_entry: dict[tuple[int, int], list[int]] = {}
+    values = syms.value
     for i, s in enumerate(syms.shndx):
-        if (s, syms.value[i]) in entry_points:
-            at_entry.setdefault((s, syms.value[i]), []).append(i)
+        if s in entry_sections and (s, values[i]) in entry_points:
+            at_entry.setdefault((s, values[i]), []).append(i)
     # A literal old_addr means a prelinked payload: its aliases hold addresses too.
     absolute = {funcs.replacements[n].original for n in reps if policy.absolute or funcs.replacements[n].old_literal}
     for n in reps:
@@ -157,7 +160,7 @@ def plan(payload: Payload, funcs: FuncsTable, decisions: Decisions, policy: Poli
                 continue  # unnamed, an Arm mapping symbol, or done by an earlier run
             out.renames[i] = old
     if out.renames:
-        taken = {syms.name(i) for i in range(syms.count)} | set(out.aliases)
+        taken = _all_names(syms) | set(out.aliases)
         next_suffix: dict[str, int] = {}
         for i in sorted(out.renames):
             new = _unique(policy.renamed(out.renames[i]), taken, next_suffix)
@@ -171,6 +174,13 @@ def plan(payload: Payload, funcs: FuncsTable, decisions: Decisions, policy: Poli
         rep = funcs.replacements[d.replacement]
         out.new_addends[(d.reloc_section, d.index)] = d.addend + syms.value[d.symbol] - rep.offset
     return out
+
+
+def _all_names(syms: SymbolTable) -> set[str]:
+    """Every symbol name, decoding each distinct string once."""
+    table = syms.strtab.data
+    raw = {table[off : table.find(b"\0", off)] for off in set(syms.name_off)}
+    return {decode_name(r) for r in raw}
 
 
 def _resolve_absolute(payload: Payload, funcs: FuncsTable, reps: list[int], out: Plan, policy: Policy) -> None:
@@ -228,6 +238,30 @@ def _place_aliases(payload: Payload, out: Plan) -> None:
     out.inserts = sorted(groups.items())
 
 
+def _check_rel_places_unshared(payload: Payload, rel_places: dict[int, list[int]]) -> None:
+    """A retargeted REL place must belong to its relocation alone.
+
+    Xen applies relocations in turn, each reading its addend from the place,
+    so two on the same bytes compound: moving one moves the other, and a
+    re-encoded addend is read by both. No compiler emits that; a damaged
+    object is refused.
+    """
+    elf = payload.elf
+    for section, places in rel_places.items():
+        counts: Counter[int] = Counter()
+        for idx in elf.relocation_sections:
+            if elf.sections[idx].sh_info == section:
+                counts.update(elf.relocations(idx).offsets)
+        for off in places:
+            for other in range(off - 3, off + 4):  # 4-byte places (the only REL target, 32-bit Arm)
+                if counts[other] > (other == off):
+                    name = elf.sections[section].name
+                    raise InputError(
+                        f"{name}+{off:#x}: another relocation also writes this REL place ({name}+{other:#x}), "
+                        "so the two cannot be told apart"
+                    )
+
+
 def apply(payload: Payload, funcs: FuncsTable, out: Plan) -> bytes:
     """The rewritten object's bytes (the input's bytes when nothing changes)."""
     if not out.changes:
@@ -237,13 +271,12 @@ def apply(payload: Payload, funcs: FuncsTable, out: Plan) -> bytes:
     syms = elf.symbols
     remap = out.index_map()
     n_local_inserted = out.inserted_count()
-    if n_local_inserted:
-        for s in elf.sections:
-            if s.sh_type == C.SHT_LLVM_ADDRSIG:
-                raise UsageError(
-                    f"section {s.name!r} holds symbol indices this tool cannot renumber; "
-                    "local aliases are not possible for this object"
-                )
+    if n_local_inserted and C.SHT_LLVM_ADDRSIG in elf.sections.type:
+        s = elf.sections[elf.sections.type.index(C.SHT_LLVM_ADDRSIG)]
+        raise UsageError(
+            f"section {s.name!r} holds symbol indices this tool cannot renumber; "
+            "local aliases are not possible for this object"
+        )
 
     # String table: the input's, plus every new name once.
     strtab = bytearray(syms.strtab.data)
@@ -288,7 +321,7 @@ def apply(payload: Payload, funcs: FuncsTable, out: Plan) -> bytes:
     for alias in out.aliases.values():
         alias.index = remap(alias.existing) if alias.existing is not None else by_name[alias.name]
 
-    new_data: dict[int, bytes] = {elf.symtab_index: new_symtab, syms.strtab_index: bytes(strtab)}
+    new_data: dict[int, bytes | bytearray] = {elf.symtab_index: new_symtab, syms.strtab_index: bytes(strtab)}
     new_info: dict[int, int] = {}
     if n_local_inserted:
         new_info[elf.symtab_index] = syms.first_global + n_local_inserted
@@ -310,12 +343,17 @@ def apply(payload: Payload, funcs: FuncsTable, out: Plan) -> bytes:
     for d in out.retargets:
         retargets_by_section.setdefault(d.reloc_section, []).append(d)
     patched_targets: dict[int, bytearray] = {}
-    for sec in elf.sections:
-        if sec.sh_type not in (C.SHT_REL, C.SHT_RELA) or sec.sh_link != elf.symtab_index:
-            continue
-        todo = retargets_by_section.get(sec.index, [])
-        if not todo and not n_local_inserted:
-            continue
+    rel_places: dict[int, list[int]] = {}  # section -> offsets of retargeted REL places
+    secs = elf.sections
+    if n_local_inserted:  # every relocation section is renumbered
+        reloc_sections = [
+            i for i, t in enumerate(secs.type) if t in (C.SHT_REL, C.SHT_RELA) and secs.link[i] == elf.symtab_index
+        ]
+    else:
+        reloc_sections = sorted(retargets_by_section)
+    for ridx in reloc_sections:
+        sec = secs[ridx]
+        todo = retargets_by_section.get(ridx, [])
         is_rela = sec.sh_type == C.SHT_RELA
         entsize = lay.rela.size if is_rela else lay.rel.size
         info_off = lay.rel_info[1]
@@ -334,22 +372,24 @@ def apply(payload: Payload, funcs: FuncsTable, out: Plan) -> bytes:
             addend = out.new_addends[(d.reloc_section, d.index)]
             if is_rela:
                 struct.pack_into("<" + lay.rela_addend[0], buf, base + lay.rela_addend[1], addend)
-            elif addend != d.addend:
+                continue
+            rel_places.setdefault(d.section, []).append(d.offset)
+            if addend != d.addend:
                 place = patched_targets.get(d.section)
                 if place is None:
                     place = patched_targets[d.section] = bytearray(elf.section_data(d.section))
                 arch.write_implicit_addend(d.rtype, place, d.offset, addend)
-        new_data[sec.index] = bytes(buf)
+        new_data[sec.index] = buf
+    _check_rel_places_unshared(payload, rel_places)
     for idx in new_data:  # the tables the rewrite edits, not the loaded code and data
         if elf.sections[idx].alloc:
             raise InputError(
                 f"section [{idx}] {elf.sections[idx].name!r} is SHF_ALLOC: Xen would load this table, "
                 "and the rewrite must change it"
             )
-    for idx, place in patched_targets.items():
-        new_data[idx] = bytes(place)
+    new_data.update(patched_targets)
     if n_local_inserted:
-        for sec in elf.sections:
-            if sec.sh_type == C.SHT_GROUP and sec.sh_link == elf.symtab_index:
-                new_info[sec.index] = remap(sec.sh_info)
+        for i, t in enumerate(secs.type):
+            if t == C.SHT_GROUP and secs.link[i] == elf.symtab_index:
+                new_info[i] = remap(secs.info[i])
     return serialize(elf, new_data, new_info)

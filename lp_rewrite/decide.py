@@ -17,20 +17,21 @@ from __future__ import annotations
 import enum
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from itertools import accumulate
 
 from lp_rewrite.arch import Use
 from lp_rewrite.elf import consts as C
+from lp_rewrite.elf.file import RelocTable
 from lp_rewrite.errors import InputError
 from lp_rewrite.identify import FuncsTable, Replacement
 from lp_rewrite.policy import Policy
 from lp_rewrite.read import Payload
 
 
-class Reason(enum.Enum):
+class Reason(enum.StrEnum):  # str-based: hashed in C, tens of thousands of times
     RETARGET = "retarget"
     KEEP_EXEMPT = "keep-exempt-section"
     KEEP_NON_ALLOC = "keep-non-alloc"
@@ -55,8 +56,11 @@ _DESCRIPTIONS = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Decision:
+    # Not frozen: frozen dataclasses initialise through object.__setattr__,
+    # and a stress object makes tens of thousands of decisions.
+
     reloc_section: int  # the SHT_REL/SHT_RELA section
     index: int  # entry number in it
     section: int  # the section being relocated (sh_info)
@@ -139,13 +143,21 @@ class _Entries:
         return None
 
 
-def decide(payload: Payload, funcs: FuncsTable, policy: Policy, *, everything: bool = False) -> Decisions:
+def decide(
+    payload: Payload,
+    funcs: FuncsTable,
+    policy: Policy,
+    *,
+    everything: bool = False,
+    sections: Iterable[int] | None = None,
+) -> Decisions:
     """Decide every relocation that can reach a replacement's section.
 
     With ``everything``, also materialise a decision for every other
     relocation (for ``explain``); otherwise those are only counted.
+    ``sections`` limits the work to these relocation sections.
     """
-    elf, arch = payload.elf, payload.arch
+    elf = payload.elf
     syms = elf.symbols
     by_section: dict[int, _Entries] = {}
     for n, rep in enumerate(funcs.replacements):
@@ -154,61 +166,93 @@ def decide(payload: Payload, funcs: FuncsTable, policy: Policy, *, everything: b
     interesting = {i for i, s in enumerate(shndx) if s in by_section}
     exempt = ExemptSections(policy)
     out = Decisions([])
+    secs = elf.sections
+    only = None if sections is None else set(sections)
     for ridx in elf.relocation_sections:
-        table = elf.relocations(ridx)
-        out.total += table.count
-        if not everything and interesting.isdisjoint(table.syms):
-            out.counts[Reason.KEEP_NOT_REPLACED] += table.count
+        if only is not None and ridx not in only:
             continue
-        sec = elf.sections[table.target]
-        data = elf.section_data(sec.index)
-        seen = 0
-        for i, sym in enumerate(table.syms):
-            if sym not in interesting and not everything:
-                continue
-            seen += 1
-            rtype = table.types[i]
-            offset = table.offsets[i]
-            rt = arch.types.get(rtype)
-            known = rt is not None
-            if table.addends is not None:
-                addend = table.addends[i]
-            elif known and sec.alloc:
-                addend = arch.implicit_addend(rtype, data, offset)
-            else:
-                addend = 0
-            bias = 0
-            if known and sec.alloc:
-                if sym in interesting:
-                    bias = arch.target_bias(rtype, sec, data, offset)
-                else:
-                    bias = _display_bias(payload, rtype, sec.index, offset)
-            tsec: int | None = shndx[sym] if syms.is_defined_in_section(sym) else None
-            toff = syms.value[sym] + addend + bias if tsec is not None else None
-            rep_index: int | None = None
-            reason = Reason.KEEP_NOT_REPLACED
-            if rt is not None and rt.use is Use.NONE:
-                reason = Reason.KEEP_NO_EFFECT
-            elif not sec.alloc:
-                reason = Reason.KEEP_NON_ALLOC
-            elif not known:
-                reason = Reason.KEEP_UNSUPPORTED
-            elif tsec is not None and toff is not None and tsec in by_section:
-                entries = by_section[tsec]
-                rep_index = entries.exact.get(toff)
-                if rep_index is not None:
-                    reason = Reason.KEEP_EXEMPT if exempt(sec.name) else Reason.RETARGET
-                else:
-                    rep_index = entries.body(toff)
-                    if rep_index is not None:
-                        reason = Reason.KEEP_BODY
-            out.items.append(
-                Decision(ridx, i, sec.index, offset, rtype, sym, addend, bias, tsec, toff, rep_index, reason)
-            )
-            out.counts[reason] += 1
+        entsize = secs.entsize[ridx]
+        count = secs.size[ridx] // entsize if entsize else 0
+        out.total += count
+        if not everything and interesting.isdisjoint(elf.relocation_syms(ridx)):
+            out.counts[Reason.KEEP_NOT_REPLACED] += count
+            continue
+        table = elf.relocations(ridx)
+        if everything:
+            todo: Iterable[int] = range(table.count)
+        else:
+            todo = [i for i, sym in enumerate(table.syms) if sym in interesting]
+        made = _decide_entries(payload, table, todo, by_section, interesting, exempt, out.items)
         if not everything:
-            out.counts[Reason.KEEP_NOT_REPLACED] += table.count - seen
+            out.counts[Reason.KEEP_NOT_REPLACED] += table.count - made
+    out.counts.update(d.reason for d in out.items)
     return out
+
+
+def _decide_entries(
+    payload: Payload,
+    table: RelocTable,
+    todo: Iterable[int],
+    by_section: dict[int, _Entries],
+    interesting: set[int],
+    exempt: ExemptSections,
+    out: list[Decision],
+) -> int:
+    """Append the decision for each entry ``todo`` of one relocation table."""
+    elf, arch = payload.elf, payload.arch
+    syms = elf.symbols
+    shndx, values, extended = syms.shndx, syms.value, syms.extended
+    types = arch.types
+    ridx = table.section.index
+    sec = elf.sections[table.target]
+    alloc = sec.alloc
+    data = elf.section_data(sec.index)
+    offsets, rtypes, rsyms, addends = table.offsets, table.types, table.syms, table.addends
+    sec_exempt: bool | None = None  # the name is decoded only if an entry is met
+    made = 0
+    for i in todo:
+        made += 1
+        sym = rsyms[i]
+        rtype = rtypes[i]
+        offset = offsets[i]
+        rt = types.get(rtype)
+        known = rt is not None
+        if addends is not None:
+            addend = addends[i]
+        elif known and alloc:
+            addend = arch.implicit_addend(rtype, data, offset)
+        else:
+            addend = 0
+        bias = 0
+        if known and alloc:
+            if sym in interesting:
+                bias = arch.target_bias(rtype, sec, data, offset)
+            else:
+                bias = _display_bias(payload, rtype, sec.index, offset)
+        s = shndx[sym]
+        tsec: int | None = s if (C.SHN_UNDEF < s < C.SHN_LORESERVE or sym in extended) else None
+        toff = values[sym] + addend + bias if tsec is not None else None
+        rep_index: int | None = None
+        reason = Reason.KEEP_NOT_REPLACED
+        if rt is not None and rt.use is Use.NONE:
+            reason = Reason.KEEP_NO_EFFECT
+        elif not alloc:
+            reason = Reason.KEEP_NON_ALLOC
+        elif not known:
+            reason = Reason.KEEP_UNSUPPORTED
+        elif tsec is not None and toff is not None and tsec in by_section:
+            entries = by_section[tsec]
+            rep_index = entries.exact.get(toff)
+            if rep_index is not None:
+                if sec_exempt is None:
+                    sec_exempt = exempt(sec.name)
+                reason = Reason.KEEP_EXEMPT if sec_exempt else Reason.RETARGET
+            else:
+                rep_index = entries.body(toff)
+                if rep_index is not None:
+                    reason = Reason.KEEP_BODY
+        out.append(Decision(ridx, i, sec.index, offset, rtype, sym, addend, bias, tsec, toff, rep_index, reason))
+    return made
 
 
 def _display_bias(payload: Payload, rtype: int, section: int, offset: int) -> int:

@@ -47,7 +47,7 @@ def analyse(
 ) -> Analysis:
     """Read a payload and decide every relocation (nothing is written)."""
     policy = policy or Policy()
-    payload = read_payload(source)
+    payload = read_payload(source, xen_limits=policy.xen_limits)
     try:
         funcs = identify(payload)
     except InputError as exc:
@@ -89,7 +89,8 @@ def rewrite(
     except InputError as exc:  # names read late, tables Xen would load: still about this input
         raise InputError(f"{payload.name}: {exc}") from None
     if edits.changes:
-        check_rewrite(payload, analysis.funcs, edits, data, policy)
+        looked_at = {d.reloc_section for d in analysis.decisions.items}
+        check_rewrite(payload, analysis.funcs, edits, data, policy, looked_at)
     dest: Path | None = None
     if in_place:
         assert not isinstance(source, bytes)

@@ -29,6 +29,9 @@ class Policy:
     # (lp_rewrite/absolute.py). A replacement whose old_addr is a literal gets
     # one anyway; `absolute` asks for one everywhere.
     absolute: bool = False
+    # Refuse objects Xen's loader would refuse by size (1024 sections); off for
+    # intermediate objects and stress tests.
+    xen_limits: bool = True
     xen_syms: Path | None = None  # resolves and cross-checks absolute aliases
 
     def __post_init__(self) -> None:

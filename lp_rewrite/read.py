@@ -12,6 +12,7 @@ from lp_rewrite.arch import Arch, arch_for
 from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.file import ElfFile, RelocTable
 from lp_rewrite.errors import InputError
+from lp_rewrite.payload import MAX_SECTIONS
 
 
 @dataclass
@@ -60,18 +61,28 @@ def read_file(path: str | os.PathLike[str]) -> bytes:
         raise InputError(f"{path}: {exc.strerror or exc}") from exc
 
 
-def read_payload(source: str | os.PathLike[str] | bytes, name: str | None = None) -> Payload:
-    """Parse and validate a payload from a path or from bytes."""
+def read_payload(
+    source: str | os.PathLike[str] | bytes,
+    name: str | None = None,
+    *,
+    xen_limits: bool = True,
+    check_relocations: bool = True,
+) -> Payload:
+    """Parse and validate a payload from a path or from bytes.
+
+    ``xen_limits=False`` accepts objects beyond what Xen's loader takes (1024
+    sections): intermediate objects and stress tests.
+    """
     if isinstance(source, bytes):
         data, label = source, name or "<bytes>"
     else:
         data, label = read_file(source), name or os.fspath(source)
     try:
-        elf = ElfFile(data, label)
+        elf = ElfFile(data, label, MAX_SECTIONS if xen_limits else None)
         arch = arch_for(elf)
         _check_xen_header(elf)
         payload = Payload(label, elf, arch)
-        _check_relocation_sections(payload)
+        _check_relocation_sections(payload, check_relocations)
     except InputError as exc:
         raise InputError(f"{label}: {exc}") from None
     return payload
@@ -86,29 +97,40 @@ def _check_xen_header(elf: ElfFile) -> None:
         raise InputError(f"EI_OSABI {osabi} is not accepted by Xen")
 
 
-def _check_relocation_sections(payload: Payload) -> None:
+def _check_relocation_sections(payload: Payload, entries: bool = True) -> None:
     elf = payload.elf
+    secs = elf.sections
+    allowed = payload.arch.rel_section_types
     for idx in elf.relocation_sections:
-        sec = elf.sections[idx]
-        target = elf.sections[sec.sh_info]
-        if target.alloc and sec.sh_type not in payload.arch.rel_section_types:
+        target = secs.info[idx]
+        if not secs.flags[target] & C.SHF_ALLOC:
+            continue
+        if secs.type[idx] in allowed and secs.has_file_data(target):
+            continue
+        sec, target_sec = secs[idx], secs[target]
+        if sec.sh_type not in allowed:
             kind = "SHT_REL" if sec.sh_type == C.SHT_REL else "SHT_RELA"
             raise InputError(
                 f"section [{idx}] {sec.name!r}: {kind} relocations are not supported by Xen on {payload.arch.name}"
             )
-        if target.alloc and not target.has_file_data and sec.sh_size:
-            kind = "NOBITS" if target.sh_type == C.SHT_NOBITS else "SHT_NULL"
-            raise InputError(f"section [{idx}] {sec.name!r} relocates {target.name!r}, which has no file data ({kind})")
-        elf.relocations(idx)  # validates symbol indices and offsets
+        if sec.sh_size:
+            kind = "NOBITS" if target_sec.sh_type == C.SHT_NOBITS else "SHT_NULL"
+            raise InputError(
+                f"section [{idx}] {sec.name!r} relocates {target_sec.name!r}, which has no file data ({kind})"
+            )
+    if entries:  # the caller may prove most tables identical to checked ones instead
+        elf.check_relocations(elf.relocation_sections)
 
 
 def unsupported_relocations(payload: Payload) -> list[UnsupportedRelocation]:
     """Every relocation Xen would refuse ("Unhandled relocation"), in file order."""
     known = payload.arch.types
+    elf = payload.elf
     out = []
-    for table in payload.applied_relocations():
-        if not set(table.types) - known.keys():
+    for idx in elf.relocation_sections:
+        if not elf.sections.flags[elf.sections.info[idx]] & C.SHF_ALLOC or elf.relocation_types(idx) <= known.keys():
             continue
+        table = elf.relocations(idx)
         target = payload.elf.sections[table.target].name
         for i, t in enumerate(table.types):
             if t not in known:

@@ -16,9 +16,12 @@ new image from scratch and checks, against the input:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from lp_rewrite.apply import Plan
 from lp_rewrite.decide import Decision, decide
 from lp_rewrite.elf import consts as C
+from lp_rewrite.elf.file import ElfFile
 from lp_rewrite.errors import VerificationError
 from lp_rewrite.identify import FuncsTable, identify
 from lp_rewrite.policy import Policy
@@ -29,10 +32,28 @@ def _fail(msg: str) -> VerificationError:
     return VerificationError(f"self-check of the rewritten payload failed: {msg}")
 
 
-def check_rewrite(inp: Payload, funcs: FuncsTable, plan: Plan, data: bytes, policy: Policy) -> Payload:
-    """Parse ``data`` and check it is exactly ``inp`` with ``plan`` applied."""
+def check_rewrite(
+    inp: Payload,
+    funcs: FuncsTable,
+    plan: Plan,
+    data: bytes,
+    policy: Policy,
+    candidates: Iterable[int] | None = None,
+) -> Payload:
+    """Parse ``data`` and check it is exactly ``inp`` with ``plan`` applied.
+
+    ``candidates``: the relocation sections the input's decisions looked at.
+    Every other section is proven byte-identical and its symbols unchanged, so
+    only these are decided again.
+    """
     try:
-        out = read_payload(data, name=f"{inp.name} (rewritten)")
+        # Entries are validated below only where they differ from the input's:
+        # every other relocation table is proven byte-identical to a checked one.
+        out = read_payload(
+            data, name=f"{inp.name} (rewritten)", xen_limits=policy.xen_limits, check_relocations=False
+        )
+        changed = out.elf.relocation_sections if plan.inserts else sorted({d.reloc_section for d in plan.retargets})
+        out.elf.check_relocations(changed)
     except Exception as exc:  # the output must parse; anything else is our bug
         raise _fail(f"the output does not parse: {exc}") from exc
     _check_sections(inp, out, plan)
@@ -41,7 +62,7 @@ def check_rewrite(inp: Payload, funcs: FuncsTable, plan: Plan, data: bytes, poli
     out_funcs = identify(out)
     if [(r.original, r.entry) for r in out_funcs.replacements] != [(r.original, r.entry) for r in funcs.replacements]:
         raise _fail("the output's .livepatch.funcs no longer identifies the same replacements")
-    left = decide(out, out_funcs, policy).retargets
+    left = decide(out, out_funcs, policy, sections=candidates).retargets
     if left:
         d = left[0]
         raise _fail(f"{out.elf.sections[d.section].name}+{d.offset:#x} still references a replacement's entry")
@@ -50,38 +71,80 @@ def check_rewrite(inp: Payload, funcs: FuncsTable, plan: Plan, data: bytes, poli
 
 def _check_sections(inp: Payload, out: Payload, plan: Plan) -> None:
     a, b = inp.elf, out.elf
-    if len(a.sections) != len(b.sections):
-        raise _fail(f"section count changed ({len(a.sections)} -> {len(b.sections)})")
+    sa, sb = a.sections, b.sections
+    n = len(sa)
+    if n != len(sb):
+        raise _fail(f"section count changed ({n} -> {len(sb)})")
+    if sa.names.data != sb.names.data:
+        raise _fail("the section name table changed")
+    for column in ("name_off", "type", "flags", "link", "addralign", "entsize"):
+        if getattr(sa, column) != getattr(sb, column):
+            k = next(i for i, (x, y) in enumerate(zip(getattr(sa, column), getattr(sb, column), strict=True)) if x != y)
+            raise _fail(f"section [{k}] {sa.name(k)!r}: header field {column} changed")
     syms = a.symbols
     grown = {a.symtab_index, syms.strtab_index}
     if syms.shndx_section is not None:
         grown.add(syms.shndx_section)
-    touched = {d.reloc_section for d in plan.retargets}
-    # REL places re-encoded with a new addend: (section, offset) of 4-byte fields.
+    renumbered = plan.inserted_count() > 0
+    if sa.info != sb.info:
+        for k, (x, y) in enumerate(zip(sa.info, sb.info, strict=True)):
+            if x != y and k not in grown and not (renumbered and sa.type[k] == C.SHT_GROUP):
+                raise _fail(f"section [{k}] {sa.name(k)!r}: sh_info changed")
+    if sa.size != sb.size:
+        for k, (x, y) in enumerate(zip(sa.size, sb.size, strict=True)):
+            if x != y and k not in grown:
+                raise _fail(f"section [{k}] {sa.name(k)!r}: size changed")
+    # Contents: the relocation data the plan touched is checked entry by entry
+    # (_check_relocations); REL places re-encoded with a new addend are masked.
+    differ = set(grown) | {d.reloc_section for d in plan.retargets}
+    if renumbered:
+        differ |= {k for k, t in enumerate(sa.type) if t in (C.SHT_REL, C.SHT_RELA)}
     rel_places: dict[int, list[int]] = {}
     for d in plan.retargets:
-        if a.sections[d.reloc_section].sh_type == C.SHT_REL:
+        if sa.type[d.reloc_section] == C.SHT_REL:
             rel_places.setdefault(d.section, []).append(d.offset)
-    renumbered = plan.inserted_count() > 0
-    for x, y in zip(a.sections, b.sections, strict=True):
-        where = f"section [{x.index}] {x.name!r}"
-        same = (x.name, x.sh_type, x.sh_flags, x.sh_link, x.sh_addralign, x.sh_entsize)
-        if same != (y.name, y.sh_type, y.sh_flags, y.sh_link, y.sh_addralign, y.sh_entsize):
-            raise _fail(f"{where}: header changed")
-        if x.index in grown:
-            continue
-        if x.sh_size != y.sh_size:
-            raise _fail(f"{where}: size changed")
-        may_differ = x.index in touched or (renumbered and x.sh_type in (C.SHT_REL, C.SHT_RELA))
-        if x.sh_info != y.sh_info and not (renumbered and x.sh_type == C.SHT_GROUP):
-            raise _fail(f"{where}: sh_info changed")
-        if may_differ:
-            continue
-        old, new = bytearray(a.section_data(x.index)), bytearray(b.section_data(y.index))
-        for off in rel_places.get(x.index, ()):
+    same = [k for k in range(1, n) if sa.has_file_data(k) and k not in differ and k not in rel_places]
+    _compare_unchanged(a, b, same)
+    for k, places in rel_places.items():
+        old, new = bytearray(a.section_data(k)), bytearray(b.section_data(k))
+        for off in places:
             old[off : off + 4] = new[off : off + 4] = bytes(4)
         if old != new:
-            raise _fail(f"{where}: contents changed")
+            raise _fail(f"section [{k}] {sa.name(k)!r}: contents changed")
+
+
+def _compare_unchanged(a: ElfFile, b: ElfFile, indices: list[int]) -> None:
+    """Sections that must be byte-identical, compared a run at a time.
+
+    The writer moves every section by the growth of the tables before it, so
+    consecutive sections share one shift: one comparison covers a whole run.
+    A run that differs (padding between sections is not content) is compared
+    section by section to find the culprit.
+    """
+    sa, sb = a.sections, b.sections
+    order = sorted(indices, key=sa.offset.__getitem__)
+    run: list[int] = []
+
+    def flush() -> None:
+        if not run:
+            return
+        lo, hi = sa.offset[run[0]], sa.offset[run[-1]] + sa.size[run[-1]]
+        shift = sb.offset[run[0]] - sa.offset[run[0]]
+        if a.view[lo:hi] != b.view[lo + shift : hi + shift]:
+            for k in run:
+                if a.section_data(k) != b.section_data(k):
+                    raise _fail(f"section [{k}] {sa.name(k)!r}: contents changed")
+        run.clear()
+
+    for k in order:
+        if run:
+            prev = run[-1]
+            gap_a = sa.offset[k] - (sa.offset[prev] + sa.size[prev])
+            gap_b = sb.offset[k] - (sb.offset[prev] + sb.size[prev])
+            if gap_a != gap_b or gap_a < 0:
+                flush()
+        run.append(k)
+    flush()
 
 
 def _check_symbols(inp: Payload, out: Payload, plan: Plan) -> None:
@@ -118,7 +181,9 @@ def _check_relocations(inp: Payload, out: Payload, plan: Plan) -> None:
     for d in plan.retargets:
         by_section.setdefault(d.reloc_section, []).append(d)
     alias_index = {n: plan.aliases[name].index for n, name in plan.alias_for_replacement.items()}
-    for idx in a.relocation_sections:
+    # Untouched sections were compared byte for byte (_check_sections).
+    todo = a.relocation_sections if plan.inserts else sorted(by_section)
+    for idx in todo:
         x, y = a.relocations(idx), b.relocations(idx)
         if x.offsets != y.offsets or x.types != y.types:
             raise _fail(f"relocation section {x.section.name!r}: places or types changed")

@@ -293,8 +293,7 @@ def shape(
         ptr_fmt = "<Q" if ptr == 8 else "<I"
         struct.pack_into(ptr_fmt, fdata, base + 2 * ptr, original.value if resolve else 0)
         struct.pack_into("<II", fdata, base + 3 * ptr, syms[new_sym].size, original.size)
-    funcs.sh_entsize = entry
-    strings.sh_entsize = 1
+    entsizes = {funcs.index: entry, strings.index: 1}
 
     # livepatch_rename_local_symbols.
     for s in syms[1:]:
@@ -333,7 +332,7 @@ def shape(
         new_data[idx] = bytes(buf)
     new_data[funcs.index] = bytes(fdata)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(serialize(elf, new_data, {elf.symtab_index: first_global}))
+    out.write_bytes(serialize(elf, new_data, {elf.symtab_index: first_global}, entsizes))
     return out
 
 

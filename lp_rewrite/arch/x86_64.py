@@ -14,7 +14,7 @@ from types import MappingProxyType
 from typing import Final
 
 from lp_rewrite.arch import Arch, LoadError, RelocType, Use
-from lp_rewrite.arch.x86_insn import decode_rel32
+from lp_rewrite.arch.x86_insn import decode_rel32, fast_rel32
 from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.file import ElfFile, Section
 from lp_rewrite.errors import InputError
@@ -68,8 +68,10 @@ class X86_64(Arch):
 
     def target_bias(self, rtype: int, section: Section, data: memoryview, offset: int) -> int:
         if rtype in (R_X86_64_PC32, R_X86_64_PLT32) and section.executable:
-            where = f"{section.name}+{offset:#x}"
-            return decode_rel32(data, offset, where).bias(offset)
+            site = fast_rel32(data, offset)  # the common forms, without formatting a location
+            if site is None:
+                site = decode_rel32(data, offset, f"{section.name}+{offset:#x}")
+            return site.bias(offset)
         return 0
 
     def relocate(self, rtype: int, place: bytearray, offset: int, s: int, a: int, p: int) -> None:

@@ -126,3 +126,7 @@ def _capstone(code: memoryview, field: int, where: str) -> Rel32Site:
 def decode_rel32(code: memoryview, field: int, where: str) -> Rel32Site:
     """The instruction whose rel32 displacement/immediate starts at ``field``."""
     return _fast(code, field) or _capstone(code, field, where)
+
+
+# The decoder's first stage alone: None when capstone would be needed.
+fast_rel32 = _fast

@@ -115,7 +115,18 @@ TemplateOpt = Annotated[
 FormatOpt = Annotated[Format, typer.Option("--format", help="Output format.")]
 
 
-def make_policy(keep: list[str] | None, no_default_keep: bool, local: bool, template: str | None) -> Any:
+LimitsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--ignore-xen-limits",
+        help="Process objects beyond what Xen's loader accepts (1024 sections): intermediate objects, stress tests.",
+    ),
+]
+
+
+def make_policy(
+    keep: list[str] | None, no_default_keep: bool, local: bool, template: str | None, *, ignore_limits: bool = False
+) -> Any:
     from lp_rewrite.policy import DEFAULT_RENAME_TEMPLATE, Policy
 
     return Policy(
@@ -123,6 +134,7 @@ def make_policy(keep: list[str] | None, no_default_keep: bool, local: bool, temp
         default_keep=not no_default_keep,
         local_aliases=local,
         rename_template=template or DEFAULT_RENAME_TEMPLATE,
+        xen_limits=not ignore_limits,
     )
 
 

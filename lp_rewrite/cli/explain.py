@@ -11,6 +11,7 @@ from lp_rewrite.cli.app import (
     Format,
     FormatOpt,
     KeepOpt,
+    LimitsOpt,
     LocalOpt,
     NoDefaultKeepOpt,
     TemplateOpt,
@@ -28,6 +29,7 @@ def explain(
     no_default_keep: NoDefaultKeepOpt = False,
     local_aliases: LocalOpt = False,
     rename_template: TemplateOpt = None,
+    ignore_xen_limits: LimitsOpt = False,
     relevant: Annotated[
         bool, typer.Option("--relevant", help="Only relocations that reach a replacement's section.")
     ] = False,
@@ -37,7 +39,7 @@ def explain(
     from lp_rewrite import report
     from lp_rewrite.pipeline import analyse
 
-    policy = make_policy(keep_section, no_default_keep, local_aliases, rename_template)
+    policy = make_policy(keep_section, no_default_keep, local_aliases, rename_template, ignore_limits=ignore_xen_limits)
     a = analyse(payload, policy, everything=not relevant)
     if fmt is Format.json:
         typer.echo(

@@ -12,6 +12,7 @@ from lp_rewrite.cli.app import (
     Format,
     FormatOpt,
     KeepOpt,
+    LimitsOpt,
     LocalOpt,
     NoDefaultKeepOpt,
     TemplateOpt,
@@ -38,6 +39,7 @@ def rewrite(
     no_default_keep: NoDefaultKeepOpt = False,
     local_aliases: LocalOpt = False,
     rename_template: TemplateOpt = None,
+    ignore_xen_limits: LimitsOpt = False,
     absolute: Annotated[
         bool,
         typer.Option(
@@ -78,7 +80,9 @@ def rewrite(
     if xen_syms is not None and not xen_syms.is_file():
         raise InputError(f"--xen-syms {xen_syms}: no such file")
     policy = replace(
-        make_policy(keep_section, no_default_keep, local_aliases, rename_template), absolute=absolute, xen_syms=xen_syms
+        make_policy(keep_section, no_default_keep, local_aliases, rename_template, ignore_limits=ignore_xen_limits),
+        absolute=absolute,
+        xen_syms=xen_syms,
     )
     certify = CertificateHook(policy, xen_syms, str(output or payload)) if verify else None
     result = run(payload, output, in_place=in_place, policy=policy, backup_suffix=backup, before_rename=certify)

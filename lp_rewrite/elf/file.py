@@ -9,11 +9,15 @@ followed through links more than once.
 
 from __future__ import annotations
 
+from bisect import insort
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from itertools import pairwise
+from typing import overload
 
 from lp_rewrite.elf import consts as C
-from lp_rewrite.elf.layout import ClassLayout, column, layout_for
+from lp_rewrite.elf.layout import _NATIVE_LE, ClassLayout, column, layout_for
 from lp_rewrite.errors import InputError
 from lp_rewrite.payload import MAX_NAME_LEN, MAX_SECTIONS
 
@@ -62,7 +66,7 @@ class Section:
         )
 
 
-def _decode(raw: bytes) -> str:
+def decode_name(raw: bytes) -> str:
     # Symbol names are bytes; surrogateescape round-trips any of them.
     return raw.decode("utf-8", "surrogateescape")
 
@@ -86,7 +90,96 @@ class StringTable:
         end = self.data.find(b"\0", offset, offset + MAX_NAME_LEN + 1)
         if end < 0:
             raise InputError(f"{self.what}: the name at offset {offset} is longer than {MAX_NAME_LEN} bytes")
-        return _decode(self.data[offset:end])
+        return decode_name(self.data[offset:end])
+
+
+class SectionTable(Sequence[Section]):
+    """The section header table, as columns; Section objects on demand.
+
+    A stress object has 100k sections and a payload touches a handful, so
+    per-section objects are only made for the sections a caller asks for.
+    """
+
+    def __init__(self, headers: memoryview, layout: ClassLayout, names: StringTable) -> None:
+        n = len(headers) // layout.shdr.size
+        cols = [column(headers, f, layout.shdr.size) for f in layout.shdr_fields]
+        (
+            self.name_off,
+            self.type,
+            self.flags,
+            self.addr,
+            self.offset,
+            self.size,
+            self.link,
+            self.info,
+            self.addralign,
+            self.entsize,
+        ) = cols
+        self.total = n
+        self.names = names
+        self._cache: dict[int, Section] = {}
+
+    def __len__(self) -> int:
+        return self.total
+
+    @overload
+    def __getitem__(self, index: int) -> Section: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Section]: ...
+    def __getitem__(self, index: int | slice) -> Section | list[Section]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self.total))]
+        sec = self._cache.get(index)
+        if sec is None:
+            if not -self.total <= index < self.total:
+                raise IndexError(index)
+            index %= self.total
+            sec = Section(
+                index,
+                self.name(index),
+                self.name_off[index],
+                self.type[index],
+                self.flags[index],
+                self.addr[index],
+                self.offset[index],
+                self.size[index],
+                self.link[index],
+                self.info[index],
+                self.addralign[index],
+                self.entsize[index],
+            )
+            self._cache[index] = sec
+        return sec
+
+    def __iter__(self) -> Iterator[Section]:
+        return (self[i] for i in range(self.total))
+
+    def name(self, index: int) -> str:
+        return self.names.get(self.name_off[index]) if index else ""
+
+    def has_file_data(self, index: int) -> bool:
+        return index > 0 and self.type[index] not in (C.SHT_NOBITS, C.SHT_NULL)
+
+    def find(self, name: str) -> int | None:
+        """Index of the first section with this name (no per-section decoding)."""
+        want = encode_name(name) + b"\0"
+        table = self.names.data
+        offsets = set()
+        pos = table.find(want)
+        while pos >= 0:
+            # Any match counts: linkers share suffixes, so sh_name may point into
+            # a longer name (".rela.text.foo" also holds ".text.foo").
+            offsets.add(pos)
+            pos = table.find(want, pos + 1)
+        best: int | None = None
+        for off in offsets:
+            try:
+                i = self.name_off.index(off, 1)
+            except ValueError:
+                continue
+            if best is None or i < best:
+                best = i
+        return best
 
 
 class SymbolTable:
@@ -156,8 +249,10 @@ class SymbolTable:
         self._names: dict[int, str] = {}
 
     def _find_shndx_section(self, elf: ElfFile) -> int | None:
-        for sec in elf.sections:
-            if sec.sh_type == C.SHT_SYMTAB_SHNDX and sec.sh_link == self.section.index:
+        secs = elf.sections
+        for i, t in enumerate(secs.type):
+            if t == C.SHT_SYMTAB_SHNDX and secs.link[i] == self.section.index:
+                sec = secs[i]
                 if sec.sh_size != 4 * self.count:
                     raise InputError(f"section [{sec.index}] {sec.name!r}: size does not match the symbol table")
                 return sec.index
@@ -242,7 +337,10 @@ class RelocTable:
 class ElfFile:
     """A parsed, validated ELF relocatable object held in memory."""
 
-    def __init__(self, data: bytes, name: str = "<input>") -> None:
+    def __init__(self, data: bytes, name: str = "<input>", max_sections: int | None = MAX_SECTIONS) -> None:
+        # max_sections: Xen's e_shnum limit, or None for objects that are not
+        # final payloads (intermediate objects, stress tests).
+        self.max_sections = max_sections
         self.data = data
         self.view = memoryview(data)
         self.name = name
@@ -320,59 +418,73 @@ class ElfFile:
                 shstrndx = h0[6]
             if shnum == 0:
                 raise InputError("e_shnum is 0 and section header 0 gives no section count")
-        if shnum >= MAX_SECTIONS:
+        if self.max_sections is not None and shnum >= self.max_sections:
             # livepatch_header_check(): e_shnum < 1024. Checked before any header is read.
-            raise InputError(f"the object has {shnum} sections; Xen accepts a payload with fewer than {MAX_SECTIONS}")
+            raise InputError(
+                f"the object has {shnum} sections; Xen accepts a payload with fewer than {MAX_SECTIONS} "
+                "(--ignore-xen-limits processes it anyway)"
+            )
         if self.e_shoff + shnum * lay.shdr.size > size:
             raise InputError(f"section header table ({shnum} entries at {self.e_shoff:#x}) is past the end of the file")
         self.shnum = shnum
-        table = self.view[self.e_shoff : self.e_shoff + shnum * lay.shdr.size]
-        headers = list(lay.shdr.iter_unpack(table))
         if not 0 < shstrndx < shnum:
             raise InputError(f"e_shstrndx {shstrndx} is not a section index (the object has {shnum} sections)")
         self.shstrndx = shstrndx
-        h = headers[shstrndx]
-        if h[1] != C.SHT_STRTAB or h[4] + h[5] > size:
+        table = self.view[self.e_shoff : self.e_shoff + shnum * lay.shdr.size]
+        h = lay.shdr.unpack_from(table, shstrndx * lay.shdr.size)
+        if h[1] != C.SHT_STRTAB or h[4] > size or h[5] > size - h[4]:
             raise InputError(f"section [{shstrndx}] named by e_shstrndx is not a string table inside the file")
         shstr = StringTable(bytes(self.view[h[4] : h[4] + h[5]]), f"section name table [{shstrndx}]")
-        sections: list[Section] = []
+        self.sections = secs = SectionTable(table, lay, shstr)
+        # Every check below runs over columns (C speed), and finds the culprit
+        # only when one exists.
         limit = len(shstr.data)
-        for i, hdr in enumerate(headers):
-            if hdr[0] >= limit:
-                raise InputError(f"section [{i}]: name offset {hdr[0]} is outside the section name table")
-            sec = Section(i, shstr.get(hdr[0]) if i else "", *hdr)
-            if sec.has_file_data and i and (sec.sh_offset > size or sec.sh_size > size - sec.sh_offset):
-                raise InputError(
-                    f"section [{i}] {sec.name!r}: data at {sec.sh_offset:#x}+{sec.sh_size:#x} is past the end "
-                    f"of the file ({size:#x} bytes)"
-                )
-            if sec.sh_addralign > 1 and sec.sh_addralign & (sec.sh_addralign - 1):
-                raise InputError(f"section [{i}] {sec.name!r}: sh_addralign {sec.sh_addralign} is not a power of two")
-            sections.append(sec)
-        self.sections = sections
-        self._check_overlaps()
+        if max(secs.name_off) >= limit:
+            i = next(i for i, o in enumerate(secs.name_off) if o >= limit)
+            raise InputError(f"section [{i}]: name offset {secs.name_off[i]} is outside the section name table")
+        no_data = (C.SHT_NOBITS, C.SHT_NULL)
+        ends = [0 if t in no_data else o + n for t, o, n in zip(secs.type, secs.offset, secs.size, strict=True)]
+        ends[0] = 0  # section 0 holds no data whatever its header says
+        if max(ends) > size:
+            i = next(i for i, e in enumerate(ends) if e > size)
+            sec = secs[i]
+            raise InputError(
+                f"section [{i}] {sec.name!r}: data at {sec.sh_offset:#x}+{sec.sh_size:#x} is past the end "
+                f"of the file ({size:#x} bytes)"
+            )
+        for align in set(secs.addralign):
+            if align > 1 and align & (align - 1):
+                i = secs.addralign.index(align)
+                raise InputError(f"section [{i}] {secs[i].name!r}: sh_addralign {align} is not a power of two")
+        self._check_overlaps(ends)
 
-    def _check_overlaps(self) -> None:
+    def _check_overlaps(self, ends: list[int]) -> None:
         lay = self.layout
-        spans = [
-            (0, lay.ehdr.size, "the ELF header"),
-            (self.e_shoff, self.shnum * lay.shdr.size, "the section header table"),
-        ]
-        spans += [
-            (s.sh_offset, s.sh_size, f"section [{s.index}] {s.name!r}")
-            for s in self.sections
-            if s.index and s.has_file_data and s.sh_size
-        ]
-        spans.sort()
-        end, owner = 0, ""
-        for off, size, what in spans:
+        secs = self.sections
+        starts = secs.offset
+        spans = [(starts[i], e, i) for i, e in enumerate(ends) if e > starts[i]]
+        # Linkers write sections in index order: then no sort is needed.
+        if any(a[0] > b[0] for a, b in pairwise(spans)):
+            spans.sort()
+        insort(spans, (0, lay.ehdr.size, -1))
+        insort(spans, (self.e_shoff, self.e_shoff + self.shnum * lay.shdr.size, -2))
+        end, owner = 0, -1
+        for off, stop, who in spans:
             if off < end:
-                raise InputError(f"{what} at {off:#x} overlaps {owner}")
-            if off + size > end:
-                end, owner = off + size, what
+
+                def what(k: int) -> str:
+                    if k == -1:
+                        return "the ELF header"
+                    if k == -2:
+                        return "the section header table"
+                    return f"section [{k}] {secs[k].name!r}"
+
+                raise InputError(f"{what(who)} at {off:#x} overlaps {what(owner)}")
+            if stop > end:
+                end, owner = stop, who
 
     def _find_symtab(self) -> int:
-        found = [s.index for s in self.sections if s.sh_type == C.SHT_SYMTAB]
+        found = [i for i, t in enumerate(self.sections.type) if t == C.SHT_SYMTAB]
         if not found:
             raise InputError("the object has no symbol table (stripped?)")
         if len(found) > 1:
@@ -382,17 +494,16 @@ class ElfFile:
     # -- access ---------------------------------------------------------------
 
     def section_data(self, index: int) -> memoryview:
-        s = self.sections[index]
-        if not s.has_file_data or not index:  # section 0 has no contents, whatever its header says
+        secs = self.sections
+        if not secs.has_file_data(index):  # section 0 has no contents, whatever its header says
             return self.view[0:0]
-        return self.view[s.sh_offset : s.sh_offset + s.sh_size]
+        off = secs.offset[index]
+        return self.view[off : off + secs.size[index]]
 
     def section_by_name(self, name: str) -> Section | None:
         """The first section with this name, as Xen's lookup returns it."""
-        for s in self.sections:
-            if s.name == name:
-                return s
-        return None
+        i = self.sections.find(name)
+        return None if i is None else self.sections[i]
 
     @cached_property
     def symbols(self) -> SymbolTable:
@@ -401,22 +512,112 @@ class ElfFile:
     @cached_property
     def relocation_sections(self) -> list[int]:
         """Indices of REL/RELA sections that apply to a real section via our symtab."""
+        secs = self.sections
+        n = len(secs)
         out = []
-        for s in self.sections:
-            if s.sh_type not in (C.SHT_REL, C.SHT_RELA):
+        for i, t in enumerate(secs.type):
+            if t != C.SHT_REL and t != C.SHT_RELA:
                 continue
-            if not 0 < s.sh_info < len(self.sections):
+            target = secs.info[i]
+            if not 0 < target < n:
                 continue  # Xen skips relocation sections with no valid target too.
-            if s.sh_link != self.symtab_index:
-                target = self.sections[s.sh_info]
-                if target.alloc:
+            if secs.link[i] != self.symtab_index:
+                if secs.flags[target] & C.SHF_ALLOC:
                     raise InputError(
-                        f"relocation section [{s.index}] {s.name!r}: sh_link {s.sh_link} is not the "
+                        f"relocation section [{i}] {secs.name(i)!r}: sh_link {secs.link[i]} is not the "
                         f"symbol table [{self.symtab_index}]"
                     )
                 continue
-            out.append(s.index)
+            out.append(i)
         return out
+
+    # -- relocation tables without building them ----------------------------
+    #
+    # A stress object has 50k relocation sections. These read one field of
+    # every entry through a strided memoryview: a C loop per section, no list.
+
+    @cached_property
+    def _words(self) -> dict[int, memoryview]:
+        """The whole file cast once to 4- and 8-byte words (for strided reads)."""
+        out = {}
+        for size, fmt in ((4, "I"), (8, "Q")):
+            n = len(self.view) - len(self.view) % size
+            out[size] = self.view[:n].cast(fmt)  # type: ignore[call-overload]
+        return out
+
+    def _reloc_view(self, index: int, fmt: str) -> memoryview | None:
+        secs = self.sections
+        ent = self.layout.rela.size if secs.type[index] == C.SHT_RELA else self.layout.rel.size
+        size = secs.size[index]
+        if not _NATIVE_LE or secs.entsize[index] != ent or size % ent or not secs.has_file_data(index):
+            return None
+        off = secs.offset[index]
+        view: memoryview = self.view[off : off + size].cast(fmt)  # type: ignore[call-overload]
+        return view
+
+    def relocation_syms(self, index: int) -> Iterable[int]:
+        """Symbol index of every entry of a relocation section."""
+        lay = self.layout
+        secs = self.sections
+        if lay.rel_sym is not None and _NATIVE_LE:
+            # A slice of the file-wide word view: no cast per section.
+            off, size, ent = secs.offset[index], secs.size[index], secs.entsize[index]
+            if not off % 4 and ent and not ent % 4 and not size % ent and secs.has_file_data(index):
+                expect = lay.rela.size if secs.type[index] == C.SHT_RELA else lay.rel.size
+                if ent == expect:
+                    return self._words[4][(off + lay.rel_sym[1]) // 4 : (off + size) // 4 : ent // 4]
+        if lay.rel_sym is not None:
+            view = self._reloc_view(index, "I")
+            if view is not None:
+                ent = self.sections.entsize[index] // 4
+                return view[lay.rel_sym[1] // 4 :: ent]
+        return self.relocations(index).syms
+
+    def relocation_types(self, index: int) -> set[int]:
+        """The distinct relocation types of a section."""
+        lay = self.layout
+        fmt, off = lay.rel_type
+        view = self._reloc_view(index, fmt)
+        if view is None:
+            return set(self.relocations(index).types)
+        step = self.sections.entsize[index] // view.itemsize
+        return set(view[off // view.itemsize :: step])
+
+    def check_relocations(self, indices: Iterable[int]) -> None:
+        """Validate symbol indices and places of these sections (as RelocTable does).
+
+        Per section: one cast, two strided maxima over r_offset and r_info
+        (the word pair every REL/RELA entry starts with). Only a section that
+        fails is built as a RelocTable, whose checks name the entry.
+        """
+        if not _NATIVE_LE:
+            for i in indices:
+                self.relocations(i)
+            return
+        lay = self.layout
+        secs = self.sections
+        types, sizes, starts, entsizes, targets = secs.type, secs.size, secs.offset, secs.entsize, secs.info
+        nsym = self.symbols.count
+        view = self.view
+        word = lay.ptr_size
+        wfmt = "Q" if word == 8 else "I"
+        shift = lay.r_sym_shift
+        rela_size, rel_size = lay.rela.size, lay.rel.size
+        file_words = self._words[word]
+        for i in indices:
+            size = sizes[i]
+            ent = rela_size if types[i] == C.SHT_RELA else rel_size
+            if entsizes[i] != ent or size % ent or not size or not secs.has_file_data(i):
+                self.relocations(i)
+                continue
+            start = starts[i]
+            if start % word:
+                words = view[start : start + size].cast(wfmt)  # type: ignore[call-overload]
+            else:
+                words = file_words[start // word : (start + size) // word]
+            step = ent // word
+            if max(words[1::step]) >> shift >= nsym or max(words[0::step]) >= sizes[targets[i]]:
+                self.relocations(i)
 
     def relocations(self, index: int) -> RelocTable:
         table = self._relocs.get(index)

@@ -47,6 +47,8 @@ class ClassLayout:
     sym: struct.Struct
     rel: struct.Struct
     rela: struct.Struct
+    # Section header field positions, in header order.
+    shdr_fields: tuple[Field, ...]
     # Symbol field positions, for column reads.
     sym_name: Field
     sym_value: Field
@@ -91,6 +93,18 @@ LAYOUT64: Final = ClassLayout(
     ptr_size=8,
     ehdr=struct.Struct("<16sHHIQQQIHHHHHH"),
     shdr=struct.Struct("<IIQQQQIIQQ"),
+    shdr_fields=(
+        ("I", 0),
+        ("I", 4),
+        ("Q", 8),
+        ("Q", 16),
+        ("Q", 24),
+        ("Q", 32),
+        ("I", 40),
+        ("I", 44),
+        ("Q", 48),
+        ("Q", 56),
+    ),
     sym=struct.Struct("<IBBHQQ"),
     rel=struct.Struct("<QQ"),
     rela=struct.Struct("<QQq"),
@@ -114,6 +128,7 @@ LAYOUT32: Final = ClassLayout(
     ptr_size=4,
     ehdr=struct.Struct("<16sHHIIIIIHHHHHH"),
     shdr=struct.Struct("<IIIIIIIIII"),
+    shdr_fields=tuple(("I", 4 * k) for k in range(10)),
     sym=struct.Struct("<IIIBBH"),
     rel=struct.Struct("<II"),
     rela=struct.Struct("<IIi"),

@@ -10,6 +10,8 @@ so nothing refers to file offsets except the section headers themselves.
 
 from __future__ import annotations
 
+import struct
+from array import array
 from collections.abc import Mapping
 
 from lp_rewrite.elf.file import ElfFile
@@ -30,46 +32,53 @@ def _align(pos: int, alignment: int) -> int:
 
 def serialize(
     elf: ElfFile,
-    new_data: Mapping[int, bytes],
+    new_data: Mapping[int, bytes | bytearray],
     new_info: Mapping[int, int] | None = None,
+    new_entsize: Mapping[int, int] | None = None,
 ) -> bytes:
     """The bytes of ``elf`` with section ``i``'s data replaced by ``new_data[i]``.
 
     ``new_info`` replaces ``sh_info`` of the given sections (the symbol table's
-    first-global index moves when local symbols are inserted).
+    first-global index moves when local symbols are inserted); ``new_entsize``
+    replaces ``sh_entsize``. Every other header field is the input's.
     """
     lay = elf.layout
-    new_info = new_info or {}
-    chunks: list[bytes | memoryview] = [b""]  # placeholder for the ELF header
+    secs = elf.sections
+    starts, aligns = secs.offset, secs.addralign
+    new_off = list(starts)
+    new_size = list(secs.size)
+    chunks: list[bytes | bytearray | memoryview] = [b""]  # placeholder for the ELF header
     pos = lay.ehdr.size
-    offsets: dict[int, int] = {}
-    sizes: dict[int, int] = {}
-    order = sorted((s for s in elf.sections[1:]), key=lambda s: (s.sh_offset, s.index))
-    for sec in order:
-        if not sec.has_file_data:
-            offsets[sec.index] = _align(pos, sec.sh_addralign)
+    view = elf.view
+    # Section 0 keeps its header as is (it holds e_shnum/e_shstrndx overflow).
+    for i in sorted(range(1, len(secs)), key=starts.__getitem__):  # stable: ties in index order
+        start = _align(pos, aligns[i])
+        if not secs.has_file_data(i):
+            new_off[i] = start
             continue
-        replaced = new_data.get(sec.index)
-        data: bytes | memoryview = elf.section_data(sec.index) if replaced is None else replaced
-        start = _align(pos, sec.sh_addralign)
+        replaced = new_data.get(i)
+        data = view[starts[i] : starts[i] + new_size[i]] if replaced is None else replaced
         if start > pos:
             chunks.append(bytes(start - pos))
         chunks.append(data)
-        offsets[sec.index] = start
-        sizes[sec.index] = len(data)
+        new_off[i] = start
+        new_size[i] = len(data)
         pos = start + len(data)
     shoff = _align(pos, lay.ptr_size)
     if shoff > pos:
         chunks.append(bytes(shoff - pos))
-    headers = bytearray()
-    for sec in elf.sections:
-        h = list(sec.header_tuple())
-        if sec.index:
-            h[4] = offsets[sec.index]
-            h[5] = sizes.get(sec.index, sec.sh_size)
-            h[7] = new_info.get(sec.index, sec.sh_info)
-        headers += lay.shdr.pack(*h)
-    chunks.append(bytes(headers))
+    # The header table: the input's, with offsets and sizes rewritten as columns.
+    headers = bytearray(view[elf.e_shoff : elf.e_shoff + len(secs) * lay.shdr.size])
+    for field, values in ((lay.shdr_fields[4], new_off), (lay.shdr_fields[5], new_size)):
+        fmt, byte = field
+        words: memoryview = memoryview(headers).cast(fmt)  # type: ignore[call-overload]
+        step = lay.shdr.size // words.itemsize
+        words[byte // words.itemsize :: step] = memoryview(array(fmt, values))
+    for field_index, updates in ((7, new_info), (9, new_entsize)):
+        fmt, byte = lay.shdr_fields[field_index]
+        for i, value in (updates or {}).items():
+            struct.pack_into("<" + fmt, headers, i * lay.shdr.size + byte, value)
+    chunks.append(headers)
     ehdr = list(lay.ehdr.unpack_from(elf.data, 0))
     ehdr[6] = shoff  # e_shoff
     chunks[0] = lay.ehdr.pack(*ehdr)

@@ -1,0 +1,243 @@
+#!/usr/bin/env python3
+"""Benchmark lp-rewrite against its floors, in one interleaved run.
+
+Payload-shaped objects are generated with the real toolchain: C with N
+functions (M of them replaced, listed in .livepatch.funcs), calls between
+them, address-taking and pointer tables, compiled with -ffunction-sections
+and linked with ``ld -r --build-id=sha1`` plus the depends notes:
+
+    realistic   ~150 functions, < 1024 sections, < 2 MiB (what Xen loads)
+    stress100k  ~100k relocations, ~10k sections
+    stress1M    ~1M relocations, ~100k sections (beyond Xen's limits)
+
+Measured interleaved (A B C ... A B C ..., median of --repeat runs, each a
+fresh process): ``lp-rewrite rewrite`` and ``lp-rewrite check``,
+``python3 -c 'import typer'`` with the same interpreter (the CLI framework
+floor), ``objcopy --redefine-sym`` on the same file (the native floor), and
+each process's peak RSS (``wait4``). Prints the ratios and writes JSON.
+
+    python3 scripts/bench.py                    # everything (generation is cached)
+    python3 scripts/bench.py --quick            # realistic + stress100k only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+INCLUDE = ROOT / "testdata" / "include"
+NOTES = ROOT / "testdata" / "src" / "notes.S"
+CC = "x86_64-linux-gnu-gcc"
+LD = "x86_64-linux-gnu-ld"
+OBJCOPY = "x86_64-linux-gnu-objcopy"
+CFLAGS = [
+    "-O0",
+    "-ffunction-sections",
+    "-fdata-sections",
+    "-fpic",
+    "-fvisibility=hidden",
+    "-fno-asynchronous-unwind-tables",
+    "-fno-stack-protector",
+    "-fcf-protection=none",
+    "-nostdinc",
+    f"-I{INCLUDE}",
+]
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    functions: int
+    replaced: int
+    calls: int  # calls per function
+    chunk: int = 2000  # functions per C file
+
+
+SHAPES = {
+    "realistic": Shape("realistic", 150, 30, 6, chunk=150),
+    "stress100k": Shape("stress100k", 5000, 250, 18),
+    "stress1M": Shape("stress1M", 50000, 2500, 18),
+}
+
+
+def _unit(shape: Shape, lo: int, hi: int, seed: int) -> str:
+    n = shape.functions
+    out = ['#include "fixture.h"', "extern void hv_sink(int);", "extern void (*hv_slot)(int);"]
+    out += [f"void f{i}(int x);" for i in range(n)]
+    for i in range(lo, hi):
+        calls = " ".join(
+            f"if (x & {1 << (j % 30)}) f{(i * 7 + j * 13 + seed + 1) % n}(x - {j});" for j in range(shape.calls)
+        )
+        take = f" hv_slot = f{(i * 3 + seed) % n};" if i % 4 == 0 else ""
+        out.append(f"noinline void f{i}(int x) {{ {calls}{take} hv_sink(x); }}")
+    table = ", ".join(f"f{i}" for i in range(lo, hi, 8))
+    out.append(f"void (*const table_{lo}[])(int) = {{ {table} }};")
+    return "\n".join(out) + "\n"
+
+
+def _funcs_unit(shape: Shape) -> str:
+    out = ['#include "fixture.h"']
+    out += [f"void f{i}(int x);" for i in range(shape.replaced)]
+    out += [f'LIVEPATCH_FUNC(lp_f{i}, "f{i}", f{i}, 0);' for i in range(shape.replaced)]
+    return "\n".join(out) + "\n"
+
+
+def generate(shape: Shape, dest: Path, seed: int = 0) -> Path:
+    """Build the payload (cached by file name)."""
+    if dest.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"lp-bench-{shape.name}-") as tmp:
+        work = Path(tmp)
+        sources = []
+        for lo in range(0, shape.functions, shape.chunk):
+            src = work / f"u{lo}.c"
+            src.write_text(_unit(shape, lo, min(lo + shape.chunk, shape.functions), seed))
+            sources.append(src)
+        funcs = work / "funcs.c"
+        funcs.write_text(_funcs_unit(shape))
+        sources.append(funcs)
+
+        def cc(src: Path) -> Path:
+            obj = src.with_suffix(".o")
+            subprocess.run([CC, *CFLAGS, "-c", str(src), "-o", str(obj)], check=True)
+            return obj
+
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+            objs = list(pool.map(cc, sources))
+        notes = work / "notes.o"
+        subprocess.run([CC, "-c", str(NOTES), "-o", str(notes)], check=True)
+        tmp_out = dest.with_suffix(".tmp")
+        subprocess.run([LD, "-r", "--build-id=sha1", "-o", str(tmp_out), *map(str, objs), str(notes)], check=True)
+        tmp_out.rename(dest)
+    return dest
+
+
+@dataclass
+class Sample:
+    seconds: float
+    max_rss_kib: int
+
+
+def measure(cmd: list[str]) -> Sample:
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - t0
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    if proc.stderr:
+        proc.stderr.close()
+    code = os.waitstatus_to_exitcode(status)
+    if code not in (0, 1):  # check exits 1 on findings
+        raise SystemExit(f"bench: {' '.join(cmd)} failed ({code}): {err.strip()}")
+    return Sample(elapsed, usage.ru_maxrss)
+
+
+def has_check() -> bool:
+    proc = subprocess.run([sys.executable, "-m", "lp_rewrite", "check", "--help"], capture_output=True)
+    return proc.returncode == 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/lp-rewrite-bench"), help="cache for generated payloads")
+    ap.add_argument("--repeat", type=int, default=5, help="runs per measurement (median), at least 5")
+    ap.add_argument("--quick", action="store_true", help="skip the 1M-relocation object")
+    ap.add_argument("--batch", type=int, default=1000, help="payloads for the check throughput run")
+    ap.add_argument("--json", type=Path, default=ROOT / "bench-results" / "latest.json", help="where to write results")
+    args = ap.parse_args(argv)
+    if args.repeat < 5:
+        ap.error("--repeat must be at least 5")
+    for tool in (CC, LD, OBJCOPY):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"bench: {tool} not found (apt-get install gcc binutils)")
+    py = sys.executable
+    work: Path = args.work
+    shapes = ["realistic", "stress100k"] + ([] if args.quick else ["stress1M"])
+    print("generating payloads (cached in", work, ")", flush=True)
+    files = {s: generate(SHAPES[s], work / f"{s}.livepatch") for s in shapes}
+    # A batch of realistic payloads with different contents, hard-linked to --batch paths.
+    variants = [generate(SHAPES["realistic"], work / f"realistic-{k}.livepatch", seed=k) for k in range(10)]
+    batch_dir = work / "batch"
+    if batch_dir.exists():
+        shutil.rmtree(batch_dir)
+    batch_dir.mkdir()
+    batch = []
+    for i in range(args.batch):
+        p = batch_dir / f"p{i:04d}.livepatch"
+        os.link(variants[i % len(variants)], p)
+        batch.append(str(p))
+    out = work / "out.livepatch"
+    cmds: dict[str, list[str]] = {
+        "python -c pass": [py, "-c", "pass"],
+        "import typer": [py, "-c", "import typer"],
+    }
+    for s in shapes:
+        cmds[f"rewrite {s}"] = [py, "-m", "lp_rewrite", "rewrite", "-q", str(files[s]), "-o", str(out)]
+        cmds[f"objcopy {s}"] = [OBJCOPY, "--redefine-sym", "f1=g1", str(files[s]), str(out)]
+    check = has_check()
+    if check:
+        cmds["check realistic"] = [py, "-m", "lp_rewrite", "check", "--format", "json", str(files["realistic"])]
+        cmds[f"check batch x{args.batch}"] = [py, "-m", "lp_rewrite", "check", "--format", "json", *batch]
+    samples: dict[str, list[Sample]] = {k: [] for k in cmds}
+    for rnd in range(args.repeat):
+        print(f"round {rnd + 1}/{args.repeat}", flush=True)
+        for key, cmd in cmds.items():  # interleaved: every command once per round
+            samples[key].append(measure(cmd))
+    med = {k: statistics.median(s.seconds for s in v) for k, v in samples.items()}
+    rss = {k: max(s.max_rss_kib for s in v) for k, v in samples.items()}
+    sizes = {s: files[s].stat().st_size for s in shapes}
+    ratios: dict[str, tuple[float, float, str]] = {}
+    ratios["realistic rewrite / typer import"] = (med["rewrite realistic"] / med["import typer"], 1.5, "<=")
+    big = "stress1M" if "stress1M" in shapes else "stress100k"
+    ratios[f"{big} rewrite / objcopy"] = (med[f"rewrite {big}"] / med[f"objcopy {big}"], 1.0, "<=")
+    if "stress1M" in shapes:
+        ratios["time(1M) / time(100k)"] = (med["rewrite stress1M"] / med["rewrite stress100k"], 11.0, "<=")
+    for s in shapes:
+        ratios[f"peak RSS / file size ({s})"] = (rss[f"rewrite {s}"] * 1024 / sizes[s], 3.0, "<=")
+    if check:
+        per_s = args.batch / med[f"check batch x{args.batch}"]
+        ratios["check throughput (payloads/s)"] = (per_s, 200.0, ">=")
+    print()
+    print("| command | median s | peak RSS MiB |")
+    print("|---|---:|---:|")
+    for k in cmds:
+        print(f"| {k} | {med[k]:.3f} | {rss[k] / 1024:.1f} |")
+    print()
+    print("| target | measured | goal | met |")
+    print("|---|---:|---:|:-:|")
+    for k, (val, goal, op) in ratios.items():
+        ok = val <= goal if op == "<=" else val >= goal
+        print(f"| {k} | {val:.2f} | {op} {goal:g} | {'yes' if ok else 'NO'} |")
+    sizes_txt = ", ".join(f"{s} {sizes[s] / 2**20:.1f} MiB" for s in shapes)
+    print(f"\nfiles: {sizes_txt}; {args.repeat} interleaved rounds; {platform.python_version()}, {os.cpu_count()} CPUs")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "repeat": args.repeat,
+        "file_bytes": sizes,
+        "median_seconds": med,
+        "peak_rss_kib": rss,
+        "ratios": {k: {"value": v, "goal": g, "op": op} for k, (v, g, op) in ratios.items()},
+        "check_available": check,
+    }
+    args.json.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
