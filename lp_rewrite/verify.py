@@ -113,35 +113,54 @@ def _check_sections(inp: Payload, out: Payload, plan: Plan) -> None:
             raise _fail(f"section [{k}] {sa.name(k)!r}: contents changed")
 
 
+_WINDOW = 1 << 20
+
+
+def _same_bytes(x: bytes, i: int, y: bytes, j: int, n: int) -> bool:
+    """x[i:i+n] == y[j:j+n], a window at a time: bytes compares are memcmp,
+    memoryview compares are not, and whole-run slices would copy the file."""
+    for k in range(0, n, _WINDOW):
+        m = min(_WINDOW, n - k)
+        if x[i + k : i + k + m] != y[j + k : j + k + m]:
+            return False
+    return True
+
+
 def _compare_unchanged(a: ElfFile, b: ElfFile, indices: list[int]) -> None:
     """Sections that must be byte-identical, compared a run at a time.
 
     The writer moves every section by the growth of the tables before it, so
-    consecutive sections share one shift: one comparison covers a whole run.
-    A run that differs (padding between sections is not content) is compared
-    section by section to find the culprit.
+    sections adjacent in the file share one shift: one comparison covers a
+    whole run of them. A run that differs (padding between sections is not
+    content) is compared section by section to find the culprit.
     """
     sa, sb = a.sections, b.sections
-    order = sorted(indices, key=sa.offset.__getitem__)
+    # File order of every section with contents, to know which ones are adjacent.
+    with_data = sorted((k for k in range(1, len(sa)) if sa.has_file_data(k)), key=sa.offset.__getitem__)
+    place = {k: n for n, k in enumerate(with_data)}
+    wanted = set(indices)
     run: list[int] = []
 
     def flush() -> None:
         if not run:
             return
         lo, hi = sa.offset[run[0]], sa.offset[run[-1]] + sa.size[run[-1]]
-        shift = sb.offset[run[0]] - sa.offset[run[0]]
-        if a.view[lo:hi] != b.view[lo + shift : hi + shift]:
+        shift = sb.offset[run[0]] - lo
+        if not _same_bytes(a.data, lo, b.data, lo + shift, hi - lo):
             for k in run:
                 if a.section_data(k) != b.section_data(k):
                     raise _fail(f"section [{k}] {sa.name(k)!r}: contents changed")
         run.clear()
 
-    for k in order:
+    for k in with_data:
+        if k not in wanted:
+            flush()
+            continue
         if run:
             prev = run[-1]
             gap_a = sa.offset[k] - (sa.offset[prev] + sa.size[prev])
             gap_b = sb.offset[k] - (sb.offset[prev] + sb.size[prev])
-            if gap_a != gap_b or gap_a < 0:
+            if gap_a != gap_b or gap_a < 0 or place[k] != place[prev] + 1:
                 flush()
         run.append(k)
     flush()

@@ -50,6 +50,16 @@ def serialize(
     chunks: list[bytes | bytearray | memoryview] = [b""]  # placeholder for the ELF header
     pos = lay.ehdr.size
     view = elf.view
+    # Unchanged sections that stay adjacent and keep one shift are copied as a
+    # single run of the input (with the input's padding between them): a
+    # stress object has 100k sections, and a chunk per section costs memory.
+    run_lo = run_hi = -1  # input span of the pending run
+    run_shift = 0
+
+    def flush() -> None:
+        if run_lo >= 0:
+            chunks.append(view[run_lo:run_hi])
+
     # Section 0 keeps its header as is (it holds e_shnum/e_shstrndx overflow).
     for i in sorted(range(1, len(secs)), key=starts.__getitem__):  # stable: ties in index order
         start = _align(pos, aligns[i])
@@ -57,13 +67,30 @@ def serialize(
             new_off[i] = start
             continue
         replaced = new_data.get(i)
-        data = view[starts[i] : starts[i] + new_size[i]] if replaced is None else replaced
+        old = starts[i]
+        if (
+            replaced is None
+            and run_lo >= 0
+            and old >= run_hi
+            and start - old == run_shift
+            and start - pos == old - run_hi
+        ):
+            run_hi = old + new_size[i]  # extends the run: same shift, same gap
+            new_off[i] = start
+            pos = start + new_size[i]
+            continue
+        flush()
+        run_lo = -1
         if start > pos:
             chunks.append(bytes(start - pos))
-        chunks.append(data)
+        if replaced is None:
+            run_lo, run_hi, run_shift = old, old + new_size[i], start - old
+        else:
+            chunks.append(replaced)
+            new_size[i] = len(replaced)
         new_off[i] = start
-        new_size[i] = len(data)
-        pos = start + len(data)
+        pos = start + new_size[i]
+    flush()
     shoff = _align(pos, lay.ptr_size)
     if shoff > pos:
         chunks.append(bytes(shoff - pos))
