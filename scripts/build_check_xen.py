@@ -23,17 +23,18 @@ Output is deterministic for a given toolchain.
 from __future__ import annotations
 
 import argparse
-import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from build_fixtures import PREFIX, toolchain_available  # the same directory
+
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "testdata" / "check" / "src"
 DEFAULT_OUT = ROOT / "testdata" / "check"
 
-PREFIX = {"x86_64": "x86_64-linux-gnu-", "aarch64": "aarch64-linux-gnu-", "arm": "arm-linux-gnueabihf-"}
 # Where each image's text starts (Xen's own link addresses, roughly).
 BASE = {"x86_64": 0xFFFF82D040200000, "aarch64": 0x00000A0000200000, "arm": 0x00200000}
 COMMON = [
@@ -86,10 +87,6 @@ SECTIONS
     /DISCARD/ : {{ *(.comment) *(.note.GNU-stack) *(.eh_frame) *(.ARM.attributes) }}
 }}
 """
-
-
-def toolchain_available(arch: str) -> bool:
-    return shutil.which(PREFIX[arch] + "gcc") is not None and shutil.which(PREFIX[arch] + "ld") is not None
 
 
 def run(cmd: list[str], cwd: Path) -> None:

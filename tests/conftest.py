@@ -10,6 +10,7 @@ missing toolchain must not silently shrink the suite.
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -77,19 +79,32 @@ def have_binutils(arch: str) -> bool:
     return shutil.which(BINUTILS[arch] + "readelf") is not None and shutil.which(BINUTILS[arch] + "ld") is not None
 
 
+def load_script(name: str) -> ModuleType:
+    """Import scripts/<name>.py (the build scripts are tools, not a package)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.pop(0)
+
+
+def build_fresh(tmp_path_factory: pytest.TempPathFactory, script: str) -> Path | None:
+    """Run scripts/<script>.py --out TMP with this machine's compilers.
+
+    None when a cross compiler is missing (callers skip; CI forbids skips).
+    """
+    fixtures = load_script("build_fixtures")
+    if not all(fixtures.toolchain_available(a) for a in ARCHES):
+        return None
+    out = tmp_path_factory.mktemp(f"fresh-{script}")
+    assert load_script(script).main(["--out", str(out)]) == 0
+    return out
+
+
 @pytest.fixture(scope="session")
 def fresh_dir(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
     """A fresh build of every fixture, or None when a compiler is missing."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import build_fixtures
-    finally:
-        sys.path.pop(0)
-    if not all(build_fixtures.toolchain_available(a) for a in ARCHES):
-        return None
-    out = tmp_path_factory.mktemp("fresh-fixtures")
-    assert build_fixtures.main(["--out", str(out)]) == 0
-    return out
+    return build_fresh(tmp_path_factory, "build_fixtures")
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from __future__ import annotations
 import shutil
 import struct
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -26,7 +25,18 @@ from lp_rewrite.check import CheckOptions, check_payload
 from lp_rewrite.check.allow import AllowList
 from lp_rewrite.check.findings import Finding, PayloadReport
 from lp_rewrite.check.xen import XenImage
-from tests.conftest import ARCHES, BINUTILS, COMMITTED, FIXTURE_SETS, MANIFEST, ROOT, Case, cases, have_binutils
+from tests.conftest import (
+    ARCHES,
+    BINUTILS,
+    COMMITTED,
+    FIXTURE_SETS,
+    MANIFEST,
+    ROOT,
+    Case,
+    build_fresh,
+    cases,
+    have_binutils,
+)
 from tests.oracle import Payload as Oracle
 
 CHECK_XEN = ROOT / "testdata" / "check"
@@ -52,16 +62,7 @@ def symbols(report: PayloadReport, rule: str) -> set[str | None]:
 
 @pytest.fixture(scope="session")
 def fresh_xen(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import build_check_xen
-    finally:
-        sys.path.pop(0)
-    if not all(build_check_xen.toolchain_available(a) for a in ARCHES):
-        return None
-    out = tmp_path_factory.mktemp("fresh-xen")
-    assert build_check_xen.main(["--out", str(out)]) == 0
-    return out
+    return build_fresh(tmp_path_factory, "build_check_xen")
 
 
 @pytest.fixture

@@ -25,7 +25,6 @@ Capstone only decorates failure messages.
 from __future__ import annotations
 
 import struct
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +35,7 @@ import pytest
 from lp_rewrite import rewrite
 from lp_rewrite.loader import LoadedPayload, load
 from lp_rewrite.xensyms import XenSymbols
-from tests.conftest import ARCHES, FIXTURE_SETS, ROOT, TESTDATA
+from tests.conftest import ARCHES, FIXTURE_SETS, TESTDATA, build_fresh
 
 uc = pytest.importorskip("unicorn")
 
@@ -282,16 +281,7 @@ CASES = [pytest.param(EmuCase(s, a), id=EmuCase(s, a).id) for s in FIXTURE_SETS 
 
 @pytest.fixture(scope="session")
 def fresh_emu_dir(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import build_emulation
-    finally:
-        sys.path.pop(0)
-    if not all(build_emulation.fixtures.toolchain_available(a) for a in ARCHES):
-        return None
-    out = tmp_path_factory.mktemp("fresh-emu")
-    assert build_emulation.main(["--out", str(out)]) == 0
-    return out
+    return build_fresh(tmp_path_factory, "build_emulation")
 
 
 @pytest.fixture

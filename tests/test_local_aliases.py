@@ -15,7 +15,7 @@ from elftools.elf.elffile import ELFFile
 
 from lp_rewrite import Policy, rewrite
 from lp_rewrite.errors import UsageError
-from tests.conftest import BINUTILS, COMMITTED, assert_one_line_error, have_binutils, run_cli
+from tests.conftest import BINUTILS, COMMITTED, assert_one_line_error, have_binutils, load_script, run_cli
 from tests.oracle import Payload as Oracle
 
 LOCAL = Policy(local_aliases=True)
@@ -102,13 +102,7 @@ def test_missing_file_scope_gets_a_file_symbol(tmp_path: Path) -> None:
 
 def _second_copy(tmp_path: Path) -> Path:
     """static_section.c built again with its globals renamed, so both link together."""
-    import sys
-
-    sys.path.insert(0, str(COMMITTED.parent.parent / "scripts"))
-    try:
-        import build_fixtures
-    finally:
-        sys.path.pop(0)
+    build_fixtures = load_script("build_fixtures")
     if not build_fixtures.toolchain_available("x86_64"):
         pytest.skip("x86-64 compiler missing")
     spec = dict(build_fixtures.load_manifest()["static_section"])
