@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from lp_rewrite.elf.file import Section
 from lp_rewrite.errors import InputError
@@ -31,8 +32,7 @@ from lp_rewrite.payload import (
 from lp_rewrite.read import Payload
 
 
-@dataclass(frozen=True)
-class Replacement:
+class Replacement(NamedTuple):
     """One replaced function: where its new code is and what it replaces."""
 
     entry: int  # index in .livepatch.funcs
@@ -53,8 +53,7 @@ class Replacement:
         return self.offset <= offset < self.offset + max(self.size, 1)
 
 
-@dataclass(frozen=True)
-class FieldReloc:
+class FieldReloc(NamedTuple):
     symbol: int
     rtype: int
     addend: int
@@ -78,9 +77,9 @@ def _field_relocations(payload: Payload, funcs: Section) -> dict[int, FieldReloc
     data = elf.section_data(funcs.index)
     out: dict[int, FieldReloc] = {}
     for idx in elf.relocation_sections:
-        table = elf.relocations(idx)
-        if table.target != funcs.index:
+        if elf.sections.info[idx] != funcs.index:
             continue
+        table = elf.relocations(idx)
         for i in range(table.count):
             off, rtype, sym = table.offsets[i], table.types[i], table.syms[i]
             addend = table.addends[i] if table.addends is not None else arch.implicit_addend(rtype, data, off)
@@ -178,7 +177,8 @@ def identify(payload: Payload) -> FuncsTable:
             if syms.is_undefined(old.symbol) and old.symbol:
                 old_symbol = old.symbol
             elif syms.is_absolute(old.symbol):
-                old_literal = syms.value[old.symbol] + old.addend
+                # What the relocation stores in the pointer field: S + A, modulo the pointer width.
+                old_literal = (syms.value[old.symbol] + old.addend) % (1 << (8 * layout.ptr_size))
             else:
                 raise InputError(
                     f"{where}: old_addr refers to {syms.name(old.symbol)!r}, defined in the payload itself"
@@ -187,7 +187,11 @@ def identify(payload: Payload) -> FuncsTable:
             old_literal = struct.unpack_from(ptr_fmt, data, base + layout.old_addr)[0]
         name_rel = relocs.get(base + layout.name)
         if old_symbol is not None:
-            # Xen patches old_addr, which this symbol resolves to by name.
+            # Xen patches old_addr, which this symbol resolves to by name. It
+            # still reads the name string (prepare_payload, its messages): a
+            # pointer outside its section would read whatever is loaded next.
+            if name_rel is not None and syms.is_defined_in_section(name_rel.symbol):
+                _read_string(payload, syms.shndx[name_rel.symbol], syms.value[name_rel.symbol] + name_rel.addend, where)
             original = syms.name(old_symbol)
         elif name_rel is not None:
             if not syms.is_defined_in_section(name_rel.symbol):

@@ -7,8 +7,7 @@ Everything here is stated once; other modules import it. Sources are Xen's
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 FUNCS_SECTION: Final = ".livepatch.funcs"
 DEPENDS_SECTION: Final = ".livepatch.depends"
@@ -40,8 +39,7 @@ XEN_PAYLOAD_VERSION: Final = 2
 REQUIRED_SECTIONS: Final = (XEN_DEPENDS_SECTION, DEPENDS_SECTION, BUILD_ID_SECTION)
 
 
-@dataclass(frozen=True)
-class FuncLayout:
+class FuncLayout(NamedTuple):
     """Layout of ``struct livepatch_func`` for one payload version and ELF class."""
 
     version: int

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from lp_rewrite.arch import Arch, arch_for
 from lp_rewrite.elf import consts as C
@@ -37,8 +38,7 @@ class Payload:
         return out
 
 
-@dataclass(frozen=True)
-class UnsupportedRelocation:
+class UnsupportedRelocation(NamedTuple):
     section: str  # the section being relocated
     reloc_section: str
     offset: int

@@ -14,11 +14,13 @@ lld's ``ELF/Arch/*``. Each module states, for its architecture only:
 from __future__ import annotations
 
 import enum
+import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
+from typing import NamedTuple
 
+from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.file import ElfFile, Section
 from lp_rewrite.errors import InputError
 
@@ -34,8 +36,7 @@ class Use(enum.Enum):
     NONE = "none"  # no effect (R_*_NONE)
 
 
-@dataclass(frozen=True)
-class RelocType:
+class RelocType(NamedTuple):
     code: int
     name: str
     use: Use
@@ -100,15 +101,20 @@ class Arch(ABC):
 
 
 def arch_for(elf: ElfFile) -> Arch:
-    """The target module for this object's ``e_machine``."""
-    from lp_rewrite.arch import aarch64, arm, x86_64
-
-    by_machine: dict[int, Arch] = {a.machine: a for a in (x86_64.ARCH, aarch64.ARCH, arm.ARCH)}
-    arch = by_machine.get(elf.e_machine)
-    if arch is None:
+    """The target module for this object's ``e_machine`` (only that one is imported)."""
+    module = _MODULES.get(elf.e_machine)
+    if module is None:
         raise InputError(f"e_machine {elf.e_machine} is not a Xen livepatch target (x86-64, AArch64 or 32-bit Arm)")
+    arch: Arch = importlib.import_module(module).ARCH
     arch.check_header(elf)
     return arch
+
+
+_MODULES = {
+    C.EM_X86_64: "lp_rewrite.arch.x86_64",
+    C.EM_AARCH64: "lp_rewrite.arch.aarch64",
+    C.EM_ARM: "lp_rewrite.arch.arm",
+}
 
 
 def sign_extend(value: int, bits: int) -> int:

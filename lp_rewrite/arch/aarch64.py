@@ -12,9 +12,8 @@ from __future__ import annotations
 import enum
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Final
+from typing import Final, NamedTuple
 
 from lp_rewrite.arch import Arch, LoadError, RelocType, Use, sign_extend
 from lp_rewrite.elf import consts as C
@@ -38,8 +37,7 @@ class Imm(enum.Enum):
     ADR = (0, 0)
 
 
-@dataclass(frozen=True)
-class Data:
+class Data(NamedTuple):
     """A data word: ``reloc_data()``."""
 
     op: Op
@@ -47,8 +45,7 @@ class Data:
     checked: bool
 
 
-@dataclass(frozen=True)
-class Movw:
+class Movw(NamedTuple):
     """A MOVZ/MOVK/MOVN immediate: ``reloc_insn_movw()``."""
 
     op: Op
@@ -57,8 +54,7 @@ class Movw:
     checked: bool
 
 
-@dataclass(frozen=True)
-class Insn:
+class Insn(NamedTuple):
     """An instruction immediate field: ``reloc_insn_imm()``."""
 
     op: Op

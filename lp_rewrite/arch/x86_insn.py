@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import enum
 from bisect import bisect_right
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from lp_rewrite.errors import InputError
 
@@ -30,8 +29,7 @@ class Form(enum.Enum):
     MEMORY = "memory"  # any other RIP-relative memory operand (load, store, indirect call)
 
 
-@dataclass(frozen=True)
-class Rel32Site:
+class Rel32Site(NamedTuple):
     end: int  # section offset just past the instruction
     form: Form
 

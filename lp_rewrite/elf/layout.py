@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import struct
 import sys
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from lp_rewrite.elf.consts import ELFCLASS32, ELFCLASS64
 
@@ -36,8 +35,7 @@ def column(data: memoryview, field: Field, entsize: int) -> list[int]:
     return [unpack(data, i + off)[0] for i in range(0, len(data), entsize)]
 
 
-@dataclass(frozen=True)
-class ClassLayout:
+class ClassLayout(NamedTuple):
     """Struct layouts of one ELF class."""
 
     elfclass: int
