@@ -577,6 +577,12 @@ class ElfFile:
         """The distinct relocation types of a section."""
         lay = self.layout
         fmt, off = lay.rel_type
+        secs = self.sections
+        start, size, ent = secs.offset[index], secs.size[index], secs.entsize[index]
+        if fmt == "I" and _NATIVE_LE and not start % 4 and ent and not ent % 4 and not size % ent:
+            expect = lay.rela.size if secs.type[index] == C.SHT_RELA else lay.rel.size
+            if ent == expect and secs.has_file_data(index):  # a slice of the file-wide view
+                return set(self._words[4][(start + off) // 4 : (start + size) // 4 : ent // 4])
         view = self._reloc_view(index, fmt)
         if view is None:
             return set(self.relocations(index).types)
