@@ -15,12 +15,14 @@ never equals an entry point and is kept.
 from __future__ import annotations
 
 import enum
+import fnmatch
+import re
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from itertools import accumulate
+from typing import ClassVar
 
 from lp_rewrite.arch import Use
 from lp_rewrite.elf import consts as C
@@ -96,17 +98,29 @@ class Decisions:
 
 
 class ExemptSections:
-    """The keep list, matched by name (shell-style patterns)."""
+    """The keep list, matched by name (shell-style patterns).
+
+    The patterns become one regular expression, and verdicts are shared by
+    every payload checked with the same list (a batch of a thousand payloads
+    repeats the same section names).
+    """
+
+    _shared: ClassVar[dict[tuple[str, ...], tuple[re.Pattern[str], dict[str, bool]]]] = {}
 
     def __init__(self, policy: Policy) -> None:
         self.patterns = policy.keep_patterns()
-        self._cache: dict[str, bool] = {}
+        entry = self._shared.get(self.patterns)
+        if entry is None:
+            entry = (re.compile("|".join(fnmatch.translate(p) for p in self.patterns)), {})
+            self._shared[self.patterns] = entry
+        self._regex, self._cache = entry
 
     def __call__(self, name: str) -> bool:
         hit = self._cache.get(name)
         if hit is None:
-            hit = any(fnmatchcase(name, p) for p in self.patterns)
-            self._cache[name] = hit
+            hit = self._regex.match(name) is not None
+            if len(self._cache) < 100_000:  # bounded: section names come from input files
+                self._cache[name] = hit
         return hit
 
 

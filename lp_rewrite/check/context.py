@@ -19,7 +19,7 @@ from functools import cached_property
 from typing import Any, TypeVar
 
 from lp_rewrite.arch import RelocType, Use
-from lp_rewrite.arch.x86_insn import Form, decode_rel32
+from lp_rewrite.arch.x86_insn import Form, decode_rel32, fast_rel32
 from lp_rewrite.decide import ExemptSections
 from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.file import RelocTable, Section
@@ -213,24 +213,39 @@ class Context:
 
     # -- relocations ----------------------------------------------------------
 
-    def references(self, symbols: set[int] | None = None) -> Iterator[Reference]:
-        """Resolved relocations in the sections that count, optionally only against ``symbols``."""
-        return self._resolved(self.counts, symbols)
+    def references(self, symbols: set[int] | None = None, *, calls: bool = True) -> Iterator[Reference]:
+        """Resolved relocations in the sections that count, optionally only against ``symbols``.
 
-    def _resolved(self, wanted: Callable[[Section], bool], symbols: set[int] | None) -> Iterator[Reference]:
+        ``calls=False`` leaves out direct calls and jumps before resolving them
+        (most references in a payload are calls, and some rules ignore them).
+        """
+        return self._resolved(self.counts, symbols, calls)
+
+    def _resolved(
+        self, wanted: Callable[[Section], bool], symbols: set[int] | None, calls: bool = True
+    ) -> Iterator[Reference]:
         elf, arch = self.elf, self.arch
+        secs = elf.sections
         for ridx in elf.relocation_sections:
-            table = elf.relocations(ridx)
-            sec = elf.sections[table.target]
-            if not wanted(sec) or (symbols is not None and symbols.isdisjoint(table.syms)):
+            sec = secs[secs.info[ridx]]
+            if not wanted(sec) or (symbols is not None and symbols.isdisjoint(elf.relocation_syms(ridx))):
                 continue
+            table = elf.relocations(ridx)
             data = elf.section_data(sec.index)
+            code = sec.executable
             for i, sym in enumerate(table.syms):
                 if symbols is not None and sym not in symbols:
                     continue
                 rt = arch.types.get(table.types[i])
                 if rt is None:
                     continue  # refused at load: LP003 reports it
+                if not calls:
+                    if rt.use is Use.BRANCH:
+                        continue
+                    if rt.use is Use.CODE_REF and code:
+                        site = fast_rel32(data, table.offsets[i])
+                        if site is not None and site.form in (Form.CALL, Form.JUMP):
+                            continue
                 yield self.resolve(table, i, sec, data, rt, sym)
 
     def resolve(self, table: RelocTable, i: int, sec: Section, data: memoryview, rt: RelocType, sym: int) -> Reference:
@@ -244,7 +259,7 @@ class Context:
         bias = 0
         if rt.use is Use.CODE_REF and sec.executable:
             try:
-                site = decode_rel32(data, offset, f"{sec.name}+{offset:#x}")
+                site = fast_rel32(data, offset) or decode_rel32(data, offset, f"{sec.name}+{offset:#x}")
                 bias = site.bias(offset)
                 access = _FORM_ACCESS[site.form]
             except InputError as exc:

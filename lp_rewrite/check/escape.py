@@ -69,7 +69,7 @@ def check(ctx: Context) -> list[Finding]:
     shndx = ctx.syms.shndx
     interesting = {i for i in range(ctx.syms.count) if shndx[i] in sections}
     out = []
-    for ref in ctx.references(interesting):
+    for ref in ctx.references(interesting, calls=False):  # a call never stores an address
         if ref.target is None or ref.access not in (Access.ADDRESS, Access.STORED):
             continue
         fn = entries.get(ref.target)

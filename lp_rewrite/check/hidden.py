@@ -141,10 +141,10 @@ def check(ctx: Context) -> list[Finding]:
     scan = _SCANNERS[ctx.arch.name]
     scanned = set(replaced) | set(only)
     relocated: dict[int, set[int]] = {}
+    targets = ctx.elf.sections.info
     for ridx in ctx.elf.relocation_sections:
-        table = ctx.elf.relocations(ridx)
-        if table.target in scanned:
-            relocated.setdefault(table.target, set()).update(table.offsets)
+        if targets[ridx] in scanned:
+            relocated.setdefault(targets[ridx], set()).update(ctx.elf.relocations(ridx).offsets)
     out = []
     for sec in sorted(scanned):
         section = ctx.elf.sections[sec]

@@ -93,6 +93,9 @@ class StringTable:
         return decode_name(self.data[offset:end])
 
 
+_ITEM_SIZE = {"B": 1, "H": 2, "I": 4, "i": 4, "Q": 8, "q": 8}
+
+
 class SectionTable(Sequence[Section]):
     """The section header table, as columns; Section objects on demand.
 
@@ -293,6 +296,16 @@ class SymbolTable:
         return self.shndx[index] == C.SHN_ABS and index not in self.extended
 
 
+class _Where:
+    """A section's description for messages, formatted only if one is raised."""
+
+    def __init__(self, section: Section) -> None:
+        self.section = section
+
+    def __str__(self) -> str:
+        return f"relocation section [{self.section.index}] {self.section.name!r}"
+
+
 class RelocTable:
     """One SHT_REL/SHT_RELA section, as columns indexed by entry number."""
 
@@ -301,22 +314,22 @@ class RelocTable:
         self.section = section
         self.is_rela = section.sh_type == C.SHT_RELA
         self.entsize = lay.rela.size if self.is_rela else lay.rel.size
-        where = f"relocation section [{section.index}] {section.name!r}"
+        where = _Where(section)
         if section.sh_entsize != self.entsize:
             raise InputError(f"{where}: sh_entsize {section.sh_entsize} (expected {self.entsize})")
         if section.sh_size % self.entsize:
             raise InputError(f"{where}: size {section.sh_size} is not a multiple of {self.entsize}")
         self.target = section.sh_info
         self.count = section.sh_size // self.entsize
-        data = elf.section_data(section.index)
-        self.offsets = column(data, lay.rel_offset, self.entsize)
-        self.types = column(data, lay.rel_type, self.entsize)
+        idx, ent = section.index, self.entsize
+        self.offsets = elf.field_column(idx, lay.rel_offset, ent)
+        self.types = elf.field_column(idx, lay.rel_type, ent)
         if lay.rel_sym is not None:
-            self.syms = column(data, lay.rel_sym, self.entsize)
+            self.syms = elf.field_column(idx, lay.rel_sym, ent)
         else:
             shift = lay.r_sym_shift
-            self.syms = [i >> shift for i in column(data, lay.rel_info, self.entsize)]
-        self.addends: list[int] | None = column(data, lay.rela_addend, self.entsize) if self.is_rela else None
+            self.syms = [i >> shift for i in elf.field_column(idx, lay.rel_info, ent)]
+        self.addends: list[int] | None = elf.field_column(idx, lay.rela_addend, ent) if self.is_rela else None
         if self.count:
             nsym = elf.symbols.count
             if max(self.syms) >= nsym:
@@ -535,6 +548,26 @@ class ElfFile:
     #
     # A stress object has 50k relocation sections. These read one field of
     # every entry through a strided memoryview: a C loop per section, no list.
+
+    @cached_property
+    def _typed_views(self) -> dict[str, memoryview]:
+        """The whole file cast once per item format, for strided column reads."""
+        return {}
+
+    def field_column(self, index: int, field: tuple[str, int], entsize: int) -> list[int]:
+        """One field of every entry of a section, read through a file-wide view."""
+        fmt, off = field
+        secs = self.sections
+        start, size = secs.offset[index], secs.size[index]
+        item = _ITEM_SIZE[fmt]
+        if _NATIVE_LE and not start % item and not entsize % item and not off % item and secs.has_file_data(index):
+            view = self._typed_views.get(fmt)
+            if view is None:
+                n = len(self.view) - len(self.view) % item
+                view = self._typed_views[fmt] = self.view[:n].cast(fmt)  # type: ignore[call-overload]
+            values: list[int] = view[(start + off) // item : (start + size) // item : entsize // item].tolist()
+            return values
+        return column(self.section_data(index), field, entsize)
 
     @cached_property
     def _words(self) -> dict[int, memoryview]:
