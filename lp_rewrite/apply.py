@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import bisect
 import struct
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 from lp_rewrite.decide import Decision, Decisions
 from lp_rewrite.elf import consts as C
@@ -238,28 +238,49 @@ def _place_aliases(payload: Payload, out: Plan) -> None:
     out.inserts = sorted(groups.items())
 
 
-def _check_rel_places_unshared(payload: Payload, rel_places: dict[int, list[int]]) -> None:
-    """A retargeted REL place must belong to its relocation alone.
+def _check_places_unshared(payload: Payload, retargets: list[Decision]) -> None:
+    """A retargeted place must belong to its relocation alone.
 
-    Xen applies relocations in turn, each reading its addend from the place,
-    so two on the same bytes compound: moving one moves the other, and a
-    re-encoded addend is read by both. No compiler emits that; a damaged
-    object is refused.
+    Xen applies relocations in turn, so two that write overlapping bytes
+    compound, and the result depends on their order (for REL, the second
+    also reads the first one's result as its addend). Moving one of them then
+    changes what the other produces. No compiler emits that; a damaged object
+    is refused rather than rewritten into something unpredictable.
     """
-    elf = payload.elf
-    for section, places in rel_places.items():
-        counts: Counter[int] = Counter()
-        for idx in elf.relocation_sections:
-            if elf.sections[idx].sh_info == section:
-                counts.update(elf.relocations(idx).offsets)
-        for off in places:
-            for other in range(off - 3, off + 4):  # 4-byte places (the only REL target, 32-bit Arm)
-                if counts[other] > (other == off):
-                    name = elf.sections[section].name
-                    raise InputError(
-                        f"{name}+{off:#x}: another relocation also writes this REL place ({name}+{other:#x}), "
-                        "so the two cannot be told apart"
-                    )
+    elf, types = payload.elf, payload.arch.types
+    secs = elf.sections
+    wanted = {d.section for d in retargets}
+    by_target: dict[int, list[int]] = {}
+    for idx in elf.relocation_sections:
+        if secs.info[idx] in wanted:
+            by_target.setdefault(secs.info[idx], []).append(idx)
+    fields: dict[int, tuple[list[tuple[int, int]], list[int]]] = {}  # section -> sorted spans, running max end
+    for section, tables in by_target.items():
+        spans = []
+        for idx in tables:
+            table = elf.relocations(idx)
+            for off, rtype in zip(table.offsets, table.types, strict=True):
+                rt = types.get(rtype)
+                width = rt.width if rt is not None else 4
+                if width:
+                    spans.append((off, off + width))
+        spans.sort()
+        fields[section] = (spans, list(accumulate((end for _s, end in spans), max)))
+    for d in retargets:
+        spans, reach = fields[d.section]
+        end = d.offset + types[d.rtype].width
+        k = bisect.bisect_left(spans, (d.offset, end))  # its own span
+        other = None
+        if k > 0 and reach[k - 1] > d.offset:  # an earlier place runs into it
+            other = next(s for s, e in spans[:k] if e > d.offset)
+        elif k + 1 < len(spans) and spans[k + 1][0] < end:  # a later (or identical) place starts inside it
+            other = spans[k + 1][0]
+        if other is not None:
+            name = secs.name(d.section)
+            raise InputError(
+                f"{name}+{d.offset:#x}: another relocation also writes these bytes ({name}+{other:#x}), "
+                "so Xen's result depends on their order and this one cannot be moved alone"
+            )
 
 
 def apply(payload: Payload, funcs: FuncsTable, out: Plan) -> bytes:
@@ -343,7 +364,6 @@ def apply(payload: Payload, funcs: FuncsTable, out: Plan) -> bytes:
     for d in out.retargets:
         retargets_by_section.setdefault(d.reloc_section, []).append(d)
     patched_targets: dict[int, bytearray] = {}
-    rel_places: dict[int, list[int]] = {}  # section -> offsets of retargeted REL places
     secs = elf.sections
     if n_local_inserted:  # every relocation section is renumbered
         reloc_sections = [
@@ -373,14 +393,13 @@ def apply(payload: Payload, funcs: FuncsTable, out: Plan) -> bytes:
             if is_rela:
                 struct.pack_into("<" + lay.rela_addend[0], buf, base + lay.rela_addend[1], addend)
                 continue
-            rel_places.setdefault(d.section, []).append(d.offset)
             if addend != d.addend:
                 place = patched_targets.get(d.section)
                 if place is None:
                     place = patched_targets[d.section] = bytearray(elf.section_data(d.section))
                 arch.write_implicit_addend(d.rtype, place, d.offset, addend)
         new_data[sec.index] = buf
-    _check_rel_places_unshared(payload, rel_places)
+    _check_places_unshared(payload, out.retargets)
     for idx in new_data:  # the tables the rewrite edits, not the loaded code and data
         if elf.sections[idx].alloc:
             raise InputError(

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from lp_rewrite.apply import Plan, apply, plan
 from lp_rewrite.decide import Decisions, decide
+from lp_rewrite.elf import consts as C
 from lp_rewrite.errors import InputError, UsageError
 from lp_rewrite.identify import FuncsTable, identify
 from lp_rewrite.policy import Policy
@@ -99,6 +100,23 @@ def rewrite(
         return _rewrite(source, output, in_place, policy, backup_suffix, before_rename)
 
 
+def _refuse_misplaced_sections(payload: Payload) -> None:
+    """Refuse a loaded section Xen would place over another one.
+
+    move_payload() puts each SHF_ALLOC section at ROUNDUP(offset, sh_addralign),
+    and ROUNDUP(x, 0) is 0: a non-empty section with alignment 0 lands at the
+    start of its region, over what is there. No toolchain emits one; rewriting
+    it would hand Xen a payload it loads wrongly.
+    """
+    secs = payload.elf.sections
+    for i, align in enumerate(secs.addralign):
+        if align == 0 and i and secs.flags[i] & C.SHF_ALLOC and secs.size[i]:
+            raise InputError(
+                f"{payload.name}: section [{i}] {secs.name(i)!r} is SHF_ALLOC with sh_addralign 0: Xen's loader "
+                "would place it at the start of its region, over other sections"
+            )
+
+
 def _rewrite(
     source: str | os.PathLike[str] | bytes,
     output: str | os.PathLike[str] | None,
@@ -109,6 +127,7 @@ def _rewrite(
 ) -> RewriteResult:
     analysis = analyse(source, policy)
     payload = analysis.payload
+    _refuse_misplaced_sections(payload)
     bad = unsupported_relocations(payload)
     if bad:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
