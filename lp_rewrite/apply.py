@@ -28,7 +28,6 @@ import bisect
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import accumulate
 
 from lp_rewrite.decide import Decision, Decisions
 from lp_rewrite.elf import consts as C
@@ -254,31 +253,33 @@ def _check_places_unshared(payload: Payload, retargets: list[Decision]) -> None:
     for idx in elf.relocation_sections:
         if secs.info[idx] in wanted:
             by_target.setdefault(secs.info[idx], []).append(idx)
-    fields: dict[int, tuple[list[tuple[int, int]], list[int]]] = {}  # section -> sorted spans, running max end
+    # Every place of a section, by offset (already sorted as compilers emit
+    # them, so the sort is one linear pass). A retarget is then checked
+    # against the few places within the widest field before its end.
+    widths = {rtype: rt.width for rtype, rt in types.items()}  # an unknown type: taken as a word (4)
+    widest = max([4, *widths.values()])
+    places: dict[int, tuple[list[int], list[int]]] = {}
     for section, tables in by_target.items():
-        spans = []
+        offsets: list[int] = []
+        kinds: list[int] = []
         for idx in tables:
             table = elf.relocations(idx)
-            for off, rtype in zip(table.offsets, table.types, strict=True):
-                rt = types.get(rtype)
-                width = rt.width if rt is not None else 4
-                if width:
-                    spans.append((off, off + width))
-        spans.sort()
-        fields[section] = (spans, list(accumulate((end for _s, end in spans), max)))
+            offsets += table.offsets
+            kinds += table.types
+        if len(tables) > 1 or offsets != sorted(offsets):
+            pairs = sorted(zip(offsets, kinds, strict=True))
+            offsets, kinds = [o for o, _k in pairs], [k for _o, k in pairs]
+        places[section] = (offsets, kinds)
     for d in retargets:
-        spans, reach = fields[d.section]
+        offsets, kinds = places[d.section]
         end = d.offset + types[d.rtype].width
-        k = bisect.bisect_left(spans, (d.offset, end))  # its own span
-        other = None
-        if k > 0 and reach[k - 1] > d.offset:  # an earlier place runs into it
-            other = next(s for s, e in spans[:k] if e > d.offset)
-        elif k + 1 < len(spans) and spans[k + 1][0] < end:  # a later (or identical) place starts inside it
-            other = spans[k + 1][0]
-        if other is not None:
+        lo, hi = bisect.bisect_left(offsets, d.offset - widest + 1), bisect.bisect_left(offsets, end)
+        hits = [offsets[j] for j in range(lo, hi) if (w := widths.get(kinds[j], 4)) and offsets[j] + w > d.offset]
+        if len(hits) > 1:  # its own place, and another one
+            hits.remove(d.offset)
             name = secs.name(d.section)
             raise InputError(
-                f"{name}+{d.offset:#x}: another relocation also writes these bytes ({name}+{other:#x}), "
+                f"{name}+{d.offset:#x}: another relocation also writes these bytes ({name}+{hits[0]:#x}), "
                 "so Xen's result depends on their order and this one cannot be moved alone"
             )
 

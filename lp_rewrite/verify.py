@@ -104,7 +104,7 @@ def _check_sections(inp: Payload, out: Payload, plan: Plan) -> None:
     for d in plan.retargets:
         if sa.type[d.reloc_section] == C.SHT_REL:
             rel_places.setdefault(d.section, []).append(d.offset)
-    same = [k for k in range(1, n) if sa.has_file_data(k) and k not in differ and k not in rel_places]
+    same = [k for k in sa.with_file_data if k not in differ and k not in rel_places]
     _compare_unchanged(a, b, same)
     for k, places in rel_places.items():
         old, new = bytearray(a.section_data(k)), bytearray(b.section_data(k))
@@ -137,7 +137,7 @@ def _compare_unchanged(a: ElfFile, b: ElfFile, indices: list[int]) -> None:
     """
     sa, sb = a.sections, b.sections
     # File order of every section with contents, to know which ones are adjacent.
-    with_data = sorted((k for k in range(1, len(sa)) if sa.has_file_data(k)), key=sa.offset.__getitem__)
+    with_data = sorted(sa.with_file_data, key=sa.offset.__getitem__)
     place = {k: n for n, k in enumerate(with_data)}
     wanted = set(indices)
     run: list[int] = []

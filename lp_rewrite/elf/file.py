@@ -163,6 +163,12 @@ class SectionTable(Sequence[Section]):
     def has_file_data(self, index: int) -> bool:
         return index > 0 and self.type[index] not in (C.SHT_NOBITS, C.SHT_NULL)
 
+    @cached_property
+    def with_file_data(self) -> list[int]:
+        """Index of every section with contents in the file, in index order."""
+        no_data = (C.SHT_NOBITS, C.SHT_NULL)
+        return [i for i, t in enumerate(self.type) if i and t not in no_data]
+
     def find(self, name: str) -> int | None:
         """Index of the first section with this name (no per-section decoding)."""
         want = encode_name(name) + b"\0"
