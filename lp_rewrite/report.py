@@ -7,7 +7,6 @@ disagree.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -95,4 +94,6 @@ def reason_legend(reasons: Iterable[Reason]) -> str:
 
 
 def dumps(obj: Any) -> str:
+    import json  # only JSON output needs it: kept off the start-up path of every other run
+
     return json.dumps(obj, indent=2, sort_keys=False)
