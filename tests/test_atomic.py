@@ -15,7 +15,6 @@ the destination untouched and no temporary file left.
 from __future__ import annotations
 
 import errno
-import importlib.util
 import os
 import random
 import resource
@@ -36,22 +35,13 @@ from lp_rewrite import write as write_mod
 from lp_rewrite.errors import InputError, VerificationError
 from lp_rewrite.pipeline import rewrite
 from lp_rewrite.write import Interrupted, write_atomic
-from tests.conftest import COMMITTED, ROOT, assert_one_line_error, run_cli
+from tests.conftest import COMMITTED, ROOT, assert_one_line_error, load_script, run_cli
 
 GOOD = COMMITTED / "x86_64" / "global_refs.livepatch"
 BALLAST = 16 << 20
 
 
-def _load_fuzz() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("lp_fuzz", ROOT / "scripts" / "fuzz.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["lp_fuzz"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-FUZZ = _load_fuzz()
+FUZZ = load_script("fuzz")
 
 
 @pytest.fixture(scope="module")

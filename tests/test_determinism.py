@@ -12,7 +12,6 @@ the real entry point (``python -m lp_rewrite``) under different seeds.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -22,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import COMMITTED, ROOT, run_cli
+from tests.conftest import COMMITTED, ROOT, load_script, run_cli
 
 # Every input under these; the text summary and the JSON decision list are compared too.
 OPTION_SETS: dict[str, list[str]] = {
@@ -66,18 +65,9 @@ print(json.dumps(digest, sort_keys=True))
 """
 
 
-def _load_fuzz() -> Any:
-    spec = importlib.util.spec_from_file_location("lp_fuzz", ROOT / "scripts" / "fuzz.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["lp_fuzz"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def cases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, list[str]]]:
-    fuzz = _load_fuzz()
+    fuzz = load_script("fuzz")
     variants = tmp_path_factory.mktemp("variants")
     inputs: dict[str, Path] = {}
     for path in sorted(COMMITTED.glob("*/*.livepatch")):

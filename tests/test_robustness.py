@@ -15,12 +15,10 @@ any per-relocation scan quadratic.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shutil
 import struct
 import subprocess
-import sys
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -28,7 +26,6 @@ from dataclasses import dataclass
 from functools import cache
 from io import BytesIO
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from elftools.elf.elffile import ELFFile
@@ -38,7 +35,7 @@ from lp_rewrite.cli import app
 from lp_rewrite.errors import InputError, LpRewriteError
 from lp_rewrite.pipeline import rewrite
 from lp_rewrite.read import read_payload
-from tests.conftest import BINUTILS, COMMITTED, ROOT, assert_one_line_error, run_cli
+from tests.conftest import BINUTILS, COMMITTED, assert_one_line_error, load_script, run_cli
 
 X86 = COMMITTED / "x86_64" / "global_refs.livepatch"
 ARM = COMMITTED / "arm" / "global_refs.livepatch"
@@ -46,16 +43,7 @@ NOP = COMMITTED / "x86_64" / "nop_entry.livepatch"
 OLD_ADDR = COMMITTED / "x86_64" / "old_addr_reloc.livepatch"
 
 
-def _load_fuzz() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("lp_fuzz", ROOT / "scripts" / "fuzz.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["lp_fuzz"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-FUZZ = _load_fuzz()
+FUZZ = load_script("fuzz")
 
 # Field positions (offset, width) in the ELF structures, from the gABI.
 EHDR = {
