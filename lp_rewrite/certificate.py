@@ -96,6 +96,8 @@ class Certificate:
     sections: list[SectionCount] = field(default_factory=list)
     sites: list[Site] = field(default_factory=list)
     prepare: str = ""  # what prepare_payload() made of both
+    # Xen refuses both payloads at this placement (nothing else was compared).
+    refused_both: bool = False
 
     @property
     def bytes_compared(self) -> int:
@@ -109,6 +111,7 @@ class Certificate:
     def record(self) -> dict[str, Any]:
         return {
             "verified": True,
+            "refused_both": self.refused_both,
             "original": self.original,
             "rewritten": self.rewritten,
             "arch": self.arch,
@@ -133,6 +136,12 @@ class Certificate:
     def text(self) -> str:
         from lp_rewrite.report import table
 
+        if self.refused_both:
+            return (
+                f"certificate: Xen refuses {self.original} at every placement tried, and {self.rewritten} with it "
+                f"({self.arch}, symbols from {self.symbols}, payload loaded at {self.base:#x}):\n  {self.prepare}\n"
+                "equivalent: the rewrite does not change whether the payload loads"
+            )
         lines = [
             f"certificate: {self.rewritten} is {self.original} with {len(self.sites)} site(s) retargeted",
             f"  {self.arch}, symbols from {self.symbols}, payload loaded at {self.base:#x}",
@@ -232,12 +241,17 @@ def certify(
         tbl = table if table is not None else synthetic_table([o, r], variant=attempt)
         at = base if base is not None else default_base(tbl) + shift
         cert = _certify_at(o, r, tbl, at, funcs, decisions)
-        if best is None or len(cert.blind) < len(best.blind):
+        if best is None or _weakness(cert) < _weakness(best):
             best = cert
-        if not best.blind:
+        if _weakness(best) == (False, 0):
             break
     assert best is not None
     return best
+
+
+def _weakness(cert: Certificate) -> tuple[bool, int]:
+    """How little a certificate proves: nothing when both are refused, then by blind sites."""
+    return cert.refused_both, len(cert.blind)
 
 
 # Load addresses tried after the first (page steps: they move E's 16-bit
@@ -252,7 +266,16 @@ def _certify_at(
     try:
         lr = load(r, table, base, prepare=False)
     except Refused as exc:
-        raise _fail(r.name, f"Xen would refuse it where it loads the original: {exc}") from None
+        # A branch to the original that cannot reach it from here, say. The
+        # original's own patch branch then cannot reach it either when it is
+        # prepare_payload() that refuses the original (livepatch_verify_distance):
+        # the upload fails both ways, and no placement was found where it does not.
+        before = _prepare_refusal(lo)
+        if before is None:
+            raise _fail(r.name, f"Xen would refuse it where it loads the original: {exc}") from None
+        cert = Certificate(o.name, r.name, o.arch.name, table.source, base, refused_both=True)
+        cert.prepare = f"the original by prepare_payload() ({before}), this one when relocated ({exc.xen_message})"
+        return cert
     _same_layout(lo, lr)
     cert = Certificate(o.name, r.name, o.arch.name, table.source, base)
     applied = {(a.reloc_section, a.index): a for a in lo.relocations}
@@ -343,15 +366,17 @@ def _describe(lo: LoadedPayload, section: int, offset: int) -> str:
     return "a byte no relocation writes"
 
 
+def _prepare_refusal(loaded: LoadedPayload) -> str | None:
+    """Xen's message when prepare_payload() refuses this loaded payload, else None."""
+    try:
+        prepare_payload(loaded)
+    except Refused as exc:
+        return exc.xen_message
+    return None
+
+
 def _same_preparation(lo: LoadedPayload, lr: LoadedPayload) -> str:
-    outcomes: list[str | None] = []
-    for p in (lo, lr):
-        try:
-            prepare_payload(p)
-            outcomes.append(None)
-        except Refused as exc:
-            outcomes.append(exc.xen_message)
-    mo, mr = outcomes
+    mo, mr = _prepare_refusal(lo), _prepare_refusal(lr)
     if mo is None and mr is not None:
         raise _fail(lr.name, f"prepare_payload() refuses it where it accepts the original: {mr}")
     if mo is not None:

@@ -19,6 +19,7 @@ import struct
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from lp_rewrite.arch import Use
 from lp_rewrite.elf.file import Section
 from lp_rewrite.errors import InputError
 from lp_rewrite.payload import (
@@ -82,11 +83,25 @@ def _field_relocations(payload: Payload, funcs: Section) -> dict[int, FieldReloc
         table = elf.relocations(idx)
         for i in range(table.count):
             off, rtype, sym = table.offsets[i], table.types[i], table.syms[i]
+            if rtype in arch.types and arch.types[rtype].use is Use.NONE:
+                continue  # writes nothing: Xen reads the field's own bytes
             addend = table.addends[i] if table.addends is not None else arch.implicit_addend(rtype, data, off)
             if off in out:
                 raise InputError(f"{FUNCS_SECTION}+{off:#x}: two relocations apply to the same field")
             out[off] = FieldReloc(sym, rtype, addend)
     return out
+
+
+def _pointer(payload: Payload, relocs: dict[int, FieldReloc], offset: int, where: str, field: str) -> FieldReloc | None:
+    """The relocation that stores a pointer field, if any (it must store an absolute address)."""
+    rel = relocs.get(offset)
+    arch = payload.arch
+    if rel is not None and rel.rtype != arch.pointer_type:
+        raise InputError(
+            f"{where}: {field} is relocated with {arch.type_name(rel.rtype)}, not "
+            f"{arch.type_name(arch.pointer_type)}: Xen would not store an address there"
+        )
+    return rel
 
 
 def _detect_layout(payload: Payload, funcs: Section) -> FuncLayout:
@@ -154,7 +169,7 @@ def identify(payload: Payload) -> FuncsTable:
     for i in range(funcs.sh_size // layout.entry_size):
         base = i * layout.entry_size
         where = f"{FUNCS_SECTION} entry {i}"
-        new = relocs.get(base + layout.new_addr)
+        new = _pointer(payload, relocs, base + layout.new_addr, where, "new_addr")
         if new is None:
             literal = struct.unpack_from(ptr_fmt, data, base + layout.new_addr)[0]
             if literal:
@@ -170,7 +185,7 @@ def identify(payload: Payload) -> FuncsTable:
         sec = elf.sections[section]
         if not sec.executable or not 0 <= offset < max(sec.sh_size, 1):
             raise InputError(f"{where}: new_addr points to {sec.name}+{offset:#x}, which is not payload code")
-        old = relocs.get(base + layout.old_addr)
+        old = _pointer(payload, relocs, base + layout.old_addr, where, "old_addr")
         old_symbol: int | None = None
         old_literal = 0
         if old is not None:
@@ -185,7 +200,7 @@ def identify(payload: Payload) -> FuncsTable:
                 )
         else:
             old_literal = struct.unpack_from(ptr_fmt, data, base + layout.old_addr)[0]
-        name_rel = relocs.get(base + layout.name)
+        name_rel = _pointer(payload, relocs, base + layout.name, where, "name")
         if old_symbol is not None:
             # Xen patches old_addr, which this symbol resolves to by name. It
             # still reads the name string (prepare_payload, its messages): a

@@ -183,6 +183,62 @@ def test_other_arch_is_not_a_rewrite() -> None:
         certify(GOOD, COMMITTED / "arm" / "global_refs.livepatch")
 
 
+def _funcs_edited(*, new_addr_type: int | None = None, old_literal: int | None = None) -> bytes:
+    """GOOD with entry 0's new_addr relocation type or its old_addr field changed."""
+    data = bytearray(GOOD.read_bytes())
+    if new_addr_type is not None:
+        at, sym, _t, _a = next(e for e in _reloc_entries(bytes(data), ".rela.livepatch.funcs") if _offset(data, e) == 8)
+        struct.pack_into("<Q", data, at + 8, (sym << 32) | new_addr_type)
+    if old_literal is not None:
+        funcs = ELFFile(io.BytesIO(bytes(data))).get_section_by_name(".livepatch.funcs")
+        struct.pack_into("<Q", data, funcs["sh_offset"] + 16, old_literal)
+    return bytes(data)
+
+
+def _offset(data: bytearray, entry: tuple[int, int, int, int]) -> int:
+    return int(struct.unpack_from("<Q", data, entry[0])[0])
+
+
+def test_a_none_relocation_leaves_new_addr_empty(tmp_path: Path) -> None:
+    """R_X86_64_NONE at new_addr writes nothing: Xen reads 0, a NOP entry, and nothing is replaced."""
+    src = tmp_path / "none.livepatch"
+    src.write_bytes(_funcs_edited(new_addr_type=0))
+    result = rewrite(src)
+    assert not result.funcs.replacements and result.funcs.nop_entries == [0]
+    assert result.output == src.read_bytes() and not result.decisions.retargets
+
+
+def test_a_non_pointer_relocation_at_new_addr_is_refused(tmp_path: Path) -> None:
+    src = tmp_path / "pc32.livepatch"
+    src.write_bytes(_funcs_edited(new_addr_type=2))  # R_X86_64_PC32: an offset, not the address
+    line = assert_one_line_error(run_cli("rewrite", src, "-o", tmp_path / "out"))
+    assert "entry 0: new_addr is relocated with R_X86_64_PC32, not R_X86_64_64" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_payload_xen_refuses_anyway_is_certified_as_such(tmp_path: Path) -> None:
+    """A literal old_addr out of branch range of any load address: Xen refuses the original
+    in prepare_payload() (livepatch_verify_distance) and the rewrite when relocating it: the
+    certificate says both are refused instead of claiming a difference."""
+    src = tmp_path / "far.livepatch"
+    src.write_bytes(_funcs_edited(old_literal=0x4))
+    out = tmp_path / "far.rewritten.livepatch"
+    result = rewrite(src, out)
+    assert result.decisions.retargets  # retargeted to an SHN_ABS alias at 0x4
+    cert = certify(src, out)
+    assert cert.refused_both and not cert.sites
+    assert "old_addr 0x4 is out of branch range" in cert.prepare and "Overflow in relocation" in cert.prepare
+    proc = run_cli("verify", src, out)
+    assert proc.returncode == 0, proc.stderr
+    assert "equivalent: the rewrite does not change whether the payload loads" in proc.stdout
+    # Not so for a file that differs elsewhere: the refusal of both is checked, not assumed.
+    wrong = bytearray(out.read_bytes())
+    alias = _symbol_index(bytes(wrong), "do_work", undefined=False)
+    assert alias  # the SHN_ABS alias is "defined" for pyelftools
+    with pytest.raises(VerificationError):
+        certify(src, _funcs_edited(), rewritten_name="not-a-rewrite")
+
+
 # -- the command line --------------------------------------------------------------------
 
 

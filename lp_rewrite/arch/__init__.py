@@ -59,6 +59,9 @@ class Arch(ABC):
     types: Mapping[int, RelocType]
     # Bytes Xen overwrites at the original function's entry when applying.
     patch_insn_size: int
+    # The type that stores an absolute pointer (``struct livepatch_func``'s
+    # name/new_addr/old_addr fields, hook tables).
+    pointer_type: int
     # Whether GNU ld -r (binutils 2.40) keeps an undefined STB_LOCAL symbol.
     # x86-64 does; the AArch64 and Arm back ends fail with "undefined
     # reference" (tests/test_local_aliases.py shows both).

@@ -143,6 +143,7 @@ class AArch64(Arch):
     elfclass = C.ELFCLASS64
     rel_section_types = frozenset([C.SHT_RELA])
     types = _TYPES
+    pointer_type = _SPEC["ABS64"][0]
     patch_insn_size = 4  # one B instruction
     other_type_names: Mapping[int, str] = MappingProxyType(
         {

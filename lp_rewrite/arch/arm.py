@@ -54,6 +54,7 @@ class Arm(Arch):
     elfclass = C.ELFCLASS32
     rel_section_types = frozenset([C.SHT_REL, C.SHT_RELA])
     types = _TYPES
+    pointer_type = R_ARM_ABS32
     patch_insn_size = 4  # one B instruction
     other_type_names: Mapping[int, str] = MappingProxyType(
         {

@@ -44,6 +44,7 @@ class X86_64(Arch):
     elfclass = C.ELFCLASS64
     rel_section_types = frozenset([C.SHT_RELA])
     types = _TYPES
+    pointer_type = R_X86_64_64
     patch_insn_size = 5  # jmp rel32; +4 when the original starts with ENDBR64
     ld_r_keeps_undefined_locals = True
     other_type_names: Mapping[int, str] = MappingProxyType(
