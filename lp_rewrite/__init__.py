@@ -10,9 +10,14 @@ except in the sections that must describe the new code.
 Python API::
 
     from lp_rewrite import rewrite, Policy
-    result = rewrite("fix.livepatch", "fix.rewritten.livepatch")
-    for d in result.decisions:
+    result = rewrite("fix.livepatch", "fix.rewritten.livepatch", everything=True)
+    for d in result.decisions:  # with everything=True: one per relocation
         print(d.reason.value)
+
+``rewrite`` and ``analyse`` decide, by default, only the relocations that can
+reach a replacement (the rest are counted in ``decisions.counts``), which
+keeps a million-relocation object fast; ``everything=True`` returns every
+decision, as ``explain`` and ``rewrite -v`` show.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from lp_rewrite.errors import InputError
 from lp_rewrite.identify import FuncsTable, Replacement
 from lp_rewrite.policy import Policy
 from lp_rewrite.read import Payload
+from lp_rewrite.read import symbol_label as symbol_label  # re-exported: report, check, certificate
 
 
 class Reason(enum.StrEnum):  # str-based: hashed in C, tens of thousands of times
@@ -276,11 +277,3 @@ def _display_bias(payload: Payload, rtype: int, section: int, offset: int) -> in
         return payload.arch.target_bias(rtype, sec, payload.elf.section_data(section), offset)
     except InputError:
         return 0
-
-
-def symbol_label(payload: Payload, sym: int) -> str:
-    """A readable name for a relocation's symbol (section symbols by section name)."""
-    syms = payload.elf.symbols
-    if syms.type(sym) == C.STT_SECTION and syms.is_defined_in_section(sym):
-        return payload.elf.sections[syms.shndx[sym]].name
-    return syms.name(sym) or f"#{sym}"

@@ -13,10 +13,10 @@ from pathlib import Path
 from lp_rewrite.apply import Plan, apply, plan
 from lp_rewrite.decide import Decisions, decide
 from lp_rewrite.elf import consts as C
-from lp_rewrite.errors import InputError, UsageError
+from lp_rewrite.errors import InputError, UsageError, VerificationError
 from lp_rewrite.identify import FuncsTable, identify
 from lp_rewrite.policy import Policy
-from lp_rewrite.read import Payload, read_payload, unsupported_relocations
+from lp_rewrite.read import Payload, misapplied_relocations, read_payload, unsupported_relocations
 from lp_rewrite.verify import check_rewrite
 from lp_rewrite.write import write_atomic
 
@@ -48,14 +48,29 @@ class RewriteResult(Analysis):
 def analyse(
     source: str | os.PathLike[str] | bytes, policy: Policy | None = None, *, everything: bool = False
 ) -> Analysis:
-    """Read a payload and decide every relocation (nothing is written)."""
+    """Read a payload and decide its relocations (nothing is written).
+
+    By default only relocations that can reach a replacement are materialised
+    as decisions (the rest are counted); ``everything`` gives one per relocation.
+    A payload Xen would relocate to wrong values is refused (InputError).
+    """
     policy = policy or Policy()
     payload = read_payload(source, xen_limits=policy.xen_limits)
     try:
+        _refuse_misapplied(payload)
         funcs = identify(payload)
     except InputError as exc:
         raise InputError(f"{payload.name}: {exc}") from None
     return Analysis(payload, funcs, decide(payload, funcs, policy, everything=everything))
+
+
+def _refuse_misapplied(payload: Payload) -> None:
+    """Xen loads such a payload with a wrong value at the place, before and
+    after any rewrite: neither reading of it can be the one that runs."""
+    bad = misapplied_relocations(payload)
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise InputError(f"{bad[0].describe()}{more}")
 
 
 @contextmanager
@@ -82,12 +97,16 @@ def rewrite(
     policy: Policy | None = None,
     backup_suffix: str | None = None,
     before_rename: Callable[[Payload, Path], None] | None = None,
+    everything: bool = False,
 ) -> RewriteResult:
     """Rewrite a payload; return the decisions and what was written.
 
     With neither ``output`` nor ``in_place``, nothing is written (the new
     bytes are in the result). ``before_rename`` gets the parsed input and the
-    temporary output file, and may raise to stop the rename.
+    temporary output file, and may raise to stop the rename. The result's
+    ``decisions`` hold the relocations that can reach a replacement (the
+    others are only counted); ``everything=True`` gives one decision per
+    relocation, as ``explain`` shows, at the cost of an object per relocation.
     """
     policy = policy or Policy()
     if in_place and output is not None:
@@ -97,7 +116,7 @@ def rewrite(
     if backup_suffix and not in_place:
         raise UsageError("a backup is only made for an in-place rewrite")
     with _no_cyclic_gc():
-        return _rewrite(source, output, in_place, policy, backup_suffix, before_rename)
+        return _rewrite(source, output, in_place, policy, backup_suffix, before_rename, everything)
 
 
 def _refuse_misplaced_sections(payload: Payload) -> None:
@@ -124,8 +143,9 @@ def _rewrite(
     policy: Policy,
     backup_suffix: str | None,
     before_rename: Callable[[Payload, Path], None] | None,
+    everything: bool,
 ) -> RewriteResult:
-    analysis = analyse(source, policy)
+    analysis = analyse(source, policy, everything=everything)
     payload = analysis.payload
     _refuse_misplaced_sections(payload)
     bad = unsupported_relocations(payload)
@@ -137,23 +157,53 @@ def _rewrite(
         data = apply(payload, analysis.funcs, edits)
     except InputError as exc:  # names read late, tables Xen would load: still about this input
         raise InputError(f"{payload.name}: {exc}") from None
-    if edits.changes:
-        looked_at = {d.reloc_section for d in analysis.decisions.items}
-        check_rewrite(payload, analysis.funcs, edits, data, policy, looked_at)
     dest: Path | None = None
     if in_place:
         assert not isinstance(source, bytes)
         dest = Path(source)
     elif output is not None:
         dest = Path(output)
-    if dest is not None and not (in_place and not edits.changes):
-        mode_from = None if isinstance(source, bytes) else Path(source)
-        hook = None
-        if before_rename is not None:
-            hook_fn = before_rename
+    if dest is None or (in_place and not edits.changes):
+        if edits.changes:  # nothing is written: the bytes in the result are what is proven
+            _self_check(analysis, edits, data, policy)
+        return RewriteResult(payload, analysis.funcs, analysis.decisions, edits, data, None if dest is None else dest)
+    hook_fn = before_rename
 
-            def hook(tmp: Path) -> None:
-                hook_fn(payload, tmp)
+    def check_written(tmp: Path) -> None:
+        # The proof is of the file about to be renamed into place, read back
+        # from disk, not of the bytes handed to the writer.
+        _check_written(analysis, edits, data, policy, tmp)
+        if hook_fn is not None:
+            hook_fn(payload, tmp)
 
-        write_atomic(dest, data, mode_from=mode_from, backup_suffix=backup_suffix, before_rename=hook)
+    mode_from = None if isinstance(source, bytes) else Path(source)
+    write_atomic(dest, data, mode_from=mode_from, backup_suffix=backup_suffix, before_rename=check_written)
     return RewriteResult(payload, analysis.funcs, analysis.decisions, edits, data, dest)
+
+
+def _self_check(analysis: Analysis, edits: Plan, data: bytes, policy: Policy) -> None:
+    """Parse ``data`` and prove it is the input with exactly the planned edits."""
+    reps = {r.section for r in analysis.funcs.replacements}
+    # The relocation sections deciding looked at (decisions about relocations
+    # that cannot reach a replacement are only there with `everything`).
+    looked_at = {d.reloc_section for d in analysis.decisions.items if d.target_section in reps}
+    check_rewrite(analysis.payload, analysis.funcs, edits, data, policy, looked_at)
+
+
+def _check_written(analysis: Analysis, edits: Plan, data: bytes, policy: Policy, tmp: Path) -> None:
+    """The self-check, on the temporary output file as it is on disk."""
+    try:
+        written = tmp.read_bytes()
+    except OSError as exc:
+        raise VerificationError(f"self-check of the rewritten payload failed: cannot read it back: {exc}") from None
+    if edits.changes:
+        _self_check(analysis, edits, written, policy)
+    if written != data:  # padding, and unchanged copies: every byte must be the one planned
+        if len(written) == len(data):
+            at = next(i for i, (x, y) in enumerate(zip(written, data, strict=True)) if x != y)
+            where = f"byte {at:#x} differs"
+        else:
+            where = f"{len(written)} bytes, not {len(data)}"
+        raise VerificationError(
+            f"self-check of the rewritten payload failed: the written file is not what was planned ({where})"
+        )

@@ -52,6 +52,25 @@ class UnsupportedRelocation(NamedTuple):
         )
 
 
+class MisappliedRelocation(NamedTuple):
+    """A place Xen applies, but not as its type means (:meth:`Arch.misapplied`)."""
+
+    section: str  # the section being relocated
+    reloc_section: str
+    offset: int
+    rtype: int
+    type_name: str
+    symbol: str
+    addend: int
+    why: str
+
+    def describe(self) -> str:
+        return (
+            f"{self.section}+{self.offset:#x}: {self.type_name} against {self.symbol}{self.addend:+#x} "
+            f"(S+A): {self.why}"
+        )
+
+
 def read_file(path: str | os.PathLike[str]) -> bytes:
     try:
         return Path(path).read_bytes()
@@ -138,3 +157,43 @@ def unsupported_relocations(payload: Payload) -> list[UnsupportedRelocation]:
                     UnsupportedRelocation(target, table.section.name, table.offsets[i], t, payload.arch.type_name(t))
                 )
     return out
+
+
+def misapplied_relocations(payload: Payload) -> list[MisappliedRelocation]:
+    """Every relocation Xen would apply to a wrong value, in file order.
+
+    Only the types the architecture names are read (none on most targets),
+    in every section Xen relocates.
+    """
+    arch, elf = payload.arch, payload.elf
+    secs = elf.sections
+    out = []
+    for idx in elf.relocation_sections:
+        target = secs.info[idx]
+        watched = arch.misapplied_types(secs.type[idx] == C.SHT_RELA)
+        if not watched or not secs.flags[target] & C.SHF_ALLOC or watched.isdisjoint(elf.relocation_types(idx)):
+            continue
+        table = elf.relocations(idx)
+        data = elf.section_data(target)
+        for i, t in enumerate(table.types):
+            if t not in watched:
+                continue
+            offset = table.offsets[i]
+            addend = table.addends[i] if table.addends is not None else arch.implicit_addend(t, data, offset)
+            why = arch.misapplied(t, addend, data, offset, table.is_rela)
+            if why is not None:
+                label = symbol_label(payload, table.syms[i])
+                out.append(
+                    MisappliedRelocation(
+                        secs.name(target), table.section.name, offset, t, arch.type_name(t), label, addend, why
+                    )
+                )
+    return out
+
+
+def symbol_label(payload: Payload, sym: int) -> str:
+    """A readable name for a relocation's symbol (section symbols by section name)."""
+    syms = payload.elf.symbols
+    if syms.type(sym) == C.STT_SECTION and syms.is_defined_in_section(sym):
+        return payload.elf.sections[syms.shndx[sym]].name
+    return syms.name(sym) or f"#{sym}"

@@ -6,8 +6,10 @@ pyelftools, not with the project's reader) or real files of the wrong kind.
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import shutil
 import stat
 import struct
@@ -245,3 +247,105 @@ def test_help_lists_commands() -> None:
     proc = run_cli("--help")
     assert proc.returncode == 0
     assert "rewrite" in proc.stdout and "explain" in proc.stdout
+
+
+def _decision_table(stdout: str) -> list[str]:
+    """The decision table's rows in a command's text output (header to the next blank line)."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:3] == ["section", "offset", "type"])
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.strip():
+            break
+        rows.append(line)
+    return rows
+
+
+def _relocation_count(path: Path) -> int:
+    with open(path, "rb") as f:
+        return sum(s.num_relocations() for s in ELFFile(f).iter_sections() if s["sh_type"] in ("SHT_RELA", "SHT_REL"))
+
+
+@pytest.mark.parametrize("src", [GOOD, GOOD_ARM], ids=["x86_64", "arm"])
+def test_rewrite_verbose_prints_every_decision_as_explain_does(src: Path, tmp_path: Path) -> None:
+    proc = run_cli("rewrite", "-v", src, "-o", tmp_path / "o")
+    assert proc.returncode == 0, proc.stderr
+    rows = _decision_table(proc.stdout)
+    assert len(rows) == _relocation_count(src)
+    assert rows == _decision_table(run_cli("explain", src).stdout)
+    doc = json.loads(run_cli("rewrite", "-v", "--format", "json", src, "-o", tmp_path / "p").stdout)
+    assert len(doc["decisions"]) == _relocation_count(src)
+    assert "decisions" not in json.loads(run_cli("rewrite", "--format", "json", src, "-o", tmp_path / "q").stdout)
+
+
+def test_api_everything_returns_every_decision_and_the_default_only_the_relevant(tmp_path: Path) -> None:
+    from lp_rewrite import analyse, rewrite
+
+    total = _relocation_count(GOOD)
+    fast, full = rewrite(GOOD), rewrite(GOOD, tmp_path / "o", everything=True)
+    assert len(full.decisions.items) == total
+    # The default materialises only what can reach a replacement; the rest is counted.
+    assert 0 < len(fast.decisions.items) < total
+    assert sum(fast.decisions.counts.values()) == sum(full.decisions.counts.values()) == total
+    key = [(d.reloc_section, d.index) for d in fast.plan.retargets]
+    assert key == [(d.reloc_section, d.index) for d in full.plan.retargets] and len(key) == 4
+    assert (tmp_path / "o").read_bytes() == fast.output
+    assert len(analyse(GOOD, everything=True).decisions.items) == total
+
+
+def _uncovered_byte(data: bytes) -> int:
+    """A byte of the file that no header and no section claims (alignment padding)."""
+    elf = ELFFile(io.BytesIO(data))
+    used = bytearray(len(data))
+    spans = [(0, elf["e_ehsize"]), (elf["e_shoff"], elf["e_shnum"] * elf["e_shentsize"])]
+    spans += [(s["sh_offset"], s["sh_size"]) for s in elf.iter_sections() if s["sh_type"] != "SHT_NOBITS"]
+    for off, size in spans:
+        used[off : off + size] = b"\1" * size
+    return used.index(0)
+
+
+def _first_byte_of(data: bytes, section: str) -> int:
+    return int(ELFFile(io.BytesIO(data)).get_section_by_name(section)["sh_offset"])
+
+
+CORRUPTIONS: dict[str, tuple[Path, Callable[[bytes], int], str]] = {
+    # Flipped in a section's contents: re-parsing the written file finds it.
+    "code": (GOOD, lambda d: _first_byte_of(d, ".text.caller"), "'.text.caller': contents changed"),
+    "symbol-table": (GOOD, lambda d: _first_byte_of(d, ".symtab") + 24 + 4, "a symbol's info changed"),
+    # Padding is no section's content: the written bytes are compared with the planned ones.
+    "padding": (GOOD, _uncovered_byte, "the written file is not what was planned"),
+    # Nothing to retarget: the byte-identical copy is checked too.
+    "unchanged-copy": (
+        COMMITTED / "x86_64" / "hello_world.livepatch",
+        lambda d: _first_byte_of(d, ".text.xen_hello_world"),
+        "the written file is not what was planned",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CORRUPTIONS))
+def test_self_check_reads_back_the_written_file(kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import lp_rewrite.write as write_mod
+    from lp_rewrite import rewrite
+    from lp_rewrite.errors import VerificationError
+
+    src, locate, expect = CORRUPTIONS[kind]
+    planned = rewrite(src).output
+    pos = locate(planned)
+    real = write_mod._write_all
+
+    def corrupting_write(fd: int, data: bytes) -> None:
+        assert data == planned
+        flipped = bytearray(data)
+        flipped[pos] ^= 0x40
+        real(fd, bytes(flipped))
+
+    monkeypatch.setattr(write_mod, "_write_all", corrupting_write)
+    out = tmp_path / "out" / "o.livepatch"
+    out.parent.mkdir()
+    with pytest.raises(VerificationError, match=re.escape(expect)):
+        rewrite(src, out)
+    assert list(out.parent.iterdir()) == [], "no output and no temporary file"
+    monkeypatch.setattr(write_mod, "_write_all", real)
+    rewrite(src, out)  # the same rewrite, written faithfully, passes
+    assert out.read_bytes() == planned

@@ -9,15 +9,21 @@ deterministic.
 
 from __future__ import annotations
 
+import io
+import re
+import struct
 import subprocess
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from elftools.elf.elffile import ELFFile
 
 from lp_rewrite import Policy, analyse, rewrite
-from tests.conftest import BINUTILS, Case, case_params, have_binutils, run_cli
+from lp_rewrite.errors import InputError
+from tests.conftest import BINUTILS, COMMITTED, Case, assert_one_line_error, case_params, have_binutils, run_cli
 from tests.oracle import Payload as Oracle
+from tests.oracle import arm_addend
 
 CASES = case_params()
 
@@ -239,3 +245,220 @@ def test_cli_summary_and_verbose_decisions(tmp_path: Path) -> None:
     assert "keep-exempt-section" in proc.stdout and proc.stdout.count("retarget  retarget") == 4
     again = run_cli("rewrite", out, "-o", tmp_path / "again.livepatch")
     assert again.returncode == 0 and "nothing to retarget" in again.stdout
+
+
+# -- 32-bit Arm: SHT_RELA, and the MOVW/MOVT addends Xen drops ---------------------
+
+ARM_NONZERO = COMMITTED / "arm" / "nonzero_offset.livepatch"
+SHT_REL, SHT_RELA, SHF_ALLOC = 9, 4, 0x2
+# What a RELA place holds instead of the implicit addend: the immediate field cleared.
+ARM_ADDEND_FIELD = {2: 0xFFFFFFFF, 3: 0xFFFFFFFF, 28: 0x00FFFFFF, 29: 0x00FFFFFF, 43: 0x000F0FFF, 44: 0x000F0FFF}
+
+
+def _arm_rel_to_rela(data: bytes) -> bytes:
+    """The same 32-bit Arm object with every relocation section Xen applies as SHT_RELA.
+
+    Each entry's implicit addend (decoded by the oracle, not by the tool)
+    becomes r_addend and its place's addend bits are cleared, as GNU as
+    writes RELA objects; ``.rel.X`` is renamed ``.rela.X``. The new tables
+    and section name table are appended to the file; the old bytes stay
+    behind, claimed by no section.
+    """
+    buf = bytearray(data)
+    shoff, shnum, shstrndx = struct.unpack_from("<I", buf, 0x20)[0], *struct.unpack_from("<HH", buf, 0x30)
+    hdr = struct.Struct("<10I")
+    headers = [list(hdr.unpack_from(buf, shoff + 40 * i)) for i in range(shnum)]
+    names = bytearray(buf[headers[shstrndx][4] : headers[shstrndx][4] + headers[shstrndx][5]])
+    for h in headers:
+        if h[1] != SHT_REL or not headers[h[7]][2] & SHF_ALLOC:
+            continue
+        target_off = headers[h[7]][4]
+        table = bytearray()
+        for pos in range(h[4], h[4] + h[5], 8):
+            r_offset, r_info = struct.unpack_from("<II", buf, pos)
+            rtype = r_info & 0xFF
+            word = struct.unpack_from("<I", buf, target_off + r_offset)[0]
+            table += struct.pack("<IIi", r_offset, r_info, arm_addend(rtype, word))
+            struct.pack_into("<I", buf, target_off + r_offset, word & ~ARM_ADDEND_FIELD.get(rtype, 0))
+        old_name = names[h[0] : names.index(b"\0", h[0])]
+        h[0] = len(names)
+        names += b".rela" + old_name[len(b".rel") :] + b"\0"
+        buf += bytes(-len(buf) % 4)
+        h[1], h[4], h[5], h[9] = SHT_RELA, len(buf), len(table), 12
+        buf += table
+    headers[shstrndx][4], headers[shstrndx][5] = len(buf), len(names)
+    buf += names
+    for i, h in enumerate(headers):
+        hdr.pack_into(buf, shoff + 40 * i, *h)
+    return bytes(buf)
+
+
+def _section_symbol(elf: ELFFile, name: str) -> int:
+    index = next(i for i, sec in enumerate(elf.iter_sections()) if sec.name == name)
+    symbols = elf.get_section_by_name(".symtab").iter_symbols()
+    return next(i for i, s in enumerate(symbols) if s["st_info"]["type"] == "STT_SECTION" and s["st_shndx"] == index)
+
+
+def _rela_entries(data: bytes) -> dict[tuple[str, int], tuple[int, int]]:
+    """(section, offset) -> (r_addend, symbol index) of every RELA entry, via pyelftools."""
+    elf = ELFFile(io.BytesIO(data))
+    out = {}
+    for sec in elf.iter_sections():
+        if sec["sh_type"] == "SHT_RELA":
+            target = elf.get_section(sec["sh_info"]).name
+            for r in sec.iter_relocations():
+                out[(target, r["r_offset"])] = (r["r_addend"], r["r_info_sym"])
+    return out
+
+
+def test_arm_rela_payload_is_rewritten_like_its_rel_twin(tmp_path: Path) -> None:
+    from lp_rewrite.certificate import certify
+    from lp_rewrite.loader import default_base, load, synthetic_table
+    from lp_rewrite.read import read_payload
+
+    rela = tmp_path / "rela.livepatch"
+    rela.write_bytes(_arm_rel_to_rela(ARM_NONZERO.read_bytes()))
+    elf = ELFFile(io.BytesIO(rela.read_bytes()))
+    assert {s["sh_type"] for s in elf.iter_sections() if s.name.startswith(".rel")} == {"SHT_RELA"}
+    # The conversion is faithful: Xen's loader (modelled) puts the same bytes in memory.
+    table = synthetic_table([read_payload(ARM_NONZERO)])
+    base = default_base(table)
+    rel_img, rela_img = load(ARM_NONZERO, table, base), load(rela, table, base)
+    assert rela_img.relocations and len(rela_img.relocations) == len(rel_img.relocations)
+    for index in rel_img.sections:
+        assert rel_img.section_bytes(index) == rela_img.section_bytes(index)
+
+    out = tmp_path / "out.livepatch"
+    result = rewrite(rela, out)
+    assert _retarget_set(result) == _retarget_set(rewrite(ARM_NONZERO)) == Oracle(rela).expected_retargets()
+    before, after = _rela_entries(rela.read_bytes()), _rela_entries(out.read_bytes())
+    entry = 16  # second_fn's offset in .text, reached through the .text section symbol
+    text_sym = _section_symbol(elf, ".text")
+    through_section = 0
+    for sec, off, _t in _retarget_set(result):
+        (a_old, sym), (a_new, _alias) = before[(sec, off)], after[(sec, off)]
+        if sym == text_sym:  # .text + A designated the entry; the alias + (A - k) designates the original
+            assert a_new == a_old - entry
+            through_section += 1
+        else:
+            assert a_new == a_old  # a symbol at the entry: the addend stays
+    assert through_section == 4  # ABS32, REL32, CALL, JUMP24
+    # RELA: the places themselves are untouched, only r_addend and the symbol change.
+    for sec in (".text.install_second", ".data.rel.ro.offset_table"):
+        assert (
+            elf.get_section_by_name(sec).data() == ELFFile(io.BytesIO(out.read_bytes())).get_section_by_name(sec).data()
+        )
+    cert = certify(rela, out.read_bytes())
+    assert len(cert.sites) == len(result.plan.retargets)
+
+
+def _movw_with_addend(tmp_path: Path, addend: int) -> Path:
+    """nonzero_offset's MOVW/MOVT of second_fn (.text+16) written as `.text` + 16.
+
+    REL keeps the addend in the instruction's imm4:imm12; Xen's loader drops it.
+    """
+    data = bytearray(ARM_NONZERO.read_bytes())
+    elf = ELFFile(io.BytesIO(bytes(data)))
+    rel, text = elf.get_section_by_name(".rel.text.install_second"), elf.get_section_by_name(".text.install_second")
+    text_sym = _section_symbol(elf, ".text")
+    for i, r in enumerate(rel.iter_relocations()):
+        if r["r_info_type"] in (43, 44):
+            struct.pack_into("<I", data, rel["sh_offset"] + 8 * i + 4, (text_sym << 8) | r["r_info_type"])
+            place = text["sh_offset"] + r["r_offset"]
+            word = struct.unpack_from("<I", data, place)[0] & ~0x000F0FFF
+            struct.pack_into("<I", data, place, word | (addend & 0xFFF) | ((addend >> 12) << 16))
+    path = tmp_path / "movw.livepatch"
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _assert_refused_misapplied(src: Path, tmp_path: Path, where: str, why: str) -> None:
+    out = tmp_path / "out" / "o.livepatch"
+    out.parent.mkdir(exist_ok=True)
+    for args in (("rewrite", src, "-o", out), ("explain", src), ("rewrite", "-v", src, "-o", out)):
+        line = assert_one_line_error(run_cli(*args))
+        assert where in line and why in line, line
+    assert list(out.parent.iterdir()) == []
+    with pytest.raises(InputError, match=re.escape(where)):
+        analyse(src)
+
+
+def test_arm_movw_movt_with_an_implicit_addend_is_refused(tmp_path: Path) -> None:
+    src = _movw_with_addend(tmp_path, 16)
+    # The REL implicit addend (16) designates second_fn's entry, but Xen would load .text's address.
+    _assert_refused_misapplied(
+        src,
+        tmp_path,
+        ".text.install_second+0x4: R_ARM_MOVW_ABS_NC against .text+0x10",
+        "would load S instead of S+A (and 1 more)",
+    )
+    # Addend 0 is what Xen applies: `.text` + 0 is accepted (and is first_fn, not a replacement) ...
+    zero = analyse(_movw_with_addend(tmp_path, 0), everything=True)
+    assert {d.reason.value for d in zero.decisions if d.rtype in (43, 44)} == {"keep-not-replaced"}
+    # ... and the committed fixture's MOVW/MOVT of second_fn + 0 are retargeted.
+    moved = {(s, o, t) for s, o, t in _retarget_set(rewrite(ARM_NONZERO)) if t in (43, 44)}
+    assert moved == {(".text.install_second", 4, 43), (".text.install_second", 8, 44)}
+
+
+def test_arm_movw_movt_with_an_explicit_addend_is_refused(tmp_path: Path) -> None:
+    rela = bytearray(_arm_rel_to_rela(ARM_NONZERO.read_bytes()))
+    elf = ELFFile(io.BytesIO(bytes(rela)))
+    sec = elf.get_section_by_name(".rela.text.install_second")
+    movt = next(i for i, r in enumerate(sec.iter_relocations()) if r["r_info_type"] == 44)
+    struct.pack_into("<i", rela, sec["sh_offset"] + 12 * movt + 8, 0x10000)
+    src = tmp_path / "rela.livepatch"
+    src.write_bytes(bytes(rela))
+    _assert_refused_misapplied(
+        src, tmp_path, ".text.install_second+0x8: R_ARM_MOVT_ABS against second_fn+0x10000", "instead of S+A"
+    )
+    # r_addend 0 with immediate bits left in the place: Xen ORs its result into them.
+    rela = bytearray(_arm_rel_to_rela(ARM_NONZERO.read_bytes()))
+    place = elf.get_section_by_name(".text.install_second")["sh_offset"] + 4
+    struct.pack_into("<I", rela, place, struct.unpack_from("<I", rela, place)[0] | 0x10)
+    src.write_bytes(bytes(rela))
+    _assert_refused_misapplied(src, tmp_path, ".text.install_second+0x4: R_ARM_MOVW_ABS_NC", "OR its result")
+
+
+@pytest.mark.skipif(not have_binutils("arm"), reason="arm binutils missing")
+def test_arm_assembled_movw_plus_offset_is_refused_even_off_a_replacement(tmp_path: Path) -> None:
+    """GNU as writes `#:lower16:table+16` as REL with 16 in the instruction.
+
+    The reference is not to a replaced function: Xen mis-applies it whatever
+    the rewrite does, so the payload is refused, not passed through.
+    """
+    asm = tmp_path / "m.S"
+    asm.write_text(
+        """
+    .syntax unified
+    .arm
+    .section .text.fn, "ax", %progbits
+    .global fn
+    .type fn, %function
+fn: bx lr
+    .size fn, . - fn
+    .section .text.user, "ax", %progbits
+    .global user
+    .type user, %function
+user:
+    movw r0, #:lower16:table+16
+    movt r0, #:upper16:table+16
+    bx lr
+    .section .rodata.table, "a", %progbits
+    .global table
+table: .space 32
+    .section .rodata.name, "a", %progbits
+name: .asciz "fn"
+    .section .livepatch.funcs, "aw", %progbits
+    .word name, fn, 0, 0, 32
+    .byte 2
+    .space 92 - 21
+"""
+    )
+    obj = tmp_path / "m.o"
+    subprocess.run([BINUTILS["arm"] + "as", "-o", str(obj), str(asm)], check=True)
+    words = Oracle(obj).relocations()
+    assert {(r.section, r.offset, r.addend) for r in words if r.rtype in (43, 44)} == {
+        (".text.user", 0, 16),
+        (".text.user", 4, 16),
+    }
+    _assert_refused_misapplied(obj, tmp_path, ".text.user+0x0: R_ARM_MOVW_ABS_NC against table+0x10", "S+A")

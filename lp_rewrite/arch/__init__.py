@@ -8,7 +8,9 @@ lld's ``ELF/Arch/*``. Each module states, for its architecture only:
 * the *bias* from ``S + A`` to the address a relocated field actually
   designates (the "effective target" the rewriter compares with a
   replacement's entry point),
-* how Xen computes and range-checks each type (for the Xen-semantics loader).
+* how Xen computes and range-checks each type (for the Xen-semantics loader),
+* which places Xen applies, but not as the type's ELF definition says
+  (:meth:`Arch.misapplied`): the payload loads, with a wrong value.
 """
 
 from __future__ import annotations
@@ -87,6 +89,21 @@ class Arch(ABC):
     def write_implicit_addend(self, rtype: int, data: bytearray, offset: int, addend: int) -> None:
         """Re-encode a REL place so that it holds ``addend``."""
         raise InputError(f"{self.name}: SHT_REL relocations are not supported by Xen on this target")
+
+    def misapplied_types(self, rela: bool) -> frozenset[int]:
+        """The types whose places :meth:`misapplied` must see (in SHT_RELA or
+        SHT_REL sections); empty, the default, skips the scan altogether."""
+        return frozenset()
+
+    def misapplied(self, rtype: int, addend: int, data: memoryview, offset: int, rela: bool) -> str | None:
+        """Why Xen's loader would not compute what this type means here, or None.
+
+        Xen applies the place without complaint but to a different value, so
+        the payload would run with a wrong address; the rewriter refuses such
+        a payload rather than reason about either value. ``addend`` is the
+        explicit (RELA) or implicit (REL) addend, ``data`` the relocated section.
+        """
+        return None
 
     @abstractmethod
     def target_bias(self, rtype: int, section: Section, data: memoryview, offset: int) -> int:

@@ -6,6 +6,11 @@ word (Xen's ``get_addend()``): a ``bl foo`` holds A = -8 because the CPU reads
 PC as the branch's address plus 8. When the rewriter moves a reference from a
 section symbol at offset k to an alias, the addend changes, and for REL that
 means re-encoding the place itself.
+
+Xen's ``perform_rel()`` drops the addend of MOVW/MOVT (it loads half of S,
+not of S + A), so a payload with one is refused (:meth:`Arm.misapplied`)
+rather than rewritten. GCC 12 loads an address plus offset from a literal
+pool (ABS32) instead, so one takes assembly such as ``#:lower16:sym+16``.
 """
 
 from __future__ import annotations
@@ -44,6 +49,10 @@ _BRANCHES: Final = frozenset([R_ARM_CALL, R_ARM_JUMP24])
 _MOVES: Final = frozenset([R_ARM_MOVW_ABS_NC, R_ARM_MOVT_ABS])
 _WORDS: Final = frozenset([R_ARM_ABS32, R_ARM_REL32])
 _RANGE: Final = 32 << 20  # ARCH_LIVEPATCH_RANGE: +-32 MiB for B/BL
+# The immediate fields Xen clears (only when the addend is non-zero) before
+# OR-ing its result in: imm4:imm12 of MOVW/MOVT, imm24 of B/BL.
+_MOVE_IMM: Final = 0x000F0FFF
+_BRANCH_IMM: Final = 0x00FFFFFF
 
 _U32 = struct.Struct("<I")
 
@@ -99,7 +108,7 @@ class Arm(Arch):
             if not -(1 << 15) <= addend < (1 << 15):
                 raise InputError(f"addend {addend} does not fit a MOVW/MOVT immediate")
             imm = addend & 0xFFFF
-            word = (word & 0xFFF0F000) | (imm & 0xFFF) | ((imm >> 12) << 16)
+            word = (word & ~_MOVE_IMM) | (imm & 0xFFF) | ((imm >> 12) << 16)
         elif rtype in _BRANCHES:
             if addend % 4 or not -(1 << 25) <= addend < (1 << 25):
                 raise InputError(f"addend {addend} does not fit a B/BL immediate")
@@ -107,6 +116,26 @@ class Arm(Arch):
         else:
             raise InputError(f"cannot re-encode an addend for relocation type {rtype}")
         _U32.pack_into(data, offset, word)
+
+    def misapplied_types(self, rela: bool) -> frozenset[int]:
+        # A REL branch's immediate *is* its addend, so only RELA ones can disagree.
+        return _MOVES | _BRANCHES if rela else _MOVES
+
+    def misapplied(self, rtype: int, addend: int, data: memoryview, offset: int, rela: bool) -> str | None:
+        # perform_rel() takes val = S; for MOVW/MOVT it clears the immediate
+        # when A != 0 and ORs in S's half: A is dropped, REL or RELA alike.
+        if rtype in _MOVES and addend:
+            return "Xen's arm32 loader ignores MOVW/MOVT addends: it would load S instead of S+A"
+        if rela and not addend and offset + 4 <= len(data):
+            # With A = 0 Xen does not clear the field, so stale immediate bits
+            # in the place are OR-ed into its result.
+            field = _MOVE_IMM if rtype in _MOVES else _BRANCH_IMM
+            if _U32.unpack_from(data, offset)[0] & field:
+                return (
+                    "the place's immediate is not zero but r_addend is 0: Xen's arm32 loader clears the field "
+                    "only for a non-zero addend, and would OR its result into the stale bits"
+                )
+        return None
 
     def target_bias(self, rtype: int, section: Section, data: memoryview, offset: int) -> int:
         return 8 if rtype in _BRANCHES else 0
@@ -128,12 +157,12 @@ class Arm(Arch):
             insn = (val + a - p) & 0xFFFFFFFF
         elif rtype in _MOVES:
             if a:
-                insn &= 0xFFF0F000  # Xen clears the addend and does not add it
+                insn &= ~_MOVE_IMM  # Xen clears the addend and does not add it
             val = (val >> 16) & 0xFFFF if rtype == R_ARM_MOVT_ABS else val & 0xFFFF
             insn |= (val & 0xFFF) | ((val >> 12) << 16)
         else:  # CALL / JUMP24
             if a:
-                insn &= 0xFF000000
+                insn &= ~_BRANCH_IMM
             val = (val + a - p) & 0xFFFFFFFF
             if not -_RANGE <= sign_extend(val, 32) < _RANGE:
                 raise LoadError("Overflow in relocation {index} in {rela} for {section}")

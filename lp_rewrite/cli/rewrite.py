@@ -66,7 +66,9 @@ def rewrite(
             "--xen-syms or a synthetic table) before it is renamed into place.",
         ),
     ] = False,
-    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Print every decision.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("-v", "--verbose", help="Print every relocation's decision (as explain does).")
+    ] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print nothing on success.")] = False,
     fmt: FormatOpt = Format.text,
 ) -> None:
@@ -86,7 +88,15 @@ def rewrite(
         xen_syms=xen_syms,
     )
     certify = CertificateHook(policy, xen_syms, str(output or payload)) if verify else None
-    result = run(payload, output, in_place=in_place, policy=policy, backup_suffix=backup, before_rename=certify)
+    result = run(
+        payload,
+        output,
+        in_place=in_place,
+        policy=policy,
+        backup_suffix=backup,
+        before_rename=certify,
+        everything=verbose,  # -v prints every relocation's decision, as explain does
+    )
     proof = certify.certificate if certify is not None else None
     if fmt is Format.json:
         typer.echo(report.dumps(summary_record(result, verbose) | ({"certificate": proof.record()} if proof else {})))
