@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
 from typer.testing import CliRunner
 
 from lp_rewrite.cli import app
@@ -52,8 +53,8 @@ EHDR = {
     32: {"e_machine": (18, 2), "e_flags": (36, 4), "e_phnum": (44, 2), "e_shentsize": (46, 2)}
     | {"e_shoff": (32, 4), "e_shnum": (48, 2), "e_shstrndx": (50, 2)},
 }
-SHDR_FIELDS = ("sh_name", "sh_type", "sh_flags", "sh_addr", "sh_offset", "sh_size", "sh_link", "sh_info")
-SHDR_FIELDS += ("sh_addralign", "sh_entsize")
+SHDR_FIELDS: tuple[str, ...] = ("sh_name", "sh_type", "sh_flags", "sh_addr", "sh_offset", "sh_size", "sh_link")
+SHDR_FIELDS += ("sh_info", "sh_addralign", "sh_entsize")
 SHDR = {
     64: {
         f: (off, width)
@@ -81,10 +82,10 @@ class Fixture:
             self.cls = elf.elfclass
             self.shoff, self.shentsize = elf["e_shoff"], elf["e_shentsize"]
             self.headers = [s.header for s in elf.iter_sections()]
-            self.index = {}
+            self.index: dict[str, int] = {}
             for i, s in enumerate(elf.iter_sections()):
                 self.index.setdefault(s.name, i)
-            symtab = elf.get_section_by_name(".symtab")
+            symtab = _symtab(elf)
             self.symbols = {s.name: i for i, s in enumerate(symtab.iter_symbols()) if s.name}
             self.nsyms = symtab.num_symbols()
 
@@ -116,6 +117,12 @@ class Fixture:
         return bytes(buf)
 
 
+def _symtab(elf: ELFFile) -> SymbolTableSection:
+    symtab = elf.get_section_by_name(".symtab")
+    assert isinstance(symtab, SymbolTableSection), "a fixture without .symtab"
+    return symtab
+
+
 @cache
 def fx(path: Path) -> Fixture:
     return Fixture(path)
@@ -128,7 +135,7 @@ def _replace_section(data: bytes, index: int, blob: bytes) -> bytes:
         headers[index][4] = FUZZ.append_blob(buf, blob)
         headers[index][5] = len(blob)
 
-    return FUZZ.edit_sections(data, edit)
+    return bytes(FUZZ.edit_sections(data, edit))
 
 
 def _with_sections(data: bytes, total: int) -> bytes:
@@ -138,7 +145,7 @@ def _with_sections(data: bytes, total: int) -> bytes:
         while len(headers) < total:
             headers.append([0, 1, 0, 0, 0x40, 0, 0, 0, 1, 0])
 
-    return FUZZ.edit_sections(data, edit)
+    return bytes(FUZZ.edit_sections(data, edit))
 
 
 def _truncated_table(data: bytes) -> bytes:
@@ -228,6 +235,20 @@ BAD: dict[str, Bad] = {
         _x((_f().shdr(".text.install", "sh_offset"), _f().header(".text.caller")["sh_offset"])),
         "overlaps section [7] '.text.install'",
     ),
+    # The same overlap made by growing a section into the next one (its offset unchanged).
+    "sections-overlap-by-size": Bad(
+        _x(
+            (
+                _f().shdr(".text.caller", "sh_size"),
+                _f().header(".rodata.do_work.str1.1")["sh_offset"] - _f().header(".text.caller")["sh_offset"] + 1,
+            )
+        ),
+        "section [11] '.rodata.do_work.str1.1' at 0xf1 overlaps section [9] '.text.caller'",
+    ),
+    "symtab-overlap-by-size": Bad(  # a whole number of symbols more: only the overlap is wrong
+        _x((_f().shdr(".symtab", "sh_size"), _f().header(".symtab")["sh_size"] + 24 * 8)),
+        "section [22] '.strtab' at 0x430 overlaps section [21] '.symtab'",
+    ),
     "addralign-not-power-of-two": Bad(
         _x((_f().shdr(".text.caller", "sh_addralign"), 12)), "section [9] '.text.caller': sh_addralign 12"
     ),
@@ -235,6 +256,9 @@ BAD: dict[str, Bad] = {
     "no-symtab": Bad(_x((_f().shdr(".symtab", "sh_type"), 1)), "no symbol table", place=False),
     "two-symtabs": Bad(_x((_f().shdr(".comment", "sh_type"), 2)), "the object has 2 symbol tables (sections [19, 21])"),
     "symtab-entsize-0": Bad(_x((_f().shdr(".symtab", "sh_entsize"), 0)), "[21] '.symtab': sh_entsize 0 (expected 24)"),
+    "symtab-entsize-2**40": Bad(
+        _x((_f().shdr(".symtab", "sh_entsize"), 1 << 40)), "[21] '.symtab': sh_entsize 1099511627776 (expected 24)"
+    ),
     "symtab-size-not-multiple": Bad(
         _x((_f().shdr(".symtab", "sh_size"), _f().header(".symtab")["sh_size"] - 1)), "is not a non-zero multiple of 24"
     ),
@@ -274,6 +298,14 @@ BAD: dict[str, Bad] = {
     # Relocations.
     "rela-entsize-0": Bad(
         _x((_f().shdr(".rela.text.caller", "sh_entsize"), 0)), "[10] '.rela.text.caller': sh_entsize 0 (expected 24)"
+    ),
+    "rela-entsize-2**40": Bad(
+        _x((_f().shdr(".rela.text.caller", "sh_entsize"), 1 << 40)),
+        "[10] '.rela.text.caller': sh_entsize 1099511627776 (expected 24)",
+    ),
+    "rel-entsize-2**31": Bad(  # SHT_REL (32-bit Arm: a 32-bit field, 8-byte entries)
+        lambda: fx(ARM).edit((fx(ARM).shdr(".rel.text.install", "sh_entsize"), 1 << 31)),
+        "'.rel.text.install': sh_entsize 2147483648 (expected 8)",
     ),
     "rela-size-not-multiple": Bad(
         _x((_f().shdr(".rela.text.caller", "sh_size"), 0x2F)), "'.rela.text.caller': size 47 is not a multiple of 24"
@@ -429,6 +461,8 @@ GOOD_ODD: dict[str, Callable[[], bytes]] = {
     "strtab-links-back": _x((_f().shdr(".strtab", "sh_link"), 21)),
     # sh_addralign of 2**40: the writer aligns file offsets to at most a page (fuzz regression).
     "alignment-2**40": _x((_f().shdr(".text.caller", "sh_addralign"), 1 << 40)),
+    # sh_entsize means nothing for code: an absurd one is ignored, as Xen ignores it.
+    "code-entsize-2**40": _x((_f().shdr(".text.caller", "sh_entsize"), 1 << 40)),
     # Section 0 with a type and data: ignored, as Xen ignores it (fuzz regression).
     "section-0-with-data": _x(
         (_f().shdr(0, "sh_type"), 1), (_f().shdr(0, "sh_offset"), 0x40), (_f().shdr(0, "sh_size"), 0x24)
@@ -464,7 +498,9 @@ ABSURD = [
     "symtab-size-2**60",
     "e_shnum-0-huge-count",
     "symtab-entsize-0",
+    "symtab-entsize-2**40",
     "rela-entsize-0",
+    "rela-entsize-2**40",
     "reloc-offset-2**63",
     "symtab-link-to-itself",
     "1024-sections",
@@ -540,8 +576,7 @@ def _many(n_funcs: int, n_data: int, n_code: int, n_alias: int = 0) -> str:
 def _rename_all_to(data: bytes, prefix: str, target: str) -> bytes:
     """Give every symbol whose name starts with ``prefix`` the name ``target``."""
     buf = bytearray(data)
-    elf = ELFFile(BytesIO(data))
-    symtab = elf.get_section_by_name(".symtab")
+    symtab = _symtab(ELFFile(BytesIO(data)))
     name_of = {s.name: s["st_name"] for s in symtab.iter_symbols()}
     for i, s in enumerate(symtab.iter_symbols()):
         if s.name.startswith(prefix):
