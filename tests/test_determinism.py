@@ -149,6 +149,17 @@ def test_real_entry_point_under_different_seeds(name: str, tmp_path: Path) -> No
         doc.pop("output")
         outputs.append((out.read_bytes(), doc))
     assert all(o == outputs[0] for o in outputs[1:])
-    again = run_cli("rewrite", tmp_path / "0.livepatch", "--in-place", env={"PYTHONHASHSEED": "5"})
-    assert again.returncode == 0 and "nothing to retarget" in again.stdout
-    assert (tmp_path / "0.livepatch").read_bytes() == outputs[0][0]
+    # A second in-place run writes nothing: same file (inode), same mtime, and no backup even when asked for.
+    done = tmp_path / "0.livepatch"
+    past = done.stat().st_mtime_ns - 10**9  # a second back: a rewrite now could not keep it by chance
+    os.utime(done, ns=(past, past))
+    before = done.stat()
+    for extra in ([], ["--backup", ".orig"]):
+        again = run_cli("rewrite", done, "--in-place", *extra, env={"PYTHONHASHSEED": "5"})
+        assert again.returncode == 0 and "nothing to retarget" in again.stdout, again.stderr
+        after = done.stat()
+        assert (after.st_ino, after.st_mtime_ns, after.st_size) == (before.st_ino, before.st_mtime_ns, before.st_size)
+        assert done.read_bytes() == outputs[0][0]
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+            f"{seed}.livepatch" for seed in ("0", "77", "random")
+        )
