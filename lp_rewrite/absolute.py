@@ -14,7 +14,9 @@ Where the address comes from, for each original:
 * ``old_addr``'s literal, when there is one: it is the very address Xen
   patches, so it *is* the original. Given ``xen-syms``, the name must resolve
   there to that same address (a payload prelinked against another build is
-  refused); without it the literal is trusted as it stands.
+  refused); when the name stands for several functions, the literal must be
+  one of them, and says which. Without ``xen-syms`` the literal is trusted
+  as it stands.
 * otherwise ``xen-syms`` (required): the name as Xen's runtime table spells it
   (:mod:`lp_rewrite.xensyms`), so a static ``path/file.c#foo`` is found in
   the scope of its FILE symbol, as ``prelink`` finds it. A name that stands
@@ -48,19 +50,27 @@ def _describe(sym: XenSymbol) -> str:
 
 def _lookup(table: XenSymbols, req: AbsoluteRequest) -> int:
     where = f"{FUNCS_SECTION} entry {req.entry}"
-    found = table.lookup(req.name)
-    if found is None:
+    candidates = table.matches(req.name)
+    if not candidates:
         raise InputError(f"{where}: {req.name!r} is not in {table.source}'s symbol table, so it has no address")
-    candidates = table.candidates.get(req.name, [found])
-    addresses = sorted({c.address for c in candidates})
+    addresses = [c.address for c in candidates]
+    if req.literal:
+        if req.literal in addresses:
+            # The literal is what Xen patches; when the name is ambiguous it says which one is meant.
+            return req.literal
+        has = " and ".join(_describe(c) for c in candidates[:2])
+        raise InputError(
+            f"{where}: old_addr is {req.literal:#x}, but {table.source} has {req.name!r} at {has}: the payload "
+            "was prelinked against another build"
+        )
     if len(addresses) > 1:
-        first = next(c for c in candidates if c.address == addresses[0])
-        second = next(c for c in candidates if c.address == addresses[1])
+        first, second = candidates[0], candidates[1]
         more = f" (and {len(addresses) - 2} more)" if len(addresses) > 2 else ""
         scope = f" in the scope of FILE {req.name.partition('#')[0]!r}" if "#" in req.name else ""
         raise InputError(
             f"{where}: {req.name!r} is ambiguous in {table.source}: two symbols{scope} match, at "
-            f"{_describe(first)} and at {_describe(second)}{more}; no single address can be chosen"
+            f"{_describe(first)} and at {_describe(second)}{more}; no single address can be chosen "
+            "(a literal old_addr would say which)"
         )
     return addresses[0]
 
@@ -88,11 +98,5 @@ def resolve_addresses(requests: Sequence[AbsoluteRequest], xen_syms: Path | None
         return {r.name: r.literal for r in requests}
     table = XenSymbols.from_xen_syms(xen_syms)
     for req in requests:
-        address = _lookup(table, req)
-        if req.literal and req.literal != address:
-            raise InputError(
-                f"{FUNCS_SECTION} entry {req.entry}: old_addr is {req.literal:#x}, but {xen_syms} has "
-                f"{req.name!r} at {address:#x}: the payload was prelinked against another build"
-            )
-        out[req.name] = address
+        out[req.name] = _lookup(table, req)
     return out

@@ -16,12 +16,17 @@ than ``__gp``), and names containing ``_compiled.``.
 
 from __future__ import annotations
 
+import bisect
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from lp_rewrite.errors import InputError
+
+# How far back function_containing() looks for a function that spans an address.
+_LONGEST_FUNCTION = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,41 @@ class XenSymbols:
         if not name:
             return None
         return self.symbols.get(name)
+
+    def matches(self, name: str) -> list[XenSymbol]:
+        """Every symbol ``name`` stands for, one per distinct address, lowest first ([] when unknown).
+
+        One entry for a unique name (or for an alias at one address); several
+        for an ambiguous name, where Xen's lookup returns one of them.
+        """
+        found = self.lookup(name)
+        if found is None:
+            return []
+        out: dict[int, XenSymbol] = {}
+        for c in self.candidates.get(name, [found]):
+            out.setdefault(c.address, c)
+        return [out[a] for a in sorted(out)]
+
+    def function_containing(self, address: int) -> XenSymbol | None:
+        """The function whose bytes hold ``address`` (for messages; None when none does)."""
+        funcs = self._functions
+        k = bisect.bisect_right(funcs[0], address) - 1
+        while k >= 0:
+            sym = funcs[1][k]
+            if sym.address <= address < sym.address + max(sym.size, 1):
+                return sym
+            if address - sym.address > _LONGEST_FUNCTION:
+                return None
+            k -= 1
+        return None
+
+    @cached_property
+    def _functions(self) -> tuple[list[int], list[XenSymbol]]:
+        syms = sorted(
+            (s for group in (self.symbols.values(), *self.candidates.values()) for s in group if s.is_function),
+            key=lambda s: (s.address, s.name),
+        )
+        return [s.address for s in syms], syms
 
     def _add(self, sym: XenSymbol) -> None:
         if sym.name in self.symbols:

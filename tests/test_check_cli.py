@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import pytest
 from elftools.elf.elffile import ELFFile
 
 from lp_rewrite import rewrite
@@ -48,15 +49,67 @@ def test_exit_codes(tmp_path: Path) -> None:
     assert ok.stdout.rstrip().splitlines()[-1].endswith("-> PASS (--fail-on error)")
     bad = run_cli("check", COMMITTED / "x86_64" / "global_refs.livepatch")
     assert bad.returncode == 1 and "LP001" in bad.stdout
-    # Only a warning (a version-1 payload): passes by default, fails at --fail-on warning.
+    # A version-1 payload fails (Xen >= 4.14 refuses it); a team targeting 4.7-4.13 allows it.
     v1 = clean_payload(tmp_path, name="version1")
-    assert run_cli("check", v1).returncode == 0
-    assert run_cli("check", "--fail-on", "warning", v1).returncode == 1
+    refused = run_cli("check", v1)
+    assert refused.returncode == 1 and "LP010" in refused.stdout
+    allowed = run_cli("check", "--allow", "LP010:*", v1)
+    assert allowed.returncode == 0, allowed.stdout
+    assert (
+        allowed.stdout.rstrip()
+        .splitlines()[-1]
+        .endswith("0 error(s), 0 warning(s), 0 note(s), 1 allowed -> PASS (--fail-on error)")
+    )
     # Bad input: one line, exit 2, no report.
     junk = tmp_path / "junk.livepatch"
     junk.write_text("not a payload")
     assert "not an ELF file" in assert_one_line_error(run_cli("check", junk))
     assert "No such file" in assert_one_line_error(run_cli("check", tmp_path / "missing.livepatch"))
+
+
+def test_fail_on_threshold() -> None:
+    """--fail-on counts active findings at or above the level; allowed ones never count."""
+    from lp_rewrite.check.batch import BatchResult
+    from lp_rewrite.check.findings import PayloadReport, Severity, make
+
+    def result(*levels: Severity, allowed: bool = False) -> BatchResult:
+        findings = [make("LP002", "x", severity=level) for level in levels]
+        for f in findings:
+            f.suppressed = "allowed by --allow" if allowed else None
+        return BatchResult([PayloadReport("p.livepatch", "x86_64", findings)], 0.0)
+
+    codes = {
+        level: [r.exit_code(level) for r in (result(), result(Severity.NOTE), result(Severity.WARNING))]
+        for level in Severity
+    }
+    assert codes == {Severity.ERROR: [0, 0, 0], Severity.WARNING: [0, 0, 1], Severity.NOTE: [0, 1, 1]}
+    assert result(Severity.ERROR).exit_code(Severity.ERROR) == 1
+    assert result(Severity.ERROR, allowed=True).exit_code(Severity.NOTE) == 0
+
+
+def test_incomplete_analysis_is_bad_input(tmp_path: Path) -> None:
+    """An LP012 in a readable payload: the whole report, a line on stderr, exit 2 (README: exit codes)."""
+    from tests.test_check_rules import _undecodable_fixup
+
+    payload = _undecodable_fixup(tmp_path / "undecodable.livepatch")
+    text = run_cli("check", payload)
+    assert text.returncode == 2
+    assert "LP012" in text.stdout and text.stdout.rstrip().endswith("-> FAIL (bad input) (--fail-on error)")
+    assert "1 not fully checked" in text.stdout.splitlines()[-1]
+    (line,) = text.stderr.splitlines()
+    assert line.startswith(f"lp-rewrite: error: {payload}: the relocation decisions could not be made: .fixup+0x8")
+    sarif = run_cli("check", "--format", "sarif", payload)
+    assert sarif.returncode == 2
+    invocation = validate_sarif(sarif.stdout)["runs"][0]["invocations"][0]
+    assert invocation["executionSuccessful"] is False and ".fixup+0x8" in str(invocation["toolExecutionNotifications"])
+    # In a batch the other payloads are still checked; the exit stays 2.
+    clean = clean_payload(tmp_path)
+    batch = run_cli("check", clean, payload)
+    assert batch.returncode == 2 and "no findings" not in batch.stdout
+    assert batch.stdout.splitlines()[-1].startswith("lp-rewrite check: 2 payload(s)")
+    # Reviewed and allowed, it no longer makes the check incomplete.
+    reviewed = run_cli("check", "--allow", "LP012:*", payload)
+    assert reviewed.returncode == 0 and reviewed.stderr == "", reviewed.stdout
 
 
 def test_usage_errors(tmp_path: Path) -> None:
@@ -105,9 +158,10 @@ def _region_bytes(path: Path, section: str, offset: int) -> int:
         return int(sec["sh_offset"]) + offset
 
 
-def test_sarif_is_valid_and_points_at_the_bytes(tmp_path: Path) -> None:
-    payloads = [COMMITTED / a / n for a in ARCHES for n in ("check_xen_refs.livepatch", "check_escape.livepatch")]
-    proc = run_cli("check", "--format", "sarif", "--xen-syms", XEN / "x86_64" / "xen-syms", *payloads[:2])
+@pytest.mark.parametrize("arch", ARCHES)
+def test_sarif_is_valid_and_points_at_the_bytes(arch: str) -> None:
+    payloads = [COMMITTED / arch / n for n in ("check_xen_refs.livepatch", "check_escape.livepatch")]
+    proc = run_cli("check", "--format", "sarif", "--xen-syms", XEN / arch / "xen-syms", *payloads)
     assert proc.returncode == 1, proc.stderr
     doc = validate_sarif(proc.stdout)
     run = doc["runs"][0]
@@ -116,8 +170,8 @@ def test_sarif_is_valid_and_points_at_the_bytes(tmp_path: Path) -> None:
     assert all(r["help"]["text"] and r["defaultConfiguration"]["level"] for r in rules)
     artifacts = [a["location"]["uri"] for a in run["artifacts"]]
     assert artifacts == [
-        "testdata/build/x86_64/check_xen_refs.livepatch",
-        "testdata/build/x86_64/check_escape.livepatch",
+        f"testdata/build/{arch}/check_xen_refs.livepatch",
+        f"testdata/build/{arch}/check_escape.livepatch",
     ]
     assert {a["location"]["uriBaseId"] for a in run["artifacts"]} == {"SRCROOT"}
     seen = set()
@@ -126,14 +180,15 @@ def test_sarif_is_valid_and_points_at_the_bytes(tmp_path: Path) -> None:
         seen.add(res["ruleId"])
         phys = res["locations"][0]["physicalLocation"]
         assert run["artifacts"][phys["artifactLocation"]["index"]]["location"]["uri"] == phys["artifactLocation"]["uri"]
-        if res["ruleId"] == "LP007":
+        where = res["locations"][0].get("logicalLocations", [{}])[0].get("name", "")
+        if res["ruleId"] in ("LP001", "LP004", "LP007") and where.startswith(".text"):
             # region = section file offset + offset in the section, read independently.
             path = ROOT / phys["artifactLocation"]["uri"]
-            where = res["locations"][0]["logicalLocations"][0]["name"]
             section, _plus, off = where.rpartition("+")
             assert phys["region"]["byteOffset"] == _region_bytes(path, section, int(off, 16))
             assert phys["region"]["byteLength"] == 4
-    assert {"LP001", "LP002", "LP004", "LP005", "LP006", "LP007"} <= seen
+    assert {"LP001", "LP002", "LP004", "LP005", "LP006"} <= seen
+    assert ("LP007" in seen) == (arch == "x86_64")  # CET-IBT is x86's
     suppressed = [r for r in run["results"] if "suppressions" in r]
     assert len(suppressed) == 1 and "reviewed_cb" in suppressed[0]["suppressions"][0]["justification"] + str(
         suppressed[0]["locations"]

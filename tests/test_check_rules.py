@@ -23,7 +23,7 @@ from elftools.elf.relocation import RelocationSection
 from lp_rewrite import Policy, rewrite
 from lp_rewrite.check import CheckOptions, check_payload
 from lp_rewrite.check.allow import AllowList
-from lp_rewrite.check.findings import Finding, PayloadReport
+from lp_rewrite.check.findings import Finding, PayloadReport, Severity
 from lp_rewrite.check.xen import XenImage
 from tests.conftest import (
     ARCHES,
@@ -421,10 +421,23 @@ def test_lp010_funcs_table_shape(arch: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("arch", ARCHES)
-def test_lp010_version_1_is_a_warning(arch: str, tmp_path: Path) -> None:
-    report = check_payload(rewritten(COMMITTED / arch / "version1.livepatch", tmp_path))
-    (f,) = report.findings
-    assert f.rule.id == "LP010" and f.severity.value == "warning"
+def test_lp010_version_1_is_an_error_unless_allowed(arch: str, tmp_path: Path) -> None:
+    """Xen >= 4.14 refuses version 1 ('Wrong version'); a team targeting 4.7-4.13 allows it."""
+    payload = rewritten(COMMITTED / arch / "version1.livepatch", tmp_path)
+    (f,) = check_payload(payload).findings
+    assert f.rule.id == "LP010" and f.severity.value == "error" and "version 1" in f.message
+    assert f.file_offset is not None and payload.read_bytes()[f.file_offset] == 1  # the version byte itself
+    allowed = check_payload(payload, CheckOptions(allow=AllowList.build(["LP010:*"])))
+    assert [g.rule.id for g in allowed.findings] == ["LP010"] and not allowed.active()
+    # The loader model agrees: Xen refuses it, with the log line the finding quotes.
+    from lp_rewrite.loader import Refused, default_base, load, synthetic_table
+    from lp_rewrite.read import read_file, read_payload
+
+    loaded = read_payload(read_file(payload), str(payload))
+    table = synthetic_table([loaded])
+    with pytest.raises(Refused) as refused:
+        load(loaded, table, default_base(table))
+    assert refused.value.xen_message in f.message
 
 
 @pytest.mark.parametrize("arch", ARCHES)
@@ -446,6 +459,94 @@ def test_lp011_section_count(tmp_path: Path) -> None:
     subprocess.run([BINUTILS["x86_64"] + "as", "-o", str(obj), str(asm)], check=True)
     (f,) = by_rule(check_payload(obj), "LP011")
     assert "sections" in f.message
+
+
+# -- LP012 unreadable payloads, or parts no rule can analyse ----------------------
+
+
+def _undecodable_fixup(dst: Path) -> Path:
+    """x86 hello_world with the jmp before .fixup's rel32 field turned into 0x06 (invalid in 64-bit mode)."""
+    src = COMMITTED / "x86_64" / "hello_world.livepatch"
+    with open(src, "rb") as stream:
+        elf = ELFFile(stream)
+        fixup = elf.get_section_by_name(".fixup")
+        rel = elf.get_section_by_name(".rela.fixup")
+        (field,) = [r["r_offset"] for r in rel.iter_relocations()]
+        at = fixup["sh_offset"] + field - 1
+    data = bytearray(src.read_bytes())
+    assert data[at] == 0xE9  # jmp rel32: the instruction that holds the field
+    data[at] = 0x06
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def test_lp012_a_part_no_rule_can_analyse(tmp_path: Path) -> None:
+    """Readable, but no decoder can say what the rel32 at .fixup+0x8 belongs to: LP012, and rewrite refuses it."""
+    payload = _undecodable_fixup(tmp_path / "undecodable.livepatch")
+    report = check_payload(payload)
+    (f,) = by_rule(report, "LP012")
+    assert "could not be made" in f.message and ".fixup+0x8" in f.message and "cannot decode" in f.message
+    assert report.error is None and by_rule(report, "LP009") == []  # the other rules still ran
+    from lp_rewrite.errors import InputError
+
+    with pytest.raises(InputError, match=r"\.fixup\+0x8: cannot decode"):
+        rewrite(payload, tmp_path / "out.livepatch")
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_lp012_unreadable_file_in_a_batch(arch: str, tmp_path: Path) -> None:
+    from lp_rewrite.check.batch import run
+
+    good = rewritten(COMMITTED / arch / "global_refs.livepatch", tmp_path)
+    bad = tmp_path / "truncated.livepatch"
+    bad.write_bytes(good.read_bytes()[:200])  # the header survives, the section table does not
+    result = run([bad, good], CheckOptions(), progress=False, stream=open(tmp_path / "stderr", "w"))
+    first, second = result.reports
+    assert first.error is not None and [f.rule.id for f in first.findings] == ["LP012"]
+    assert second.error is None and second.findings == []
+    assert result.unreadable == 1 and result.exit_code(Severity.ERROR) == 2
+    assert (tmp_path / "stderr").read_text().startswith(f"lp-rewrite: error: {bad}")
+
+
+# -- reviewed exceptions ------------------------------------------------------------
+
+
+def _with_allow_section(src: Path, entries: list[str], dst: Path, arch: str) -> Path:
+    """``src`` plus a .lp_rewrite.allow section holding ``entries`` (what LP_REWRITE_ALLOW() emits)."""
+    blob = dst.with_suffix(".allow")
+    blob.write_bytes(b"".join(e.encode() + b"\0" for e in entries))
+    subprocess.run(
+        [BINUTILS[arch] + "objcopy", "--add-section", f".lp_rewrite.allow={blob}", str(src), str(dst)], check=True
+    )
+    return dst
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_payload_allow_section_only_allows_lp002_by_name(arch: str, tmp_path: Path) -> None:
+    """The payload cannot silence what makes Xen refuse it, nor LP002 wholesale; --allow still can."""
+    if not have_binutils(arch):
+        pytest.skip(f"{BINUTILS[arch]}objcopy not installed")
+    raw = COMMITTED / arch / "global_refs.livepatch"
+    lp001 = len(by_rule(check_payload(raw), "LP001"))
+    assert lp001
+    sweeping = ["LP001:*", "not-rewritten:*", "LP001:do_work", "LP009:*", "LP002:*", "*"]
+    report = check_payload(_with_allow_section(raw, sweeping, tmp_path / "a.livepatch", arch))
+    assert len(by_rule(report, "LP001")) == lp001 and all(f.suppressed is None for f in report.findings)
+    # Missing a section Xen requires: LP009 stays, whatever the payload says.
+    broken = _rename_section(raw, ".livepatch.depends", ".livepatch.dependX", tmp_path / "m.livepatch")
+    missing = check_payload(_with_allow_section(broken, ["LP009:*"], tmp_path / "b.livepatch", arch))
+    (f,) = by_rule(missing, "LP009")
+    assert f.severity.value == "error"
+    # The same entries on the command line keep their power.
+    cli = CheckOptions(allow=AllowList.build(["LP001:*", "LP009:*"]))
+    assert not check_payload(tmp_path / "b.livepatch", cli).active()
+    # LP002 for a named symbol is what the section is for.
+    only = COMMITTED / arch / "payload_only.livepatch"
+    named = check_payload(_with_allow_section(only, ["*", "brand_new reviewed"], tmp_path / "c.livepatch", arch))
+    assert by_rule(named, "LP002", active=False) and not by_rule(named, "LP002")
+    assert all(".lp_rewrite.allow: reviewed" in (f.suppressed or "") for f in by_rule(named, "LP002", active=False))
+    star = check_payload(_with_allow_section(only, ["*", "LP002:*"], tmp_path / "d.livepatch", arch))
+    assert len(by_rule(star, "LP002")) == 2
 
 
 # -- robustness ---------------------------------------------------------------------

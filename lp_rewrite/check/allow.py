@@ -11,12 +11,17 @@ expected to accept case by case; SYMBOL is the name the finding shows, or
 * the payload's own ``.lp_rewrite.allow`` section: NUL- or newline-separated
   entries, so that the exception travels with the code that needs it. Make
   it non-ALLOC (``.pushsection .lp_rewrite.allow, "", %progbits``) so that
-  Xen does not load it.
+  Xen does not load it. These entries can only allow LP002 for a named
+  symbol: the payload is the thing under review, so it must not be able to
+  silence a finding that makes Xen refuse it (``LP009:*``) or one the
+  reviewers did not see (``*``). Everything else needs --allow or
+  --allow-file, which live with the CI configuration.
 
 A suppressed finding is still reported (SARIF ``suppressions``, JSON
 ``suppressed``) but never fails the check. A malformed entry on the command
-line or in a file is a usage error; one in a payload is ignored, which
-leaves its finding in place (fail closed).
+line or in a file is a usage error; one in a payload is ignored, and so is
+one for another rule or for ``*``, which leaves its finding in place (fail
+closed).
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from lp_rewrite.errors import UsageError
 
 ALLOW_SECTION: Final = ".lp_rewrite.allow"
 DEFAULT_RULE: Final = "LP002"
+# The only rule a payload's own section may allow, and only symbol by symbol.
+PAYLOAD_RULE: Final = "LP002"
 _COMMENT: Final = re.compile(r"(?:^|\s)#")
 
 
@@ -87,16 +94,22 @@ class AllowList:
         return cls(tuple(out))
 
     def with_payload_section(self, data: bytes, label: str) -> AllowList:
-        """Add the entries of a payload's .lp_rewrite.allow section (bad ones are skipped)."""
+        """Add the entries of a payload's .lp_rewrite.allow section.
+
+        Malformed entries, and entries a payload may not make (another rule
+        than LP002, or ``*``), are skipped: their findings stay.
+        """
         extra = []
         for raw in data.replace(b"\0", b"\n").split(b"\n"):
             text = raw.decode("utf-8", "replace").strip()
             if not text or text.startswith("#"):
                 continue
             try:
-                extra.append(parse_entry(text, f"{label} {ALLOW_SECTION}"))
+                entry = parse_entry(text, f"{label} {ALLOW_SECTION}")
             except ValueError:
                 continue
+            if entry.rule == PAYLOAD_RULE and entry.symbol != "*":
+                extra.append(entry)
         return AllowList(self.entries + tuple(extra)) if extra else self
 
     def match(self, finding: Finding) -> AllowEntry | None:

@@ -8,6 +8,12 @@ input outranks findings). Checking a single payload is the same code with
 one file; only the CLI turns that file's read error into the usual
 one-line exit 2 before any report is written.
 
+A payload that was read but that a rule could not analyse in part carries
+an LP012 finding too, and exits 2 as well (with its line on stderr): the
+report is then incomplete, so neither PASS nor an ordinary FAIL would be
+true, and ``rewrite`` refuses the same payload as bad input. An LP012
+that ``--allow`` accepts no longer counts.
+
 The progress bar is drawn on stderr only when stderr is a terminal and the
 ``CI`` environment variable is unset (so CI logs get none), at most ten
 times a second, and erased before the report is written.
@@ -23,11 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from lp_rewrite.check.findings import PayloadReport, Severity, counts, make
+from lp_rewrite.check.findings import Finding, PayloadReport, Severity, counts, make
 from lp_rewrite.check.run import CheckOptions, check_payload
 from lp_rewrite.errors import LpRewriteError, UsageError
 
 PAYLOAD_SUFFIX = ".livepatch"
+UNREADABLE = "LP012"  # the rule for what could not be read or analysed
 
 
 @dataclass
@@ -39,11 +46,16 @@ class BatchResult:
     def unreadable(self) -> int:
         return sum(1 for r in self.reports if r.error is not None)
 
+    @property
+    def incomplete(self) -> int:
+        """Payloads that were read, but that some rule could not analyse (an active LP012)."""
+        return sum(1 for r in self.reports if r.error is None and incomplete_parts(r))
+
     def failed(self, fail_on: Severity) -> bool:
         return any(r.failing(fail_on) for r in self.reports)
 
     def exit_code(self, fail_on: Severity) -> int:
-        if self.unreadable:
+        if self.unreadable or self.incomplete:
             return 2
         return 1 if self.failed(fail_on) else 0
 
@@ -54,11 +66,24 @@ class BatchResult:
         parts.append(f"{c['allowed']} allowed")
         if self.unreadable:
             parts.append(f"{self.unreadable} not checked")
+        if self.incomplete:
+            parts.append(f"{self.incomplete} not fully checked")
         verdict = {0: "PASS", 1: "FAIL", 2: "FAIL (bad input)"}[self.exit_code(fail_on)]
         return (
             f"lp-rewrite check: {n} payload(s) in {self.elapsed:.2f}s: {', '.join(parts)} "
             f"-> {verdict} (--fail-on {fail_on.value})"
         )
+
+
+def incomplete_parts(report: PayloadReport) -> list[Finding]:
+    """The active LP012 findings of a payload that was read: what no rule could analyse."""
+    return [f for f in report.active() if f.rule.id == UNREADABLE]
+
+
+def note_incomplete(report: PayloadReport, stream: TextIO) -> None:
+    """One stderr line per part of a payload that could not be analysed (as for unreadable files)."""
+    for f in incomplete_parts(report):
+        stream.write(f"lp-rewrite: error: {report.path}: {f.message}\n")
 
 
 def expand(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
@@ -127,7 +152,11 @@ def run(
             if bar is not None:
                 bar.close()
             stream.write(f"lp-rewrite: error: {message}\n")
-            report = PayloadReport(os.fspath(path), error=message, findings=[make("LP012", message)])
+            report = PayloadReport(os.fspath(path), error=message, findings=[make(UNREADABLE, message)])
+        else:
+            if bar is not None and incomplete_parts(report):
+                bar.close()
+            note_incomplete(report, stream)
         reports.append(report)
         if bar is not None:
             bar.update(n, os.fspath(path))

@@ -86,6 +86,7 @@ class Reference:
     target: tuple[int, int] | None  # (section, offset) designated; None for undefined/absolute symbols
     access: Access
     note: str = ""  # e.g. why the instruction could not be classified
+    absolute: int | None = None  # the address designated through an SHN_ABS symbol (S + A + bias)
 
 
 class Context:
@@ -271,10 +272,13 @@ class Context:
                 bias = arch.target_bias(rt.code, sec, data, offset)
             except InputError as exc:
                 note = str(exc)
-        target = None
+        target = absolute = None
         if syms.is_defined_in_section(sym):
             target = (syms.shndx[sym], syms.value[sym] + addend + bias)
-        return Reference(table, i, sec, offset, rt, sym, target, access, note)
+        elif syms.is_absolute(sym):
+            # Prelinked payloads and --absolute aliases: a hypervisor address, as Xen keeps it.
+            absolute = (syms.value[sym] + addend + bias) % (1 << (8 * self.elf.layout.ptr_size))
+        return Reference(table, i, sec, offset, rt, sym, target, access, note, absolute)
 
     @staticmethod
     def _access(rt: RelocType, sec: Section) -> Access:

@@ -150,8 +150,9 @@ RULES: tuple[Rule, ...] = (
         ".livepatch.funcs cannot be loaded as it is.",
         "Xen reads .livepatch.funcs as an array of struct livepatch_func (104 bytes on 64-bit, 92 on "
         "32-bit, version 2 since Xen 4.14) and refuses a size that is not a multiple of the entry size "
-        "or an entry with another version. Rebuild the payload with the livepatch_func layout of the "
-        "hypervisor it targets.",
+        "or an entry with another version ('Wrong version'). Rebuild the payload with the livepatch_func "
+        "layout of the hypervisor it targets. Version 1 (Xen 4.7-4.13) is an error too; a team that "
+        "targets those releases allows it with --allow LP010:*.",
     ),
     Rule(
         "LP011",
@@ -166,9 +167,24 @@ RULES: tuple[Rule, ...] = (
         "unreadable-payload",
         Severity.ERROR,
         "The file could not be read as a livepatch payload.",
-        "Xen would refuse it before looking further (or the checker could not analyse a part of it). "
-        "The message names the field; fix the build that produced it. In a batch the other files are "
-        "still checked and the command exits 2.",
+        "Xen would refuse it before looking further (or the checker could not analyse a part of it, "
+        "which lp-rewrite rewrite refuses too). The message names the field; fix the build that produced "
+        "it. The check is then incomplete, so the command exits 2 (bad input), not 1, after writing the "
+        "whole report: in a batch the other files are still checked.",
+    ),
+    Rule(
+        "LP013",
+        "address-mismatch",
+        Severity.ERROR,
+        "An address the payload holds is not where the hypervisor has the function it names.",
+        "A prelinked payload (livepatch-build --prelink, or lp-rewrite rewrite --absolute) carries "
+        "hypervisor addresses itself: literal old_addr values, which Xen patches as they are, and SHN_ABS "
+        "symbols, whose values Xen uses without a lookup. Each must be the start of the function its name "
+        "names in this xen-syms (for a name that stands for several functions, one of them). Otherwise "
+        "the payload was built against another build of the hypervisor: Xen overwrites whatever code is "
+        "at that address, and pointers and calls through the symbol go there too. Rebuild the payload "
+        "against the xen-syms of the hypervisor it will be loaded on.",
+        needs_xen_syms=True,
     ),
 )
 

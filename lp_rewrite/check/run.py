@@ -84,6 +84,7 @@ def check_loaded(payload: Payload, options: CheckOptions) -> PayloadReport:
     if xen is not None:
         findings += _guarded("symbol", lambda: xen_rules.check_names(ctx, xen))
         findings += _guarded("IBT", lambda: xen_rules.check_ibt(ctx, xen, decisions))
+        findings += _guarded("address", lambda: xen_rules.check_addresses(ctx, xen))
     allow = _allow_list(payload, options.allow)
     for f in findings:
         entry = allow.match(f)

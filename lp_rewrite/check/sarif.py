@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import quote
 
 from lp_rewrite import __version__
-from lp_rewrite.check.batch import BatchResult
+from lp_rewrite.check.batch import BatchResult, incomplete_parts
 from lp_rewrite.check.findings import RULES, Finding, PayloadReport
 
 SCHEMA_URI = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -102,6 +102,10 @@ def sarif_log(result: BatchResult, root: Path | None = None) -> dict[str, Any]:
             results.append(_result(rep, index, f, location, rule_index[f.rule.id]))
         if rep.error is not None:
             notifications.append({"level": "error", "message": {"text": f"{rep.path}: {rep.error}"}})
+        else:  # a part no rule could analyse: the run did not check everything either
+            notifications += [
+                {"level": "error", "message": {"text": f"{rep.path}: {f.message}"}} for f in incomplete_parts(rep)
+            ]
     invocation: dict[str, Any] = {"executionSuccessful": not notifications}
     if notifications:
         invocation["toolExecutionNotifications"] = notifications

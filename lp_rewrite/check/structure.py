@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 
-from lp_rewrite.check.findings import Finding, Place, Severity, make
+from lp_rewrite.check.findings import Finding, Place, make
 from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.file import Section
 from lp_rewrite.errors import InputError
@@ -154,14 +154,21 @@ def funcs_table(payload: Payload) -> tuple[list[Finding], FuncsTable | None]:
     out = []
     layout = func_layout(version, ptr)
     if version != XEN_PAYLOAD_VERSION:
+        # An error like any other version Xen refuses: only 4.7-4.13 load it, and
+        # a team that targets those says so once, with --allow LP010:*.
+        current = func_layout(XEN_PAYLOAD_VERSION, ptr).entry_size
+        # section_ok() sizes the table with today's entry before any version is read.
+        if funcs.sh_size % current:
+            refusal = f"'Wrong size {funcs.sh_size} of {funcs.name} (must be multiple of {current})'"
+        else:
+            refusal = f"'Wrong version ({version}). Expected {XEN_PAYLOAD_VERSION}'"
         out.append(
             make(
                 "LP010",
                 f"payload version {version} (the {layout.entry_size}-byte layout of Xen 4.7-4.13): Xen 4.14 and "
-                f"later refuse it ('Wrong version ({version}). Expected {XEN_PAYLOAD_VERSION}'); rebuild it "
-                "for the hypervisor it targets",
+                f"later refuse it ({refusal}); rebuild it for the hypervisor it targets, or, for a 4.7-4.13 "
+                "hypervisor, allow it with --allow LP010:*",
                 Place(funcs.name, voff, funcs.sh_offset + voff, 1),
-                severity=Severity.WARNING,
             )
         )
     if funcs.sh_size % layout.entry_size:

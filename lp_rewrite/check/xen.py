@@ -1,4 +1,4 @@
-"""Rules that need the hypervisor image (``--xen-syms``): LP004, LP005, LP007.
+"""Rules that need the hypervisor image (``--xen-syms``): LP004, LP005, LP007, LP013.
 
 :class:`XenImage` is read once per run (a batch shares it): the runtime
 symbol table (:class:`lp_rewrite.xensyms.XenSymbols`) and, on x86-64, what
@@ -33,7 +33,7 @@ from lp_rewrite.decide import Decisions
 from lp_rewrite.elf import consts as C
 from lp_rewrite.errors import InputError, UsageError
 from lp_rewrite.payload import FUNCS_SECTION
-from lp_rewrite.xensyms import XenSymbol, XenSymbols
+from lp_rewrite.xensyms import XenSymbols
 
 ENDBR64: Final = bytes.fromhex("f30f1efa")
 # gen_endbr64_poison() (nopw (%rcx)): what an ENDBR64 looks like once sealed.
@@ -172,17 +172,15 @@ def _ambiguous_message(name: str, what: str) -> str:
 
 
 def check_names(ctx: Context, xen: XenImage) -> list[Finding]:
-    syms, elf = ctx.syms, ctx.elf
+    syms = ctx.syms
     undefined = [i for i in range(1, syms.count) if syms.shndx[i] == C.SHN_UNDEF]
     problems = {i: p for i in undefined if (p := _name_problem(xen, syms.name(i))) is not None}
     out = []
     if problems:
         first = _first_references(ctx, set(problems))
-        symtab = elf.sections[elf.symtab_index]
-        entsize = elf.layout.sym.size
         for i, rule_id in problems.items():
             name = syms.name(i)
-            place = first.get(i) or Place(symtab.name, i * entsize, symtab.sh_offset + i * entsize, entsize)
+            place = first.get(i) or _symtab_place(ctx, i)
             what = "undefined symbol"
             if rule_id == "LP004":
                 out.append(make(rule_id, _unresolved_message(xen, name, what), place, symbol=name))
@@ -225,40 +223,160 @@ def _first_references(ctx: Context, symbols: set[int]) -> dict[int, Place]:
     return out
 
 
+# -- LP013 -----------------------------------------------------------------------
+
+
+def _xen_names(ctx: Context) -> dict[int, str]:
+    """Named SHN_ABS symbols -> the name Xen's table gives the function they stand for.
+
+    A global (or an alias already spelled ``path/file.c#foo``) is its own
+    name; a bare local is looked up as prelink's lookup_local_symbol() does,
+    in the scope of the nearest preceding FILE symbol: ``FILE#name``.
+    """
+    syms = ctx.syms
+    out: dict[int, str] = {}
+    current_file = ""
+    for i in range(1, syms.count):
+        kind = syms.type(i)
+        if kind == C.STT_FILE:
+            current_file = syms.name(i)
+            continue
+        name = syms.name(i)
+        if not name or kind == C.STT_SECTION or not syms.is_absolute(i):
+            continue
+        if syms.bind(i) == C.STB_LOCAL and "#" not in name and current_file:
+            name = f"{current_file}#{name}"
+        out[i] = name
+    return out
+
+
+def _where_it_is(xen: XenImage, address: int) -> str:
+    fn = xen.symbols.function_containing(address)
+    if fn is None:
+        return "which is not in any function there"
+    if fn.address == address:
+        return f"the entry of {fn.name} there"
+    return f"{address - fn.address:#x} bytes into {fn.name} there"
+
+
+def _mismatch(xen: XenImage, name: str, address: int) -> str | None:
+    """Why ``address`` is not where this image has ``name`` (None when it is, or ``name`` is unknown)."""
+    found = xen.symbols.matches(name)
+    if not found or address in {f.address for f in found}:
+        return None
+    has = " and ".join(f"{f.address:#x}" for f in found[:2])
+    return f"{address:#x} ({_where_it_is(xen, address)}), but {xen.path} has {name} at {has}"
+
+
+_REBUILD = "the payload was built against another build of the hypervisor; rebuild it against this xen-syms"
+
+
+def check_addresses(ctx: Context, xen: XenImage) -> list[Finding]:
+    """LP013: SHN_ABS values and literal old_addr values, against the image."""
+    out = []
+    names = _xen_names(ctx)
+    reported: set[tuple[str, int]] = set()
+    wrong = {i: why for i, name in names.items() if (why := _mismatch(xen, name, ctx.syms.value[i])) is not None}
+    if wrong:
+        first = _first_references(ctx, set(wrong))
+        for i, why in wrong.items():
+            name = names[i]
+            reported.add((name, ctx.syms.value[i]))
+            out.append(
+                make(
+                    "LP013",
+                    f"the absolute symbol {ctx.name(i)!r} holds {why}: Xen uses the value as it is, so every "
+                    f"reference through it reaches that address instead; {_REBUILD}",
+                    first.get(i) or _symtab_place(ctx, i),
+                    symbol=name,
+                )
+            )
+    if ctx.funcs is None:
+        return out
+    funcs = ctx.funcs
+    for rep in funcs.replacements:
+        if not rep.old_literal or (rep.original, rep.old_literal) in reported:
+            continue
+        why = _mismatch(xen, rep.original, rep.old_literal)
+        if why is None and not xen.symbols.matches(rep.original):
+            why = f"{rep.old_literal:#x} ({_where_it_is(xen, rep.old_literal)}), but {xen.path} has no {rep.original}"
+        if why is None:
+            continue
+        off = rep.entry * funcs.layout.entry_size + funcs.layout.old_addr
+        place = Place(FUNCS_SECTION, off, funcs.section.sh_offset + off, funcs.layout.ptr_size)
+        out.append(
+            make(
+                "LP013",
+                f"entry {rep.entry} ({rep.original}) has the literal old_addr {why}: Xen patches the literal, "
+                f"so it overwrites the code at that address; {_REBUILD}",
+                place,
+                symbol=rep.original,
+            )
+        )
+    return out
+
+
+def _symtab_place(ctx: Context, i: int) -> Place:
+    symtab = ctx.elf.sections[ctx.elf.symtab_index]
+    entsize = ctx.elf.layout.sym.size
+    return Place(symtab.name, i * entsize, symtab.sh_offset + i * entsize, entsize)
+
+
 # -- LP007 -----------------------------------------------------------------------
 
 
-def _ibt_problem(xen: XenImage, sym: XenSymbol | None) -> str | None:
-    if sym is None or not xen.in_text(sym.address):
+def _ibt_problem(xen: XenImage, address: int | None) -> str | None:
+    if address is None or not xen.in_text(address):
         return None  # not hypervisor code (or unknown: LP004 says so)
-    if sym.address in xen.sealed:
+    if address in xen.sealed:
         return "loses its ENDBR64 at boot (seal_endbr64() clobbers it: a .init.{ro,}data.cf_clobber table points at it)"
-    if xen.code(sym.address, ENDBR64_LEN) != ENDBR64:
+    if xen.code(address, ENDBR64_LEN) != ENDBR64:
         return "does not start with ENDBR64 (it is not cf_check)"
     return None
 
 
+def _address_of(xen: XenImage, name: str) -> int | None:
+    sym = xen.symbols.lookup(name)
+    return sym.address if sym is not None else None
+
+
+_IBT_FIX = (
+    "with CET-IBT an indirect call through this pointer faults with #CP; mark it cf_check in the hypervisor "
+    "(and keep it out of cf_clobber tables), or hand out a pointer to a cf_check wrapper"
+)
+
+
 def check_ibt(ctx: Context, xen: XenImage, decisions: Decisions | None) -> list[Finding]:
+    """LP007: hypervisor functions whose address the payload takes, by name or as an absolute value.
+
+    A reference reaches the hypervisor through an undefined symbol (resolved
+    by name at load) or an SHN_ABS one (prelinked payloads and --absolute
+    aliases: the value is the address); a reference the rewrite will move to
+    an original reaches it too, at old_addr's literal when there is one.
+    """
     if ctx.arch.machine != C.EM_X86_64 or not xen.ibt:
         return []
     syms = ctx.syms
-    undefined = {i for i in range(1, syms.count) if syms.shndx[i] == C.SHN_UNDEF}
+    names = _xen_names(ctx)
+    wanted = {i for i in range(1, syms.count) if syms.shndx[i] == C.SHN_UNDEF} | set(names)
     out = []
-    fix = (
-        "with CET-IBT an indirect call through this pointer faults with #CP; mark it cf_check in the hypervisor "
-        "(and keep it out of cf_clobber tables), or hand out a pointer to a cf_check wrapper"
-    )
-    for ref in ctx.references(undefined):
+    for ref in ctx.references(wanted, calls=False):
         if ref.access not in (Access.ADDRESS, Access.STORED):
             continue
-        name = syms.name(ref.symbol)
-        why = _ibt_problem(xen, xen.symbols.lookup(name))
+        if ref.absolute is not None:
+            name = names.get(ref.symbol, ctx.name(ref.symbol))
+            address: int | None = ref.absolute
+            what = f"the hypervisor's {name} (absolute {ref.absolute:#x})"
+        else:
+            name = syms.name(ref.symbol)
+            address = _address_of(xen, name)
+            what = f"the hypervisor's {name}"
+        why = _ibt_problem(xen, address)
         if why is not None:
             out.append(
                 make(
                     "LP007",
-                    f"{ctx.where(ref.section.index, ref.offset)} takes the address of the hypervisor's {name}, which "
-                    f"{why}: {fix}",
+                    f"{ctx.where(ref.section.index, ref.offset)} takes the address of {what}, which {why}: {_IBT_FIX}",
                     Place(ref.section.name, ref.offset, ctx.file_offset(ref.section.index, ref.offset), 4),
                     symbol=name,
                 )
@@ -267,17 +385,17 @@ def check_ibt(ctx: Context, xen: XenImage, decisions: Decisions | None) -> list[
         for d in decisions.retargets:
             if d.replacement is None or access_of(ctx, d) not in (Access.ADDRESS, Access.STORED):
                 continue
-            name = ctx.funcs.replacements[d.replacement].original
-            why = _ibt_problem(xen, xen.symbols.lookup(name))
+            rep = ctx.funcs.replacements[d.replacement]
+            why = _ibt_problem(xen, rep.old_literal or _address_of(xen, rep.original))
             if why is not None:
                 section = ctx.elf.sections[d.section]
                 out.append(
                     make(
                         "LP007",
-                        f"{ctx.where(d.section, d.offset)} takes the address of {name}, which the rewrite retargets "
-                        f"to the hypervisor's original, which {why}: {fix}",
+                        f"{ctx.where(d.section, d.offset)} takes the address of {rep.original}, which the rewrite "
+                        f"retargets to the hypervisor's original, which {why}: {_IBT_FIX}",
                         Place(section.name, d.offset, ctx.file_offset(d.section, d.offset), 4),
-                        symbol=name,
+                        symbol=rep.original,
                     )
                 )
     return out

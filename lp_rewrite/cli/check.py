@@ -69,7 +69,11 @@ def check(
         typer.Option("--progress/--no-progress", help="Progress bar (default: on a terminal, never under CI)."),
     ] = None,
 ) -> None:
-    """Check payloads for what would go wrong on the hypervisor; exit 1 on findings, 2 on bad input."""
+    """Check payloads for what would go wrong on the hypervisor; exit 1 on findings, 2 on bad input.
+
+    Bad input: a file that is not a readable payload, or one that a rule could not analyse in
+    part (LP012); the report is then written all the same, and says which.
+    """
     from lp_rewrite.check import batch, render, sarif
     from lp_rewrite.check.allow import AllowList
     from lp_rewrite.check.findings import Severity
@@ -86,6 +90,7 @@ def check(
         start = time.perf_counter()
         report = check_payload(payloads[0], options)
         result = batch.BatchResult([report], time.perf_counter() - start)
+        batch.note_incomplete(report, sys.stderr)
     else:
         result = batch.run(payloads, options, progress=progress)
     threshold = Severity(fail_on.value)
