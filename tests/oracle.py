@@ -17,6 +17,7 @@ from typing import Any
 import capstone
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
+from elftools.elf.sections import SymbolTableIndexSection
 
 # The rule of issue #2: references in these sections keep the new code.
 EXEMPT = (
@@ -88,6 +89,10 @@ class Payload:
         self.symtab = self.elf.get_section_by_name(".symtab")
         self.x86 = X86Ends()
 
+    def _xindex(self) -> SymbolTableIndexSection:
+        sec = next(s for s in self.elf.iter_sections() if isinstance(s, SymbolTableIndexSection))
+        return sec
+
     def section_bytes(self, index: int) -> bytes:
         return bytes(self.elf.get_section(index).data())
 
@@ -118,6 +123,8 @@ class Payload:
                         bias = 8
                 sym = self.symtab.get_symbol(symi)
                 shndx = sym["st_shndx"]
+                if shndx in ("SHN_XINDEX", 0xFFFF):  # the real index is in SHT_SYMTAB_SHNDX, entry for entry
+                    shndx = self._xindex().get_section_index(symi)
                 if shndx == "SHN_UNDEF":
                     resolved: tuple[Any, ...] = ("undef", sym.name, a)
                 elif shndx == "SHN_ABS":

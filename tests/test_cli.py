@@ -13,6 +13,7 @@ import re
 import shutil
 import stat
 import struct
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import pytest
 from elftools.elf.elffile import ELFFile
 
 from tests.conftest import COMMITTED, assert_one_line_error, run_cli
+from tests.oracle import Payload as Oracle
 
 GOOD = COMMITTED / "x86_64" / "global_refs.livepatch"
 GOOD_ARM = COMMITTED / "arm" / "global_refs.livepatch"
@@ -349,3 +351,57 @@ def test_self_check_reads_back_the_written_file(kind: str, tmp_path: Path, monke
     monkeypatch.setattr(write_mod, "_write_all", real)
     rewrite(src, out)  # the same rewrite, written faithfully, passes
     assert out.read_bytes() == planned
+
+
+def _bound_to_original(path: Path, original: str) -> Counter[str]:
+    """Per section, the relocations that resolve to the undefined symbol ``original`` (read with the oracle)."""
+    return Counter(r.section for r in Oracle(path).relocations() if r.resolved[:2] == ("undef", original))
+
+
+SPECIAL = {arch: COMMITTED / arch / "special_sections.livepatch" for arch in ("x86_64", "arm")}
+EXEMPT_BY_DEFAULT = {".altinstructions", ".alt_call_sites", ".ex_table", ".bug_frames.0", ".bug_frames.3"}
+
+
+@pytest.mark.parametrize("arch", sorted(SPECIAL))
+def test_cli_no_default_keep_retargets_the_default_exempt_sections(arch: str, tmp_path: Path) -> None:
+    src = SPECIAL[arch]
+    default, loose = tmp_path / "default", tmp_path / "loose"
+    assert run_cli("rewrite", src, "-o", default).returncode == 0
+    proc = run_cli("rewrite", "--no-default-keep", src, "-o", loose)
+    assert proc.returncode == 0, proc.stderr
+    assert _bound_to_original(default, "patched_fn") == Counter({".rodata.rel_words": 1})
+    everywhere = Counter(dict.fromkeys(EXEMPT_BY_DEFAULT | {".rodata.rel_words"}, 1))
+    assert _bound_to_original(loose, "patched_fn") == everywhere
+    # .livepatch.funcs is kept whatever the options: new_addr still names the payload's copy.
+    funcs = [r for r in Oracle(loose).relocations() if r.section == ".livepatch.funcs"]
+    assert any(r.resolved[0] == "def" and r.resolved[1].startswith(".text") for r in funcs)
+    doc = json.loads(run_cli("explain", "--no-default-keep", "--format", "json", src).stdout)
+    retargeted = {d["section"] for d in doc["decisions"] if d["reason"] == "retarget"}
+    assert retargeted == EXEMPT_BY_DEFAULT | {".rodata.rel_words"}
+
+
+@pytest.mark.parametrize(
+    ("arch", "pattern", "data_section"),
+    [("x86_64", ".data*", ".data.rel.ro.local.work_table"), ("arm", ".rodata.*", ".rodata.work_table")],
+)
+def test_cli_keep_section_keeps_a_data_pointer(arch: str, pattern: str, data_section: str, tmp_path: Path) -> None:
+    src = COMMITTED / arch / "global_refs.livepatch"
+    default, kept = tmp_path / "default", tmp_path / "kept"
+    assert run_cli("rewrite", src, "-o", default).returncode == 0
+    proc = run_cli("rewrite", "--keep-section", pattern, src, "-o", kept)
+    assert proc.returncode == 0, proc.stderr
+    before, after = _bound_to_original(default, "do_work"), _bound_to_original(kept, "do_work")
+    assert before[data_section] == 1 and data_section not in after
+    assert after == before - Counter({data_section: 1})  # the code references still move
+    # The pointer still designates the payload's copy, as in the input.
+    (ptr,) = [r for r in Oracle(kept).relocations() if r.section == data_section and r.rtype in (1, 2)]
+    (orig,) = [r for r in Oracle(src).relocations() if r.section == data_section and r.rtype in (1, 2)]
+    assert ptr.resolved == orig.resolved and ptr.resolved[0] == "def"
+    doc = json.loads(run_cli("explain", "--keep-section", pattern, "--format", "json", src).stdout)
+    assert {d["reason"] for d in doc["decisions"] if d["section"] == data_section} == {"keep-exempt-section"}
+    # A pattern that covers the only stored reference leaves nothing to do: the copy is byte-identical.
+    same = tmp_path / "same"
+    special = SPECIAL[arch]
+    proc = run_cli("rewrite", "--keep-section", ".rodata.rel_*", special, "-o", same)
+    assert proc.returncode == 0 and "nothing to retarget" in proc.stdout
+    assert same.read_bytes() == special.read_bytes()

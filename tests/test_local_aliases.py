@@ -7,6 +7,7 @@ it fails with "undefined reference", which is why the tool refuses there.
 
 from __future__ import annotations
 
+import struct
 import subprocess
 from pathlib import Path
 
@@ -203,3 +204,56 @@ def test_group_signature_is_renumbered(tmp_path: Path) -> None:
             assert sig.name == "keep_me"
     proc = _ld_r("x86_64", tmp_path / "l.o", out)
     assert proc.returncode == 0, proc.stderr
+
+
+SHN_XINDEX = 0xFFFF
+
+
+def _raw_symbols(path: Path) -> tuple[list[tuple[str, int, int]], list[str]]:
+    """(name, raw st_shndx, .symtab_shndx entry) per symbol, and the section names.
+
+    Read from the bytes (Elf64_Sym: st_shndx at 6, 24 bytes each) so that the
+    extended index is seen as stored, not as a parser resolves it.
+    """
+    data = path.read_bytes()
+    with open(path, "rb") as f:
+        elf = ELFFile(f)
+        symtab = elf.get_section_by_name(".symtab")
+        ext_sec = elf.get_section_by_name(".symtab_shndx")
+        ext = struct.unpack_from(f"<{ext_sec['sh_size'] // 4}I", data, ext_sec["sh_offset"])
+        assert len(ext) == symtab.num_symbols()
+        out = []
+        for i, sym in enumerate(symtab.iter_symbols()):
+            raw = struct.unpack_from("<H", data, symtab["sh_offset"] + 24 * i + 6)[0]
+            out.append((sym.name, raw, ext[i]))
+        return out, [s.name for s in elf.iter_sections()]
+
+
+def test_symtab_shndx_is_renumbered_with_the_symbols(tmp_path: Path) -> None:
+    fuzz = load_script("fuzz")
+    src = tmp_path / "shndx.o"
+    src.write_bytes(fuzz.with_symtab_shndx((COMMITTED / "x86_64" / "static_section.livepatch").read_bytes()))
+    out = tmp_path / "out.o"
+    result = rewrite(src, out, policy=LOCAL)
+    before, sec_names = _raw_symbols(src)
+    after, sec_names_after = _raw_symbols(out)
+    assert sec_names_after == sec_names
+    assert sum(raw == SHN_XINDEX for _n, raw, _e in before) >= 5, "the input must use extended indices"
+    # Symbols the rewrite added: the local alias (inserted before the globals) and nothing else.
+    added = [i for i, (n, _r, _e) in enumerate(after) if n in result.plan.aliases]
+    assert [after[i][0] for i in added] == ["common/static_section.c#handler"]
+    assert added[0] < _sh_info(out, ".symtab")  # a local: everything after it moved up one
+    kept = [s for i, s in enumerate(after) if i not in added]
+    assert len(kept) == len(before)
+    renamed = {before[i][0]: new for i, new in result.plan.renames.items()}
+    for (name, raw, ext), (name2, raw2, ext2) in zip(before, kept, strict=True):
+        assert name2 == renamed.get(name, name)
+        assert raw2 == raw
+        # The extended index travels with its symbol and names the same section.
+        assert ext2 == ext
+        if raw == SHN_XINDEX:
+            assert ext and sec_names[ext2] == sec_names[ext]
+    for i in added:
+        assert after[i][1:] == (0, 0)  # SHN_UNDEF, no extended index
+    moved = {(result.payload.elf.sections[d.section].name, d.offset, d.rtype) for d in result.plan.retargets}
+    _assert_relocations_equivalent(src, out, moved)
