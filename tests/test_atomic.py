@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -85,6 +85,26 @@ def _signal_during_write(cmd: list[str], directory: Path, sig: int, delay: float
     return proc.returncode, err, seen
 
 
+class Attempts:
+    """``minimum`` attempts, then more until one is a hit (``maximum`` in all).
+
+    Where a signal lands depends on the machine's load: instead of hoping one
+    of a fixed few lands inside the write, a test counts the attempts that
+    did (``hits``), aims earlier after each that came too late, and keeps
+    trying within the bound.
+    """
+
+    def __init__(self, minimum: int, maximum: int) -> None:
+        self.minimum, self.maximum = minimum, maximum
+        self.count = 0
+        self.hits = 0
+
+    def __iter__(self) -> Iterator[int]:
+        while self.count < self.minimum or (self.count < self.maximum and not self.hits):
+            self.count += 1
+            yield self.count
+
+
 def _write_window(cmd: list[str], directory: Path) -> float:
     """Seconds from the temporary file's appearance to the end of a run."""
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -106,20 +126,23 @@ def test_sigkill_at_random_moments_leaves_old_or_new(big: tuple[Path, bytes, byt
     window = _write_window(cmd, tmp_path)
     assert out.read_bytes() == new
     rng = random.Random(8)
-    mid_write = 0
-    for _ in range(8):
+    aim = window  # kills land at a random moment of [0, aim) after the temporary file appears
+    tries = Attempts(8, 40)  # a hit: a kill while the temporary file exists
+    for _ in tries:
         out.write_bytes(old)
-        _, _, seen = _signal_during_write(cmd, tmp_path, signal.SIGKILL, rng.uniform(0, window))
+        _, _, seen = _signal_during_write(cmd, tmp_path, signal.SIGKILL, rng.uniform(0, aim))
         got = out.read_bytes()
         assert got in (old, new), f"destination is neither the old nor the new file ({len(got)} bytes)"
         stray = _temps(tmp_path)
         if stray:  # SIGKILL cannot be handled: a stray temporary file, never a partial destination
             assert got == old
-            mid_write += 1
+            tries.hits += 1
+        else:  # the run had finished (or, unseen, was too quick to watch): aim earlier
+            assert got == new or not seen, "killed before the rename, yet no temporary file"
+            aim /= 2
         for p in stray:
             p.unlink()
-        assert seen
-    assert mid_write >= 1, "no kill landed while the output was being written"
+    assert tries.hits >= 1, f"none of {tries.count} kills landed while the output was being written"
     # And kills anywhere in the run, before or after the write.
     total = window * 3
     for _ in range(3):
@@ -142,18 +165,23 @@ def test_sigkill_in_place_with_backup(big: tuple[Path, bytes, bytes], tmp_path: 
     window = _write_window(cmd, tmp_path) * 2  # the backup copy is written first
     assert work.read_bytes() == new and backup.read_bytes() == old
     rng = random.Random(9)
-    outcomes = set()
-    for _ in range(6):
+    outcomes: set[tuple[bool, bool]] = set()  # (the destination was replaced, a backup exists)
+    aim = window
+    tries = Attempts(6, 30)  # a hit: a kill before the destination was replaced
+    for _ in tries:
         backup.unlink(missing_ok=True)
         work.write_bytes(old)
-        _signal_during_write(cmd, tmp_path, signal.SIGKILL, rng.uniform(0, window))
+        _signal_during_write(cmd, tmp_path, signal.SIGKILL, rng.uniform(0, aim))
         got = work.read_bytes()
         assert got in (old, new)
         if got == new:
             # The backup is complete before the destination is replaced.
             assert backup.read_bytes() == old
-        elif backup.exists():
-            assert backup.read_bytes() == old
+            aim /= 2
+        else:
+            tries.hits += 1
+            if backup.exists():
+                assert backup.read_bytes() == old
         outcomes.add((got == new, backup.exists()))
         for p in _temps(tmp_path):
             p.unlink()
@@ -170,21 +198,23 @@ def test_termination_signal_during_write_removes_the_temporary_file(
     shutil.copy(src, work)
     window = _write_window(cmd, tmp_path)
     rng = random.Random(int(sig))
-    interrupted = 0
-    for _ in range(3):
+    aim = window / 2
+    tries = Attempts(3, 20)  # a hit: the signal interrupted the write
+    for _ in tries:
         work.write_bytes(old)
-        code, err, seen = _signal_during_write(cmd, tmp_path, sig, rng.uniform(0, window / 2))
-        assert seen
+        code, err, seen = _signal_during_write(cmd, tmp_path, sig, rng.uniform(0, aim))
         assert _temps(tmp_path) == [], f"{sig.name} left a temporary file behind"
         got = work.read_bytes()
         assert got in (old, new)
         if code == 128 + sig:
-            interrupted += 1
+            assert seen
+            tries.hits += 1
             assert err.strip() == f"lp-rewrite: error: interrupted ({sig.name})"
         else:
-            # The signal came after the rename: the new file is complete.
+            # The signal came after the rename (or the run was over): the new file is complete.
             assert code in (0, -sig) and got == new, (code, err)
-    assert interrupted >= 1
+            aim /= 2
+    assert tries.hits >= 1, f"none of {tries.count} {sig.name}s interrupted the write"
 
 
 # -- the mechanism, deterministically -------------------------------------------
