@@ -22,6 +22,11 @@ from elftools.elf.sections import SymbolTableIndexSection
 # The rule of issue #2: references in these sections keep the new code.
 EXEMPT = (
     ".livepatch.funcs",
+    # Hook tables too: Xen reads them from the payload and calls the hooks
+    # only while the payload is loaded, and a load hook runs before the patch
+    # is applied, when the original is still the old code. A hook that is
+    # also a replacement must run the payload's copy.
+    ".livepatch.hooks.*",
     ".altinstructions",
     ".alt_call_sites",
     ".ex_table",

@@ -21,7 +21,16 @@ from elftools.elf.elffile import ELFFile
 
 from lp_rewrite import Policy, analyse, rewrite
 from lp_rewrite.errors import InputError
-from tests.conftest import BINUTILS, COMMITTED, Case, assert_one_line_error, case_params, have_binutils, run_cli
+from tests.conftest import (
+    BINUTILS,
+    COMMITTED,
+    Case,
+    assert_one_line_error,
+    case_params,
+    cases,
+    have_binutils,
+    run_cli,
+)
 from tests.oracle import Payload as Oracle
 from tests.oracle import arm_addend
 
@@ -462,3 +471,100 @@ name: .asciz "fn"
         (".text.user", 4, 16),
     }
     _assert_refused_misapplied(obj, tmp_path, ".text.user+0x0: R_ARM_MOVW_ABS_NC against table+0x10", "S+A")
+
+
+# -- fixture shapes: cold parts, several symbols at one entry, hooks ---------------
+
+
+def _fixture_params(name: str) -> list[object]:
+    return [pytest.param(c, id=c.id) for c in cases() if c.name == name]
+
+
+def _symbol_name(oracle: Oracle, index: int) -> str:
+    """A relocation's symbol as readelf shows it (section symbols by their section's name)."""
+    sym = oracle.symtab.get_symbol(index)
+    if sym["st_info"]["type"] == "STT_SECTION":
+        return str(oracle.elf.get_section(sym["st_shndx"]).name)
+    return str(sym.name)
+
+
+@pytest.mark.parametrize("case", _fixture_params("cold_split_O2") + _fixture_params("cold_split_O3"))
+def test_cold_part_jumps_back_into_the_new_body_and_stays(case: Case, payload_path: Path) -> None:
+    a = analyse(payload_path)
+    (rep,) = a.funcs.replacements
+    names = a.payload.elf.sections
+    back = [
+        d
+        for d in a.decisions
+        if names[d.section].name == ".text.unlikely.check_value" and d.target_section == rep.section
+    ]
+    assert back, "the cold part must reference check_value's section"
+    for d in back:
+        assert d.reason.value == "keep-body-reference"
+        assert d.target_offset is not None and rep.offset < d.target_offset < rep.offset + rep.size
+        assert a.payload.arch.types[d.rtype].use.value in ("branch", "code-ref")  # a jump, not an address
+    # The oracle agrees: nothing in the cold part moves.
+    assert not {s for s, _o, _t in Oracle(payload_path).expected_retargets()} & {".text.unlikely.check_value"}
+
+
+@pytest.mark.parametrize("case", _fixture_params("entry_alias"))
+def test_every_symbol_at_an_entry_is_renamed_and_every_reference_through_one_moves(
+    case: Case, payload_path: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out.livepatch"
+    result = rewrite(payload_path, out)
+    before, after = Oracle(payload_path), Oracle(out)
+    tick = next(i for i, s in enumerate(before.elf.iter_sections()) if s.name == ".text.tick")
+    at_entry = {
+        s.name
+        for s in before.symtab.iter_symbols()
+        if s["st_shndx"] == tick and s["st_value"] == 0 and s["st_info"]["type"] == "STT_FUNC"
+    }
+    # GCC adds tick.localalias where the code is position-independent (-fpic), not on Arm.
+    assert at_entry == {"tick", "tick_alias"} | ({"tick.localalias"} if case.arch != "arm" else set())
+    assert sorted(result.plan.renames.values()) == sorted(n + ".lp_new" for n in at_entry)
+    defined = {s.name for s in after.symtab.iter_symbols() if s["st_shndx"] == tick}
+    assert defined >= {n + ".lp_new" for n in at_entry} and not defined & at_entry
+    # Each reference to the entry, whichever symbol it names, now names the alias `tick`.
+    through: Counter[str] = Counter()
+    for x, y in zip(before.relocations(), after.relocations(), strict=True):
+        if x.resolved[0] != "def" or (x.resolved[1], x.resolved[2] + x.bias) != (".text.tick", 0):
+            continue
+        if x.section in (".livepatch.funcs", ".eh_frame"):
+            assert y.resolved == x.resolved
+            continue
+        through[_symbol_name(before, x.symbol)] += 1
+        assert y.resolved[:2] == ("undef", "tick") and y.addend + y.bias == 0
+    assert sum(through.values()) == len(result.plan.retargets)
+    expected = {"tick", "tick_alias"} if case.arch == "arm" else {"tick", "tick_alias", ".text.tick"}
+    assert set(through) == expected, through  # .text.tick: GAS's rewrite of a call to tick.localalias
+
+
+def _retarget_sections(result: object) -> set[str]:
+    return {sec for sec, _off, _t in _retarget_set(result)}
+
+
+@pytest.mark.parametrize("case", _fixture_params("hook_entry"))
+def test_hook_tables_keep_a_replacement_that_is_also_the_hook(case: Case, payload_path: Path, tmp_path: Path) -> None:
+    from lp_rewrite.loader import default_base, load, synthetic_table
+    from lp_rewrite.read import read_payload
+
+    out = tmp_path / "out.livepatch"
+    result = rewrite(payload_path, out, everything=True)
+    hooks = [d for d in result.decisions if result.payload.elf.sections[d.section].name.startswith(".livepatch.hooks.")]
+    assert {result.payload.elf.sections[d.section].name for d in hooks} == {
+        ".livepatch.hooks.load",
+        ".livepatch.hooks.unload",
+    }
+    assert {d.reason.value for d in hooks} == {"keep-exempt-section"}
+    assert _retarget_sections(result) == {".text.install_fix"}
+    # Not negotiable: without the default keep list the hook tables still keep the copy.
+    loose = _retarget_sections(rewrite(payload_path, policy=Policy(default_keep=False)))
+    assert ".text.install_fix" in loose and not {s for s in loose if s.startswith(".livepatch.")}
+    # Loaded as Xen loads it: both hooks call the payload's apply_fix, the stored pointer is the original.
+    table = synthetic_table([read_payload(payload_path), read_payload(out)])
+    loaded = load(out, table, default_base(table))
+    copy = loaded.symbol_address("apply_fix.lp_new")
+    assert loaded.load_hooks == [copy] and loaded.unload_hooks == [copy]
+    original = table.lookup("apply_fix")
+    assert original is not None and original.address != copy
