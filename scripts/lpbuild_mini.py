@@ -16,9 +16,11 @@ This module redoes those steps on a small hypervisor and patch, so that the
 tests can run lp-rewrite at each point where it can go:
 
 * ``xen/`` is the hypervisor, compiled like Xen (FILE symbols renamed to the
-  path relative to xen/, as CONFIG_ENFORCE_UNIQUE_SYMBOLS does) and linked at
-  Xen's address into ``xen-syms``. common/dup.c is built twice under one FILE
-  name, like a multiply compiled Xen source.
+  path relative to xen/, as CONFIG_ENFORCE_UNIQUE_SYMBOLS does; on x86 with
+  CONFIG_XEN_IBT's ``-fcf-protection=branch -mmanual-endbr``, so only its
+  ``cf_check`` functions, those whose address it takes, start with ENDBR64)
+  and linked at Xen's address into ``xen-syms``. common/dup.c is built twice
+  under one FILE name, like a multiply compiled Xen source.
 * ``patch/`` holds the sources of create-diff-object's output objects: the
   changed and new functions, unchanged ones only declared. :func:`shape`
   gives a compiled object the rest of create-diff-object's shape
@@ -182,11 +184,15 @@ class XenSymsLookup:
 # -- building ---------------------------------------------------------------
 
 
+# Xen's CONFIG_XEN_IBT (x86's default): only cf_check functions get an ENDBR64.
+IBT_FLAGS = {"x86_64": ["-fcf-protection=branch", "-mmanual-endbr"]}
+
+
 def compile_object(arch: str, src: str, obj: Path, file_name: str, extra: Iterable[str] = ()) -> Path:
-    """Compile like build_fixtures (Xen's flags), then name the FILE symbol as Xen does."""
+    """Compile like build_fixtures (Xen's flags, with CET-IBT on x86), then name the FILE symbol as Xen does."""
     gcc = PREFIX[arch] + "gcc"
     include = run([gcc, "-print-file-name=include"]).strip()
-    flags = build_fixtures.COMMON + build_fixtures.ARCH_FLAGS[arch]
+    flags = build_fixtures.COMMON + build_fixtures.ARCH_FLAGS[arch] + IBT_FLAGS.get(arch, [])
     flags += ["-isystem", include, "-I../include", "-I.", f"-ffile-prefix-map={LPBUILD}=.", *extra]
     obj.parent.mkdir(parents=True, exist_ok=True)
     run([gcc, *flags, "-c", src, "-o", str(obj)], cwd=LPBUILD)
@@ -433,13 +439,14 @@ def build(arch: str, work: Path, *, resolve: bool = False) -> Miniature:
     return Miniature(arch, work, xen_syms, objects, patched)
 
 
-def build_dup_object(mini: Miniature, out: Path) -> Path:
-    """create-diff-object's output for a patch to common/dup.c's twin() (old_addr 0)."""
+def build_dup_object(mini: Miniature, out: Path, *, resolve: bool = False) -> Path:
+    """create-diff-object's output for a patch to common/dup.c's twin() (old_addr 0, or with
+    ``resolve`` the first twin's address: what a build that picked one writes)."""
     raw = compile_object(mini.arch, f"patch/{DUP_OBJECT}", mini.work / "patched" / "dup.o", DUP_OBJECT)
     # create-diff-object itself stops at the ambiguous name; take the first
-    # match to get the object built (only old_size comes from it).
+    # match to get the object built (old_size, and the literal, come from it).
     xen = XenSymsLookup(mini.xen_syms, first_of_ambiguous=True)
-    return shape(raw, out, arch=mini.arch, xen=xen, statics={}, local_statics=mini.arch == "x86_64")
+    return shape(raw, out, arch=mini.arch, xen=xen, statics={}, resolve=resolve, local_statics=mini.arch == "x86_64")
 
 
 def livepatch_build_tail(

@@ -10,6 +10,7 @@ decoding of the reported bytes.
 
 from __future__ import annotations
 
+import io
 import shutil
 import struct
 import subprocess
@@ -278,6 +279,92 @@ def test_lp006_lp007_facts_match_the_image_bytes(case: Case, payload_path: Path,
     assert xen.ibt
 
 
+@pytest.mark.parametrize("case", params("check_xen_refs", arches=("x86_64",)))
+def test_lp007_through_absolute_aliases(case: Case, payload_path: Path, xen: XenImage, tmp_path: Path) -> None:
+    """rewrite --absolute: the reference to plain_fn goes through an SHN_ABS alias, and still lands on no ENDBR64."""
+    out = tmp_path / "absolute.livepatch"
+    rewrite(payload_path, out, policy=Policy(absolute=True, xen_syms=xen.path))
+    with open(out, "rb") as stream:
+        alias = [s for s in ELFFile(stream).get_section_by_name(".symtab").iter_symbols() if s.name == "plain_fn"]
+    assert [s["st_shndx"] for s in alias] == ["SHN_ABS"]  # the only plain_fn left is the absolute alias
+    report = check_payload(out, CheckOptions(xen=xen))
+    assert symbols(report, "LP007") == {"plain_fn", "sealed_fn"}
+    (f,) = [f for f in by_rule(report, "LP007") if f.symbol == "plain_fn"]
+    assert f"absolute {alias[0]['st_value']:#x}" in f.message and "does not start with ENDBR64" in f.message
+    before = {(g.section, g.offset) for g in by_rule(check_payload(payload_path, CheckOptions(xen=xen)), "LP007")}
+    assert {(g.section, g.offset) for g in by_rule(report, "LP007")} == before
+    assert not by_rule(report, "LP001") and not by_rule(report, "LP013")
+
+
+def _abs_value(path: Path, name: str, delta: int, dst: Path) -> Path:
+    """``path`` with the SHN_ABS symbol ``name`` moved by ``delta`` bytes."""
+    data = bytearray(path.read_bytes())
+    with open(path, "rb") as stream:
+        elf = ELFFile(stream)
+        symtab = elf.get_section_by_name(".symtab")
+        (i,) = [i for i, s in enumerate(symtab.iter_symbols()) if s.name == name and s["st_shndx"] == "SHN_ABS"]
+        wide = elf.elfclass == 64
+        at = symtab["sh_offset"] + i * symtab["sh_entsize"] + (8 if wide else 4)
+    fmt = "<Q" if wide else "<I"
+    struct.pack_into(fmt, data, at, struct.unpack_from(fmt, data, at)[0] + delta)
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def _literal_old_addr(path: Path, original: str, value: int, dst: Path) -> Path:
+    """``path`` with a literal old_addr for the entry that replaces ``original`` (a field with no relocation)."""
+    from lp_rewrite.identify import identify
+    from lp_rewrite.read import read_file, read_payload
+
+    (rep,) = [r for r in identify(read_payload(read_file(path), str(path))).replacements if r.original == original]
+    data = bytearray(path.read_bytes())
+    with open(path, "rb") as stream:
+        elf = ELFFile(stream)
+        funcs = elf.get_section_by_name(".livepatch.funcs")
+        ptr, entry = (8, 104) if elf.elfclass == 64 else (4, 92)
+    struct.pack_into("<Q" if ptr == 8 else "<I", data, funcs["sh_offset"] + rep.entry * entry + 2 * ptr, value)
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+@pytest.mark.parametrize("case", params("check_xen_refs"))
+def test_lp013_absolute_values_and_literals_against_the_image(
+    case: Case, payload_path: Path, xen: XenImage, tmp_path: Path
+) -> None:
+    options = CheckOptions(xen=xen)
+    plain_fn = xen.symbols.lookup("plain_fn")
+    assert plain_fn is not None
+    absolute = tmp_path / "absolute.livepatch"
+    rewrite(payload_path, absolute, policy=Policy(absolute=True, xen_syms=xen.path))
+    assert not by_rule(check_payload(absolute, options), "LP013")
+    # An SHN_ABS value 4 bytes into the function: every reference through it lands there.
+    off = _abs_value(absolute, "plain_fn", 4, tmp_path / "off.livepatch")
+    (f,) = by_rule(check_payload(off, options), "LP013")
+    assert f.symbol == "plain_fn" and f.section == ".text.install_all"
+    assert f"{plain_fn.address + 4:#x} (0x4 bytes into plain_fn there)" in f.message
+    assert f"has plain_fn at {plain_fn.address:#x}" in f.message
+    # Literal old_addr values: right, wrong, and a name this image lacks.
+    right = _literal_old_addr(payload_path, "plain_fn", plain_fn.address, tmp_path / "right.livepatch")
+    assert not by_rule(check_payload(right, options), "LP013")
+    wrong = _literal_old_addr(payload_path, "plain_fn", plain_fn.address + 16, tmp_path / "wrong.livepatch")
+    (f,) = by_rule(check_payload(wrong, options), "LP013")
+    assert f.section == ".livepatch.funcs" and f.length == (8 if case.arch != "arm" else 4)
+    assert f.file_offset is not None
+    assert (
+        int.from_bytes(wrong.read_bytes()[f.file_offset : f.file_offset + f.length], "little") == plain_fn.address + 16
+    )
+    gone = _literal_old_addr(payload_path, "common/kernel.c#not_there", plain_fn.address, tmp_path / "gone.livepatch")
+    (f,) = by_rule(check_payload(gone, options), "LP013")
+    assert "the entry of plain_fn there" in f.message and "has no common/kernel.c#not_there" in f.message
+    # An ambiguous static: a literal naming one of the two is neither LP005 nor LP013; anything else is LP013.
+    twins = [c.address for c in xen.symbols.matches("common/dup.c#twice")]
+    assert len(twins) == 2
+    chosen = check_payload(_literal_old_addr(payload_path, "common/dup.c#twice", twins[1], tmp_path / "t.lp"), options)
+    assert "common/dup.c#twice" not in symbols(chosen, "LP005") | symbols(chosen, "LP013")
+    neither = check_payload(_literal_old_addr(payload_path, "common/dup.c#twice", 8, tmp_path / "n.lp"), options)
+    assert symbols(neither, "LP013") == {"common/dup.c#twice"}
+
+
 def test_lp007_not_without_ibt(tmp_path: Path) -> None:
     image = tmp_path / "xen-syms"
     image.write_bytes(
@@ -500,12 +587,14 @@ def test_lp012_unreadable_file_in_a_batch(arch: str, tmp_path: Path) -> None:
     good = rewritten(COMMITTED / arch / "global_refs.livepatch", tmp_path)
     bad = tmp_path / "truncated.livepatch"
     bad.write_bytes(good.read_bytes()[:200])  # the header survives, the section table does not
-    result = run([bad, good], CheckOptions(), progress=False, stream=open(tmp_path / "stderr", "w"))
+    stderr = io.StringIO()
+    result = run([bad, good], CheckOptions(), progress=False, stream=stderr)
     first, second = result.reports
     assert first.error is not None and [f.rule.id for f in first.findings] == ["LP012"]
     assert second.error is None and second.findings == []
     assert result.unreadable == 1 and result.exit_code(Severity.ERROR) == 2
-    assert (tmp_path / "stderr").read_text().startswith(f"lp-rewrite: error: {bad}")
+    (line,) = stderr.getvalue().splitlines()
+    assert line.startswith(f"lp-rewrite: error: {bad}")
 
 
 # -- reviewed exceptions ------------------------------------------------------------

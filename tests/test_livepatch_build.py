@@ -14,8 +14,9 @@ every result is checked:
   moved, each now designating the original (by name, or by its xen-syms
   address for SHN_ABS aliases), every other relocation resolving as before,
   and exact per-section counts derived from the sources;
-* by ``lp-rewrite verify``, the Xen-semantics load of both payloads (when
-  lp_rewrite.certificate exists; the oracle checks run regardless).
+* by ``lp-rewrite verify``, the Xen-semantics load of both payloads;
+* by ``lp-rewrite check --xen-syms``, where the miniature hypervisor is built
+  with CET-IBT (x86: only its cf_check functions start with ENDBR64).
 
 The per-section counts follow from testdata/lpbuild/patch/: a_handlers[]
 and c_handlers[] each store one replaced function; a_init() takes foo's and
@@ -41,6 +42,9 @@ from elftools.elf.elffile import ELFFile
 
 from lp_rewrite import Policy, rewrite
 from lp_rewrite.absolute import AbsoluteRequest, resolve_addresses
+from lp_rewrite.check import CheckOptions, check_payload
+from lp_rewrite.check.findings import Finding, PayloadReport
+from lp_rewrite.check.xen import XenImage
 from lp_rewrite.errors import InputError, UsageError
 from lp_rewrite.xensyms import XenSymbol, XenSymbols
 from tests.conftest import ARCHES, COMMITTED, MANIFEST, ROOT, run_cli
@@ -74,7 +78,6 @@ EXPECTED = {
 }
 ORIGINALS = {"common/a.c#foo", "gfoo"}  # the replaced functions something points at
 STEPS = ("link", "strip", "depends")
-HAVE_VERIFY = importlib.util.find_spec("lp_rewrite.certificate") is not None
 
 
 def _need(arch: str) -> None:
@@ -158,9 +161,8 @@ def _assert_retargeted(reference: Path, rewritten: Path, arch: str, absolute: di
 
 
 def _verify(reference: Path, rewritten: Path, xen_syms: Path | None = None) -> None:
-    """lp-rewrite verify, the Xen-semantics proof (the oracle checks run regardless)."""
-    if not HAVE_VERIFY:
-        return
+    """lp-rewrite verify, the Xen-semantics proof, on top of the oracle checks."""
+    assert importlib.util.find_spec("lp_rewrite.certificate") is not None, "lp-rewrite verify is missing"
     extra = ["--xen-syms", xen_syms] if xen_syms is not None else []
     proc = run_cli("verify", *extra, reference, rewritten)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -296,26 +298,73 @@ def test_wrapper_on_the_output_directory(output_dir: Path, minis: Callable[..., 
     done = (output_dir / "fix.livepatch").read_bytes()
     _hook_ok(output_dir)
     assert (output_dir / "fix.livepatch").read_bytes() == done
-    if HAVE_VERIFY:  # --verify proves each output before it replaces the input.
-        proved = tmp_path / "proved"
-        proved.mkdir()
-        shutil.copy(reference, proved / "fix.livepatch")
-        _hook_ok("--verify", "--xen-syms", output_dir / "xen-syms", proved)
-        assert (proved / "fix.livepatch").read_bytes() == done
+    # --verify proves each output before it replaces the input.
+    proved = tmp_path / "proved"
+    proved.mkdir()
+    shutil.copy(reference, proved / "fix.livepatch")
+    _hook_ok("--verify", "--xen-syms", output_dir / "xen-syms", proved)
+    assert (proved / "fix.livepatch").read_bytes() == done
     verbose = _hook("-v", output_dir)
     assert verbose.returncode == 0 and "hooks_only.livepatch: no .livepatch.funcs" in verbose.stdout
     assert "nothing to retarget" in verbose.stdout
 
 
-def test_one_line_change_in_create_patch(output_dir: Path) -> None:
-    """The documented line, run where create_patch() runs it: cd OUTPUT; hook NAME.livepatch."""
+def _readme_line(intro: str) -> str:
+    """The one-line snippet of the ```sh block that follows ``intro`` in README.md."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme[readme.index(intro) :].split("```sh\n", 1)[1].split("```", 1)[0]
+    (line,) = [ln for ln in block.splitlines() if ln.strip()]
+    return line.strip()
+
+
+CREATE_PATCH_LINE = "Or one line in `livepatch-build`'s `create_patch()`"
+PRE_LINK_LINE = "Pre-link instead (x86-64)"
+
+
+def _run_in_create_patch(line: str, cwd: Path, xensyms: Path) -> subprocess.CompletedProcess[str]:
+    """``line`` where create_patch() runs it: bash, in the output directory, with its variables and die()."""
     env = dict(os.environ, LP_REWRITE=f"{sys.executable} -m lp_rewrite", PATH=f"{HOOK.parent}:{os.environ['PATH']}")
-    line = 'livepatch-build-post "${PATCHNAME}.livepatch" || die "lp-rewrite failed"'
-    script = f'die() {{ echo "ERROR: $1." >&2; exit 1; }}\nPATCHNAME=fix\n{line}\n'
-    proc = subprocess.run(["bash", "-c", script], cwd=output_dir, env=env, capture_output=True, text=True)
+    env.pop("LP_REWRITE_DEBUG", None)
+    script = f'die() {{ echo "ERROR: $1." >&2; exit 1; }}\nPATCHNAME=fix\nXENSYMS={xensyms}\n{line}\n'
+    return subprocess.run(["bash", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_one_line_change_in_create_patch(output_dir: Path, minis: Callable[..., Mini], tmp_path: Path) -> None:
+    """README's line, verbatim, on both kinds of build: name-resolved aliases, or SHN_ABS after --prelink."""
+    line = _readme_line(CREATE_PATCH_LINE)
+    assert '--xen-syms "$XENSYMS"' in line and '"${PATCHNAME}.livepatch"' in line
+    proc = _run_in_create_patch(line, output_dir, output_dir / "xen-syms")
     assert proc.returncode == 0, proc.stderr
     assert Oracle(output_dir / "fix.livepatch").expected_retargets() == set()
     assert {s[0] for s in _symbols(output_dir / "fix.livepatch") if s[3] == "SHN_UNDEF"} >= ORIGINALS
+    # A --prelink build: the same line makes SHN_ABS aliases, cross-checked against $XENSYMS.
+    mini = minis("x86_64", resolve=True)
+    prelinked = mini_build.livepatch_build_tail(mini, tmp_path / "prelinked", "fix", prelinked=True)
+    proc = _run_in_create_patch(line, prelinked.parent, mini.xen_syms)
+    assert proc.returncode == 0, proc.stderr
+    _no_undefined(prelinked)
+    addresses = _xen_addresses(mini)
+    assert {s[0]: s[4] for s in _symbols(prelinked) if s[0] in ORIGINALS} == {o: addresses[o] for o in ORIGINALS}
+    # Against the xen-syms of another build, the line fails the build and leaves the payload as it was.
+    again = mini_build.livepatch_build_tail(mini, tmp_path / "again", "fix", prelinked=True)
+    before = again.read_bytes()
+    other = mini_build.build_xen_syms("x86_64", tmp_path / "other", base=mini_build.XEN_BASE["x86_64"] + 0x10000)
+    proc = _run_in_create_patch(line, again.parent, other)
+    assert proc.returncode == 1 and proc.stderr.splitlines()[-1] == "ERROR: lp-rewrite failed."
+    assert "another build" in proc.stderr and again.read_bytes() == before
+
+
+def test_pre_link_line_in_create_patch(minis: Callable[..., Mini], tmp_path: Path) -> None:
+    """README's pre-link line, verbatim, in the output directory before `ld -r`."""
+    line = _readme_line(PRE_LINK_LINE)
+    assert "--local-aliases" in line and " output " in line
+    mini = minis("x86_64")
+    objects = _own_objects(mini, tmp_path)
+    proc = _run_in_create_patch(line, tmp_path, mini.xen_syms)
+    assert proc.returncode == 0, proc.stderr
+    final = mini_build.livepatch_build_tail(mini, tmp_path / "final", "fix", objects=objects)
+    reference = mini_build.livepatch_build_tail(mini, tmp_path / "ref", "fix")
+    _assert_retargeted(reference, final, "x86_64")
 
 
 def test_hook_fails_the_build_with_the_tools_message(output_dir: Path, tmp_path: Path) -> None:
@@ -344,6 +393,56 @@ def test_hook_fails_the_build_with_the_tools_message(output_dir: Path, tmp_path:
         proc = _hook(*args)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
         assert proc.stderr.startswith("livepatch-build-post: error: ") and text in proc.stderr
+
+
+BUGGY_TOOL = """\
+# lp-rewrite with a bug that its own self-check shares (the identify step swaps
+# the first two originals): only the verify certificate, which identifies the
+# replacements on its own, can see that the aliases name the wrong functions.
+import lp_rewrite.identify as identify_module
+import lp_rewrite.pipeline as pipeline
+import lp_rewrite.verify as self_check
+from lp_rewrite.cli import main
+
+real = identify_module.identify
+
+
+def swapped(payload):
+    table = real(payload)
+    a, b = table.replacements[0], table.replacements[1]
+    table.replacements[0:2] = [a._replace(original=b.original), b._replace(original=a.original)]
+    return table
+
+
+pipeline.identify = self_check.identify = swapped
+main()
+"""
+
+
+def test_hook_verify_failure_fails_the_build(output_dir: Path, tmp_path: Path) -> None:
+    """--verify: an output the certificate rejects exits 1 through the hook, and nothing is replaced."""
+    buggy = tmp_path / "buggy_lp_rewrite.py"
+    buggy.write_text(BUGGY_TOOL)
+    second = output_dir / "zz-second.livepatch"
+    shutil.copy(output_dir / "fix.livepatch", second)
+    before = {p: p.read_bytes() for p in output_dir.glob("*.livepatch")}
+    env = dict(os.environ, LP_REWRITE=f"{sys.executable} {buggy}")
+    env.pop("LP_REWRITE_DEBUG", None)
+    proc = subprocess.run(
+        ["sh", str(HOOK), "--verify", "--xen-syms", str(output_dir / "xen-syms"), str(output_dir)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 1, proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(f"lp-rewrite: error: {output_dir / 'fix.livepatch'}: not a verified rewrite: ")
+    assert {p: p.read_bytes() for p in output_dir.glob("*.livepatch")} == before  # the second was not reached
+    assert sorted(p.name for p in output_dir.iterdir() if p.name.startswith(".")) == []  # no temporary left
+    # Without --verify the same bug goes through: the certificate is what caught it.
+    proc = subprocess.run(["sh", str(HOOK), str(second)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0 and second.read_bytes() != before[second]
 
 
 def test_hook_is_posix_shell() -> None:
@@ -456,6 +555,66 @@ def test_prelinked_payload_gets_absolute_aliases(step: str, minis: Callable[...,
         assert explicit.read_bytes() == rewritten.read_bytes()
 
 
+@pytest.mark.parametrize("arch", ARCHES)
+def test_literal_old_addr_switches_to_absolute_aliases(arch: str, minis: Callable[..., Mini], tmp_path: Path) -> None:
+    """A literal old_addr (create-diff-object --resolve) makes SHN_ABS aliases on every architecture."""
+    mini = minis(arch, resolve=True)
+    addresses = _xen_addresses(mini)
+    reference = mini_build.livepatch_build_tail(mini, tmp_path / "ref", "fix")
+    rewritten = mini_build.livepatch_build_tail(mini, tmp_path / "p", "fix")
+    _hook_ok(rewritten)  # no option: the literals alone switch the mode
+    _assert_retargeted(reference, rewritten, arch, absolute=addresses)
+    for original in ORIGINALS:
+        (alias,) = [s for s in _symbols(rewritten) if s[0] == original]
+        assert alias[1:] == ("STB_GLOBAL", "STT_FUNC", "SHN_ABS", addresses[original])
+    _verify(reference, rewritten, mini.xen_syms)
+    # With --xen-syms the literals are cross-checked, and agree: the same bytes.
+    checked = mini_build.livepatch_build_tail(mini, tmp_path / "c", "fix")
+    _hook_ok("--xen-syms", mini.xen_syms, checked)
+    assert checked.read_bytes() == rewritten.read_bytes()
+
+
+def _by_rule(report: PayloadReport, rule: str) -> list[Finding]:
+    return [f for f in report.findings if f.rule.id == rule and f.suppressed is None]
+
+
+def test_check_on_prelinked_payloads(minis: Callable[..., Mini], tmp_path: Path) -> None:
+    """check --xen-syms on a --prelink build: LP007 through SHN_ABS symbols, LP013 against another build.
+
+    The x86 miniature hypervisor is built with CET-IBT: foo and bar are
+    cf_check (it registers them as callbacks), gfoo is only ever called, so it
+    has no ENDBR64, and the payload's stored pointers to gfoo would fault.
+    """
+    mini = minis("x86_64", resolve=True)
+    xen = XenImage.load(mini.xen_syms)
+    addresses = _xen_addresses(mini)
+    endbr = bytes.fromhex("f30f1efa")
+    assert xen.ibt and xen.code(addresses["common/a.c#foo"], 4) == endbr and xen.code(addresses["gfoo"], 4) != endbr
+    raw = _tail(mini, tmp_path / "plain", prelinked=True)
+    rewritten = _tail(mini, tmp_path / "hooked", at="depends", prelinked=True)
+    _no_undefined(raw)
+    before = check_payload(raw, CheckOptions(xen=xen))
+    assert {f.symbol for f in _by_rule(before, "LP007")} == {"gfoo"}
+    assert _by_rule(before, "LP001") and not _by_rule(before, "LP013")
+    after = check_payload(rewritten, CheckOptions(xen=xen))
+    found = _by_rule(after, "LP007")
+    assert {f.symbol for f in found} == {"gfoo"} and not _by_rule(after, "LP001")
+    assert all("absolute" in f.message for f in found)
+    places = {(f.section, f.offset) for f in found}
+    assert places == {(f.section, f.offset) for f in _by_rule(before, "LP007")}
+    # From the sources: a_init stores gfoo in hv_callback, b_poll passes it to hv_poll, c_handlers holds it.
+    assert sorted(sec for sec, _off in places) == [".data.rel.ro.local.c_handlers", ".text.a_init", ".text.b_poll"]
+    assert not _by_rule(after, "LP013")
+    # The same payloads against a hypervisor linked 64 KiB further up: every address is wrong.
+    other = mini_build.build_xen_syms("x86_64", tmp_path / "other", base=mini_build.XEN_BASE["x86_64"] + 0x10000)
+    shifted = check_payload(rewritten, CheckOptions(xen=XenImage.load(other)))
+    wrong = {f.symbol: f for f in _by_rule(shifted, "LP013")}
+    assert ORIGINALS | {"common/a.c#bar", "common/b.c#helper", "printk", "register_callback", "a_init"} <= set(wrong)
+    assert wrong["a_init"].section == ".livepatch.funcs"  # a literal old_addr with no symbol behind it
+    moved = addresses["gfoo"]
+    assert f"{moved:#x}" in wrong["gfoo"].message and f"{moved + 0x10000:#x}" in wrong["gfoo"].message
+
+
 def test_literal_cross_checked_against_xen_syms(minis: Callable[..., Mini], tmp_path: Path) -> None:
     """A payload prelinked against another build is refused, naming both addresses."""
     mini = minis("x86_64", resolve=True)
@@ -504,6 +663,41 @@ def test_ambiguous_static_is_refused_naming_both(minis: Callable[..., Mini], tmp
     assert [s[3] for s in _symbols(payload) if s[0] == "common/dup.c#twin"] == ["SHN_UNDEF"]
 
 
+@pytest.mark.parametrize("which", [0, 1])
+def test_ambiguous_static_with_a_literal_is_accepted(which: int, minis: Callable[..., Mini], tmp_path: Path) -> None:
+    """A literal old_addr that is one of the twins says which one is meant: the alias takes it."""
+    mini = minis("x86_64")
+    twins = sorted(s.value for s in mini_build.XenSymsLookup(mini.xen_syms).symbols if s.name == "twin")
+    dup = mini_build.build_dup_object(mini, tmp_path / "output" / "common" / "dup.o", resolve=True)
+    payload = mini_build.livepatch_build_tail(mini, tmp_path, "dup", objects=[dup])
+    _set_old_addr(payload, 0, twins[which])
+    for args in (("--xen-syms", mini.xen_syms), ("--absolute", "--xen-syms", mini.xen_syms)):
+        copy = tmp_path / f"copy{len(args)}.livepatch"
+        shutil.copy(payload, copy)
+        _hook_ok(*args, copy)
+        (alias,) = [s for s in _symbols(copy) if s[0] == "common/dup.c#twin" and s[3] != "SHN_UNDEF"]
+        assert alias[3:] == ("SHN_ABS", twins[which])
+    # check agrees: a literal that is a twin is neither ambiguous (LP005) nor wrong (LP013).
+    report = check_payload(copy, CheckOptions(xen=XenImage.load(mini.xen_syms)))
+    assert not [f for f in report.findings if f.rule.id in ("LP005", "LP013")], report.findings
+    # A literal that is neither twin is refused, naming both.
+    _set_old_addr(payload, 0, twins[0] + 4)
+    proc = _hook("--xen-syms", mini.xen_syms, payload)
+    assert proc.returncode == 2 and all(f"{t:#x}" in proc.stderr for t in twins) and "another build" in proc.stderr
+
+
+def _set_old_addr(payload: Path, entry: int, value: int) -> None:
+    """Write a literal into a .livepatch.funcs entry's old_addr (a field with no relocation)."""
+    data = bytearray(payload.read_bytes())
+    with open(payload, "rb") as f:
+        elf = ELFFile(f)
+        funcs = elf.get_section_by_name(".livepatch.funcs")
+        ptr, entsize = (8, 104) if elf.elfclass == 64 else (4, 92)
+        at = funcs["sh_offset"] + entry * entsize + 2 * ptr
+    struct.pack_into("<Q" if ptr == 8 else "<I", data, at, value)
+    payload.write_bytes(bytes(data))
+
+
 def test_pre_link_with_resolve_then_prelink(minis: Callable[..., Mini], tmp_path: Path) -> None:
     """--prelink builds rewritten per object: local SHN_ABS aliases, which ld -r and prelink keep."""
     mini = minis("x86_64", resolve=True)
@@ -550,6 +744,10 @@ def test_absolute_addresses_from_a_table(monkeypatch: pytest.MonkeyPatch) -> Non
     assert got == {"f": 0x1000, "a.c#s": 0x2000}
     with pytest.raises(InputError, match=r"'b\.c#t' is ambiguous .* at 0x3000 in \.text .* at 0x3100 in \.text"):
         resolve_addresses([AbsoluteRequest("b.c#t", 0, 2)], xen)
+    # ...unless a literal old_addr says which of them it is.
+    assert resolve_addresses([AbsoluteRequest("b.c#t", 0x3100, 2)], xen) == {"b.c#t": 0x3100}
+    with pytest.raises(InputError, match=r"old_addr is 0x3200, but xen-syms has 'b\.c#t' at 0x3000 .* and 0x3100"):
+        resolve_addresses([AbsoluteRequest("b.c#t", 0x3200, 2)], xen)
     with pytest.raises(InputError, match="'nope' is not in xen-syms's symbol table"):
         resolve_addresses([AbsoluteRequest("nope", 0, 3)], xen)
     with pytest.raises(InputError, match="old_addr is 0x1004, but xen-syms has 'f' at 0x1000"):

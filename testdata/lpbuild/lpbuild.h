@@ -1,8 +1,9 @@
 /*
  * Shared by the miniature hypervisor (xen/) and the miniature patch (patch/)
  * of tests/test_livepatch_build.py: the hypervisor services of fixture.h plus
- * a few globals, and LP_FUNC, which writes one `struct livepatch_func` the
- * way create-diff-object does (livepatch_create_patches_sections()):
+ * a few globals, cf_check (what the hypervisor calls indirectly), and
+ * LP_FUNC, which writes one `struct livepatch_func` the way
+ * create-diff-object does (livepatch_create_patches_sections()):
  *
  *   name      R_*_ABS pointer to the name string in .livepatch.strings
  *             (a relocation against that section's symbol plus the string's
@@ -21,6 +22,13 @@
 #define LPBUILD_H
 
 #include "fixture.h"
+
+/* Xen's cf_check: an indirect-branch target under CONFIG_XEN_IBT (-mmanual-endbr). */
+#ifdef __CET__
+#define cf_check __attribute__((__cf_check__))
+#else
+#define cf_check
+#endif
 
 extern void *hv_table;
 extern void hv_poll(void (*fn)(int), int x);

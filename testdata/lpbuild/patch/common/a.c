@@ -22,7 +22,7 @@ extern void bar(int x);
 extern int a_count;
 extern void gfoo(int x); /* replaced by common/b.c's payload object */
 
-static noinline __attribute__((__used__)) void foo(int x)
+static cf_check noinline __attribute__((__used__)) void foo(int x)
 {
     a_count += 2 * x;
     printk("patched foo %d\n", x);

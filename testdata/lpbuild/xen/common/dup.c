@@ -8,7 +8,7 @@
 #define PASTE(a, b) a##b
 #define USER(v) PASTE(dup_user_, v)
 
-static noinline void twin(int x)
+static cf_check noinline void twin(int x)
 {
     printk("twin %d\n", x * VARIANT);
 }
