@@ -167,10 +167,13 @@ def misapplied_relocations(payload: Payload) -> list[MisappliedRelocation]:
     """
     arch, elf = payload.arch, payload.elf
     secs = elf.sections
-    out = []
+    by_kind = {C.SHT_REL: arch.misapplied_types(False), C.SHT_RELA: arch.misapplied_types(True)}
+    out: list[MisappliedRelocation] = []
+    if not any(by_kind.values()):
+        return out  # x86-64, AArch64: not a single table is read
     for idx in elf.relocation_sections:
         target = secs.info[idx]
-        watched = arch.misapplied_types(secs.type[idx] == C.SHT_RELA)
+        watched = by_kind.get(secs.type[idx])
         if not watched or not secs.flags[target] & C.SHF_ALLOC or watched.isdisjoint(elf.relocation_types(idx)):
             continue
         table = elf.relocations(idx)
