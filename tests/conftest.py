@@ -154,3 +154,22 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.skipped and os.environ.get("LP_REWRITE_NO_SKIP") == "1" and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"skipped, but LP_REWRITE_NO_SKIP=1 forbids skips: {report.longrepr}"
+
+
+# Lines for the session's closing summary, by title (tests/test_e2e.py: the
+# hypervisor versions and wall times). The terminal reporter prints them
+# whatever output capture hides, so CI logs always show them.
+SUMMARY = pytest.StashKey[dict[str, list[str]]]()
+
+
+def summary_lines(config: pytest.Config, title: str) -> list[str]:
+    """The list of lines printed under ``title`` when the session ends (append to it)."""
+    return config.stash.setdefault(SUMMARY, {}).setdefault(title, [])
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    for title, lines in config.stash.get(SUMMARY, {}).items():
+        if lines:
+            terminalreporter.write_sep("-", title)
+            for line in lines:
+                terminalreporter.write_line(line)

@@ -68,7 +68,8 @@ for v in "$binver" $(apt-cache "${APTO[@]}" showsrc xen | awk '/^Version:/{print
   apt_check_net "$A/source.log"
 done
 [ -n "$got" ] || die "could not download any xen source package"
-log "arm64: xen source package $got"
+log "arm64: xen source package $got (Debian's binary packages: $binver)"
+[ "$got" = "$binver" ] || log "arm64: NOTE: no source package of version $binver; rebuilding $got"
 dpkg-source -x --no-check "$E2E_DIR/src/xen_${got#*:}.dsc" "$E2E_DIR/src/xen-tree" >/dev/null
 X=$E2E_DIR/src/xen-tree/xen
 

@@ -55,6 +55,22 @@ e2e_xen_paths() {
   fi
 }
 
+# Versions: XEN_DEB_VERSION of Debian's xen binary packages (the unpacked
+# hypervisor deb: xen-utils and the libraries come from the same source), and
+# XEN_BOOTED_VERSION of the hypervisor QEMU boots, with XEN_BOOTED_FROM saying
+# what that is.  On arm64 it is rebuilt from the xen *source* package
+# (build-xen-arm64.sh records its version), which may be another version.
+e2e_xen_versions() {
+  XEN_DEB_VERSION=$(dpkg-deb -f "$E2E_DIR"/debs/xen-hypervisor-4.17-"$DEB_ARCH"_*.deb Version)
+  if [ "$E2E_ARCH" = x86_64 ]; then
+    XEN_BOOTED_VERSION=$XEN_DEB_VERSION
+    XEN_BOOTED_FROM="Debian binary package xen-hypervisor-4.17-$DEB_ARCH"
+  else
+    XEN_BOOTED_VERSION=$(cat "$E2E_DIR/xen-lp/source-version" 2>/dev/null || echo unknown)
+    XEN_BOOTED_FROM="rebuilt from Debian's xen source package with CONFIG_LIVEPATCH=y"
+  fi
+}
+
 require_root() {
   [ "$(id -u)" = 0 ] || skip "must run as root (apt-get, dpkg --add-architecture)"
 }

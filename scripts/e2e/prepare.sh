@@ -3,7 +3,10 @@
 # host tools, the Debian debs, (arm64) the livepatch-enabled hypervisor, then
 # the raw payloads and sendkey (always rebuilt: cheap, and tied to the
 # hypervisor's build-id).  Writes $E2E_DIR/build/prepared.env (KEY=VALUE) and
-# prints its path as the only line on stdout (progress goes to stderr).
+# prints its path as the only line on stdout (progress goes to stderr, with
+# the versions of the booted hypervisor and of Debian's xen binary packages:
+# on arm64 the hypervisor is rebuilt from the source package, whose version
+# may differ).
 # Exit status 77: cannot run here (not root / package registry unreachable).
 # Usage: prepare.sh ARCH
 set -euo pipefail
@@ -25,12 +28,22 @@ fi
 } >&2
 
 e2e_xen_paths
+e2e_xen_versions
+log "$E2E_ARCH: Debian xen binary packages (xen-utils, libraries$([ "$E2E_ARCH" = x86_64 ] && echo ", hypervisor")): $XEN_DEB_VERSION"
+log "$E2E_ARCH: booted hypervisor: $XEN_BOOTED_VERSION ($XEN_BOOTED_FROM)"
+if [ "$XEN_BOOTED_VERSION" != "$XEN_DEB_VERSION" ]; then
+  # Not an error: the source pool does not always carry the binaries' version.
+  log "$E2E_ARCH: NOTE: the booted hypervisor's version differs from the binary packages'"
+fi
 cat >"$BUILD/prepared.env" <<EOF
 E2E_ARCH=$E2E_ARCH
 E2E_DIR=$E2E_DIR
 XEN_IMAGE=$XEN_IMAGE
 XEN_SYMS=$XEN_SYMS
 XEN_BUILD_ID=$(readelf -n "$XEN_SYMS" | awk '/Build ID:/{print $3}')
+XEN_DEB_VERSION=$XEN_DEB_VERSION
+XEN_BOOTED_VERSION=$XEN_BOOTED_VERSION
+XEN_BOOTED_FROM=$XEN_BOOTED_FROM
 RAW_DIR=$BUILD/raw
 EOF
 log "$E2E_ARCH: prepared in $((SECONDS - t0))s"
