@@ -191,19 +191,41 @@ def _self_check(analysis: Analysis, edits: Plan, data: bytes, policy: Policy) ->
 
 
 def _check_written(analysis: Analysis, edits: Plan, data: bytes, policy: Policy, tmp: Path) -> None:
-    """The self-check, on the temporary output file as it is on disk."""
+    """The self-check, on the temporary output file as it is on disk.
+
+    The file is read back in windows and must be ``data`` byte for byte
+    (padding and unchanged copies included); the proof then parses ``data``,
+    which is what the file holds, without a second copy of the output in memory.
+    """
     try:
-        written = tmp.read_bytes()
+        at = _first_difference(tmp, data)
     except OSError as exc:
         raise VerificationError(f"self-check of the rewritten payload failed: cannot read it back: {exc}") from None
-    if edits.changes:
-        _self_check(analysis, edits, written, policy)
-    if written != data:  # padding, and unchanged copies: every byte must be the one planned
-        if len(written) == len(data):
-            at = next(i for i, (x, y) in enumerate(zip(written, data, strict=True)) if x != y)
-            where = f"byte {at:#x} differs"
-        else:
-            where = f"{len(written)} bytes, not {len(data)}"
+    if at is not None:
         raise VerificationError(
-            f"self-check of the rewritten payload failed: the written file is not what was planned ({where})"
+            f"self-check of the rewritten payload failed: the written file is not what was planned ({at})"
         )
+    if edits.changes:
+        _self_check(analysis, edits, data, policy)
+
+
+_WINDOW = 1 << 20
+
+
+def _first_difference(path: Path, data: bytes) -> str | None:
+    """Where the file at ``path`` first differs from ``data``, or None when it is ``data``."""
+    view = memoryview(data)
+    with path.open("rb") as f:
+        pos = 0
+        while True:
+            chunk = f.read(_WINDOW)
+            if not chunk:
+                break
+            want = view[pos : pos + len(chunk)]
+            if len(want) < len(chunk):
+                return f"more than {len(data)} bytes"
+            if chunk != want:
+                at = pos + next(i for i, (x, y) in enumerate(zip(chunk, want, strict=True)) if x != y)
+                return f"byte {at:#x} differs"
+            pos += len(chunk)
+    return None if pos == len(data) else f"{pos} bytes, not {len(data)}"
