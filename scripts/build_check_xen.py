@@ -12,9 +12,15 @@ the checker can tell:
   CONFIG_XEN_IBT): only ``cf_check`` functions start with ENDBR64;
 * the linker script brackets ``.init.data.cf_clobber`` and
   ``.init.rodata.cf_clobber`` with ``__initdata_cf_clobber_start``/``_end``
-  and ``.text`` with ``_stext``/``_etext``, as xen/arch/x86/xen.lds.S does.
+  and ``.text`` with ``_stext``/``_etext``, as xen/arch/x86/xen.lds.S does
+  (kernel.c seals one function through each of the two tables).
 
-    scripts/build_check_xen.py                  # rebuild testdata/check/<arch>/xen-syms
+It also builds the payloads that only make sense against these images,
+testdata/check/payloads/*.c, into testdata/check/<arch>/<name>.livepatch,
+exactly as scripts/build_fixtures.py builds its fixtures (same flags, FILE
+symbol ``common/<name>.c``, ``ld -r --build-id`` with the depends notes).
+
+    scripts/build_check_xen.py                  # rebuild testdata/check/<arch>/
     scripts/build_check_xen.py --out /tmp/xen   # elsewhere
 
 Output is deterministic for a given toolchain.
@@ -23,16 +29,18 @@ Output is deterministic for a given toolchain.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from build_fixtures import PREFIX, toolchain_available  # the same directory
+from build_fixtures import PREFIX, build_fixture, toolchain_available  # the same directory
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "testdata" / "check" / "src"
+PAYLOADS = ROOT / "testdata" / "check" / "payloads"
 DEFAULT_OUT = ROOT / "testdata" / "check"
 
 # Where each image's text starts (Xen's own link addresses, roughly).
@@ -127,6 +135,17 @@ def build(arch: str, out: Path, work: Path) -> Path:
     return dest
 
 
+def build_payloads(arch: str, out: Path, work: Path) -> list[Path]:
+    """testdata/check/payloads/*.c, each built like a fixture of testdata/fixtures.toml."""
+    built = []
+    for source in sorted(PAYLOADS.glob("*.c")):
+        # build_fixture compiles in testdata/src (fixture.h, notes.S); the source is named from there.
+        spec: dict[str, object] = {"source": os.path.relpath(source, ROOT / "testdata" / "src")}
+        spec["file"] = f"common/{source.name}"
+        built.append(build_fixture(source.stem, spec, arch, out, work))
+    return built
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory (default: testdata/check)")
@@ -138,9 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"build_check_xen: no toolchain for {', '.join(missing)}", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="lp-check-xen-") as tmp:
+        payloads = 0
         for arch in arches:
             build(arch, args.out.resolve(), Path(tmp))
-    print(f"built {len(arches)} image(s) into {args.out}")
+            payloads += len(build_payloads(arch, args.out.resolve(), Path(tmp)))
+    print(f"built {len(arches)} image(s) and {payloads} payload(s) into {args.out}")
     return 0
 
 

@@ -77,6 +77,22 @@ def xen(request: pytest.FixtureRequest, fresh_xen: Path | None) -> XenImage:
     return XenImage.load(fresh_xen / case.arch / "xen-syms")
 
 
+def check_params(*names: str, arches: tuple[str, ...] = ARCHES) -> list[object]:
+    """Cases for the payloads scripts/build_check_xen.py builds (testdata/check/payloads/)."""
+    return [pytest.param(Case(s, n, a), id=f"{s}-{n}-{a}") for s in FIXTURE_SETS for n in names for a in arches]
+
+
+@pytest.fixture
+def check_payload_path(request: pytest.FixtureRequest, fresh_xen: Path | None) -> Path:
+    """The case's payload from testdata/check/<arch>/, committed or freshly built with its image."""
+    case: Case = request.node.callspec.params["case"]
+    if case.fixture_set == "committed":
+        return CHECK_XEN / case.arch / f"{case.name}.livepatch"
+    if fresh_xen is None:
+        pytest.skip("cross compilers missing: cannot rebuild the check payloads")
+    return fresh_xen / case.arch / f"{case.name}.livepatch"
+
+
 def rewritten(src: Path, tmp: Path, policy: Policy | None = None) -> Path:
     out = tmp / f"rewritten-{src.name}"
     rewrite(src, out, policy=policy)
@@ -135,6 +151,33 @@ def test_lp002_payload_only_function_in_data_and_in_code(case: Case, payload_pat
     assert {f.section for f in found} == {".text.install_new", _data_section(case.arch, "new_table")}
     # The call from patched() is not a finding; the code reference is one finding, not one per half.
     assert len(found) == 2
+
+
+def test_lp002_through_capstone_when_the_fast_decoder_declines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same findings when every rel32 site goes to capstone, and capstone really decodes them."""
+    import lp_rewrite.arch.x86_64 as x86_64
+    import lp_rewrite.arch.x86_insn as x86_insn
+    import lp_rewrite.check.context as context
+
+    src = COMMITTED / "x86_64" / "payload_only.livepatch"
+    fast = {(f.section, f.offset, f.symbol) for f in by_rule(check_payload(src), "LP002")}
+    assert {sec for sec, _off, _sym in fast} == {".text.install_new", ".data.rel.ro.local.new_table"}
+    seen: list[tuple[int, str]] = []
+    real = x86_insn._capstone
+
+    def spy(code: memoryview, field: int, where: str) -> x86_insn.Rel32Site:
+        site = real(code, field, where)
+        seen.append((field, site.form.value))
+        return site
+
+    for module in (x86_insn, x86_64, context):
+        monkeypatch.setattr(module, "fast_rel32" if module is not x86_insn else "_fast", lambda code, field: None)
+    monkeypatch.setattr(x86_insn, "_capstone", spy)
+    slow = {(f.section, f.offset, f.symbol) for f in by_rule(check_payload(src), "LP002")}
+    assert slow == fast
+    (code_ref,) = [off for sec, off, _sym in slow if sec == ".text.install_new"]
+    assert (code_ref, "lea") in seen  # capstone classified the lea that takes brand_new's address
+    assert (1, "jump") in seen  # and patched()'s tail call to it, which it then left alone
 
 
 def _data_section(arch: str, name: str) -> str:
@@ -272,9 +315,13 @@ def test_lp006_lp007_facts_match_the_image_bytes(case: Case, payload_path: Path,
         lo = syms["__initdata_cf_clobber_start"]["st_value"] - clobber["sh_addr"]
         hi = syms["__initdata_cf_clobber_end"]["st_value"] - clobber["sh_addr"]
         sealed = set(struct.unpack(f"<{(hi - lo) // 8}Q", clobber.data()[lo:hi]))
+        # One table of each kind: .init.data.cf_clobber (writable) and .init.rodata.cf_clobber.
+        tables = {s.name: s for s in elf.get_section_by_name(".symtab").iter_symbols() if s.name.startswith("boot_")}
     endbr = bytes.fromhex("f30f1efa")
     assert entry("tiny_endbr") == endbr and entry("ibt_fn") == endbr and entry("plain_fn") != endbr
-    assert syms["sealed_fn"]["st_value"] in sealed and xen.sealed == {syms["sealed_fn"]["st_value"]}
+    both = {syms["sealed_fn"]["st_value"], syms["sealed_data_fn"]["st_value"]}
+    assert both <= sealed and xen.sealed == both
+    assert set(tables) == {"boot_ops", "boot_data_ops"}
     assert syms["tiny"]["st_size"] < 5 and 5 <= syms["tiny_endbr"]["st_size"] < 9
     assert xen.ibt
 
@@ -363,6 +410,38 @@ def test_lp013_absolute_values_and_literals_against_the_image(
     assert "common/dup.c#twice" not in symbols(chosen, "LP005") | symbols(chosen, "LP013")
     neither = check_payload(_literal_old_addr(payload_path, "common/dup.c#twice", 8, tmp_path / "n.lp"), options)
     assert symbols(neither, "LP013") == {"common/dup.c#twice"}
+
+
+@pytest.mark.parametrize("case", check_params("check_aliases"))
+def test_lp004_lp005_through_the_aliases_a_rewrite_adds(
+    case: Case, check_payload_path: Path, xen: XenImage, tmp_path: Path
+) -> None:
+    """After the rewrite the originals are undefined symbols: Xen resolves them by name, and so does check."""
+    options = CheckOptions(xen=xen)
+    raw = check_payload(check_payload_path, options)
+    # Before: the names are only .livepatch.funcs strings (old_addr 0).
+    assert {(f.symbol, f.section) for f in by_rule(raw, "LP004")} == {("common/kernel.c#gone", ".livepatch.funcs")}
+    assert {(f.symbol, f.section) for f in by_rule(raw, "LP005")} == {("common/dup.c#twice", ".livepatch.funcs")}
+    after = check_payload(rewritten(check_payload_path, tmp_path), options)
+    assert not by_rule(after, "LP001")
+    for rule_id, name in (("LP004", "common/kernel.c#gone"), ("LP005", "common/dup.c#twice")):
+        found = {f.section: f for f in by_rule(after, rule_id)}
+        assert set(found) == {".livepatch.funcs", ".text.install"}, rule_id
+        alias = found[".text.install"]
+        assert alias.symbol == name and alias.message.startswith(f"undefined symbol {name!r}")
+        # The place is the reference the rewrite moved to the alias, read back independently.
+        with open(tmp_path / f"rewritten-{check_payload_path.name}", "rb") as stream:
+            elf = ELFFile(stream)
+            symtab = elf.get_section_by_name(".symtab")
+            rel = next(
+                sec
+                for sec in elf.iter_sections()
+                if isinstance(sec, RelocationSection) and elf.get_section(sec["sh_info"]).name == ".text.install"
+            )
+            at = {r["r_offset"] for r in rel.iter_relocations() if symtab.get_symbol(r["r_info_sym"]).name == name}
+        assert alias.offset in at
+    if case.arch == "x86_64":
+        assert symbols(after, "LP007") == {"common/dup.c#twice", "sealed_data_fn"}
 
 
 def test_lp007_not_without_ibt(tmp_path: Path) -> None:
@@ -484,6 +563,21 @@ def test_lp009_hooks_only_is_valid_nothing_to_patch_is_not(arch: str, tmp_path: 
 
 
 @pytest.mark.parametrize("arch", ARCHES)
+def test_lp009_empty_hook_section(arch: str, tmp_path: Path) -> None:
+    """A hook section that is there but empty: check_patching_sections() refuses it."""
+    src = COMMITTED / arch / "no_funcs.livepatch"
+    rel = ".rel.livepatch.hooks.load" if arch == "arm" else ".rela.livepatch.hooks.load"
+    no_relocs = _set_section_size(src, rel, 0, tmp_path / "r.livepatch")
+    empty = _set_section_size(no_relocs, ".livepatch.hooks.load", 0, tmp_path / "e.livepatch")
+    (f,) = by_rule(check_payload(empty), "LP009")
+    assert f.message.startswith(".livepatch.hooks.load is present but empty") and f.section == ".livepatch.hooks.load"
+    with open(empty, "rb") as stream:
+        elf = ELFFile(stream)
+        index = next(i for i, sec in enumerate(elf.iter_sections()) if sec.name == ".livepatch.hooks.load")
+        assert f.file_offset == elf["e_shoff"] + index * elf["e_shentsize"]  # the header that says 0
+
+
+@pytest.mark.parametrize("arch", ARCHES)
 def test_lp010_funcs_table_shape(arch: str, tmp_path: Path) -> None:
     src = COMMITTED / arch / "mutual.livepatch"
     ptr = 4 if arch == "arm" else 8
@@ -537,15 +631,24 @@ def test_lp011_size(arch: str, tmp_path: Path) -> None:
     assert not by_rule(check_payload(src), "LP011")
 
 
-def test_lp011_section_count(tmp_path: Path) -> None:
-    if not have_binutils("x86_64"):
-        pytest.skip("x86-64 binutils not installed")
+@pytest.mark.parametrize("arch", ARCHES)
+@pytest.mark.parametrize("count", [1020, 1030])
+def test_lp011_section_count(arch: str, count: int, tmp_path: Path) -> None:
+    """Xen's e_shnum < 1024: the object's section count, read independently, decides."""
+    if not have_binutils(arch):
+        pytest.skip(f"{BINUTILS[arch]}as not installed")
     asm = tmp_path / "many.s"
-    asm.write_text("".join(f'.section .s{i},"a"\n.byte {i % 256}\n' for i in range(1030)))
+    asm.write_text("".join(f'.section .s{i},"a"\n.byte {i % 256}\n' for i in range(count)))
     obj = tmp_path / "many.livepatch"
-    subprocess.run([BINUTILS["x86_64"] + "as", "-o", str(obj), str(asm)], check=True)
-    (f,) = by_rule(check_payload(obj), "LP011")
-    assert "sections" in f.message
+    subprocess.run([BINUTILS[arch] + "as", "-o", str(obj), str(asm)], check=True)
+    with open(obj, "rb") as stream:
+        shnum = ELFFile(stream).num_sections()
+    found = by_rule(check_payload(obj), "LP011")
+    if shnum >= 1024:
+        (f,) = found
+        assert f"has {shnum} sections" in f.message
+    else:
+        assert found == []
 
 
 # -- LP012 unreadable payloads, or parts no rule can analyse ----------------------
@@ -670,4 +773,7 @@ def test_committed_images_are_what_the_script_builds(fresh_xen: Path | None) -> 
         b = XenImage.load(fresh_xen / arch / "xen-syms")
         assert set(a.symbols.symbols) == set(b.symbols.symbols)
         assert a.symbols.ambiguous == b.symbols.ambiguous
+        assert a.sealed == b.sealed
+        built = sorted(p.name for p in (fresh_xen / arch).glob("*.livepatch"))
+        assert built == sorted(p.name for p in (CHECK_XEN / arch).glob("*.livepatch")) and built
     assert shutil.which(BINUTILS["x86_64"] + "ld")

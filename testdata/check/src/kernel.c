@@ -20,6 +20,7 @@
 #endif
 #define noinline __attribute__((__noinline__, __noclone__))
 #define __initconst_cf_clobber __attribute__((__section__(".init.rodata.cf_clobber"), __used__))
+#define __initdata_cf_clobber __attribute__((__section__(".init.data.cf_clobber"), __used__))
 #define __used __attribute__((__used__))
 
 int counter;
@@ -81,6 +82,13 @@ cf_check noinline void sealed_fn(int x)
     printk("sealed_fn %d\n", x);
 }
 
+/* The same through a writable table (Xen's __initdata_cf_clobber, .init.data.cf_clobber). */
+cf_check noinline void sealed_data_fn(int x)
+{
+    counter |= x;
+    printk("sealed_data_fn %d\n", x);
+}
+
 /* Shorter than the 5-byte jump (x86: xor %eax,%eax; ret). */
 noinline int tiny(void)
 {
@@ -107,6 +115,8 @@ struct boot_ops {
 /* Like Xen's __initconst_cf_clobber ops tables: sealed_fn's ENDBR64 goes at boot. */
 static const struct boot_ops __initconst_cf_clobber boot_ops = { .hook = sealed_fn };
 
+static struct boot_ops __initdata_cf_clobber boot_data_ops = { .hook = sealed_data_fn };
+
 /* Ordinary data: ibt_fn and do_work stay legal targets. */
 void (*const __used live_ops[])(int) = { ibt_fn, do_work, on_event };
 
@@ -116,6 +126,7 @@ extern void dup_entry2(void);
 void start(void)
 {
     boot_ops.hook(1);
+    boot_data_ops.hook(5);
     helper(2);
     plain_fn(3);
     sink = tiny() + tiny_endbr();
