@@ -37,6 +37,7 @@ from lp_rewrite.read import symbol_label as symbol_label  # re-exported: report,
 class Reason(enum.StrEnum):  # str-based: hashed in C, tens of thousands of times
     RETARGET = "retarget"
     KEEP_EXEMPT = "keep-exempt-section"
+    KEEP_OUT_OF_REACH = "keep-out-of-reach"
     KEEP_NON_ALLOC = "keep-non-alloc"
     KEEP_BODY = "keep-body-reference"
     KEEP_NOT_REPLACED = "keep-not-replaced"
@@ -51,6 +52,7 @@ class Reason(enum.StrEnum):  # str-based: hashed in C, tens of thousands of time
 _DESCRIPTIONS = {
     Reason.RETARGET: "references a replaced function's entry: now bound to the original",
     Reason.KEEP_EXEMPT: "entry reference in a section that must describe the new code",
+    Reason.KEEP_OUT_OF_REACH: "entry reference whose field cannot reach the hypervisor (AArch64 ADR, b.cond, tbz)",
     Reason.KEEP_NON_ALLOC: "section is not loaded (Xen does not apply its relocations)",
     Reason.KEEP_BODY: "points inside a replacement's body, not at its entry",
     Reason.KEEP_NOT_REPLACED: "does not reference a replaced function",
@@ -261,7 +263,12 @@ def _decide_entries(
             if rep_index is not None:
                 if sec_exempt is None:
                     sec_exempt = exempt(sec.name)
-                reason = Reason.KEEP_EXEMPT if sec_exempt else Reason.RETARGET
+                if sec_exempt:
+                    reason = Reason.KEEP_EXEMPT
+                elif arch.reaches_hypervisor(rtype):
+                    reason = Reason.RETARGET
+                else:  # retargeted, Xen would refuse the payload ("Overflow in relocation")
+                    reason = Reason.KEEP_OUT_OF_REACH
             else:
                 rep_index = entries.body(toff)
                 if rep_index is not None:

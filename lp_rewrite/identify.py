@@ -158,6 +158,9 @@ def identify(payload: Payload) -> FuncsTable:
         raise InputError(f"no {FUNCS_SECTION} section: the payload replaces no function")
     if not funcs.has_file_data or funcs.sh_size == 0:  # NOBITS, or an inactive SHT_NULL header
         raise InputError(f"{FUNCS_SECTION} is empty")
+    if not funcs.alloc:
+        # prepare_payload() reads the entries through the section's load address.
+        raise InputError(f"{FUNCS_SECTION} is not SHF_ALLOC: Xen would not load the table it patches from")
     layout = _detect_layout(payload, funcs)
     relocs = _field_relocations(payload, funcs)
     data = elf.section_data(funcs.index)

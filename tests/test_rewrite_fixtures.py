@@ -473,6 +473,78 @@ name: .asciz "fn"
     _assert_refused_misapplied(obj, tmp_path, ".text.user+0x0: R_ARM_MOVW_ABS_NC against table+0x10", "S+A")
 
 
+@pytest.mark.skipif(not have_binutils("aarch64"), reason="aarch64 binutils missing")
+def test_aarch64_short_reach_entry_references_are_kept(tmp_path: Path) -> None:
+    """ADR (+-1 MiB), b.cond (+-1 MiB) and tbz (+-32 KiB) cannot designate a hypervisor function:
+    Xen keeps a payload only within +-128 MiB (one B) of the functions it patches. Retargeted,
+    Xen would refuse the payload ("Overflow in relocation"); they keep the payload's copy, while
+    the ADRP+ADD pair and the BL beside them move to the original."""
+    asm = tmp_path / "reach.S"
+    asm.write_text(
+        """
+    .section .text.fn, "ax", %progbits
+    .global fn
+    .type fn, %function
+fn: ret
+    .size fn, . - fn
+    .section .text.user, "ax", %progbits
+    .global user
+    .type user, %function
+user:
+    adr x0, fn
+    b.eq fn
+    tbz x1, #3, fn
+    adrp x2, fn
+    add x2, x2, :lo12:fn
+    bl fn
+    ret
+    .size user, . - user
+    .section .rodata.name, "a", %progbits
+name: .asciz "fn"
+    .section .livepatch.funcs, "aw", %progbits
+    .xword name, fn, 0
+    .word 4, 4
+    .byte 2
+    .space 104 - 33
+"""
+    )
+    obj = tmp_path / "reach.o"
+    subprocess.run([BINUTILS["aarch64"] + "as", "-o", str(obj), str(asm)], check=True)
+    analysis = analyse(obj)
+    names = analysis.payload.elf.sections
+    text_user = {d.offset: d.reason.value for d in analysis.decisions if names[d.section].name == ".text.user"}
+    want = {0x0: "keep-out-of-reach", 0x4: "keep-out-of-reach", 0x8: "keep-out-of-reach"}
+    want |= {0xC: "retarget", 0x10: "retarget", 0x14: "retarget"}
+    assert text_user == want
+    out = tmp_path / "reach.rewritten.o"
+    result = rewrite(obj, out)
+    assert len(result.plan.retargets) == 3
+    proc = run_cli("verify", obj, out)  # loads where Xen would: every kept site still reaches the copy
+    assert proc.returncode == 0, proc.stderr
+    assert "3 retargeted site(s)" in proc.stdout
+
+
+def test_a_funcs_table_xen_does_not_load_is_refused(tmp_path: Path) -> None:
+    """prepare_payload() reads .livepatch.funcs at its load address: without SHF_ALLOC there is none."""
+    data = bytearray((COMMITTED / "x86_64" / "global_refs.livepatch").read_bytes())
+    elf = ELFFile(io.BytesIO(bytes(data)))
+    index = next(i for i, sec in enumerate(elf.iter_sections()) if sec.name == ".livepatch.funcs")
+    at = elf["e_shoff"] + index * elf["e_shentsize"] + 8  # sh_flags
+    struct.pack_into("<Q", data, at, struct.unpack_from("<Q", data, at)[0] & ~0x2)  # clear SHF_ALLOC
+    src = tmp_path / "noalloc.livepatch"
+    src.write_bytes(bytes(data))
+    line = assert_one_line_error(run_cli("rewrite", src, "-o", tmp_path / "out"))
+    assert ".livepatch.funcs is not SHF_ALLOC" in line
+    assert not (tmp_path / "out").exists()
+    # The Xen-semantics loader (verify, check) refuses it the same way, in prepare_payload().
+    from lp_rewrite.loader import Refused, default_base, load, synthetic_table
+    from lp_rewrite.read import read_payload
+
+    table = synthetic_table([read_payload(src)])
+    with pytest.raises(Refused, match="not SHF_ALLOC: prepare_payload"):
+        load(src, table, default_base(table))
+
+
 # -- fixture shapes: cold parts, several symbols at one entry, hooks ---------------
 
 

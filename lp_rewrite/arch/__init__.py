@@ -43,6 +43,9 @@ class RelocType(NamedTuple):
     name: str
     use: Use
     width: int  # bytes of the place the loader reads/writes
+    # How far from its place a PC-relative field can designate (bytes, either
+    # way); None when it holds an address, or a piece that others complete.
+    reach: int | None = None
 
 
 class LoadError(Exception):
@@ -61,6 +64,10 @@ class Arch(ABC):
     types: Mapping[int, RelocType]
     # Bytes Xen overwrites at the original function's entry when applying.
     patch_insn_size: int
+    # ARCH_LIVEPATCH_RANGE: how far the branch Xen writes at an original's
+    # entry reaches, so the farthest a payload's code is from a function it
+    # patches (livepatch_verify_distance()).
+    livepatch_range: int
     # The type that stores an absolute pointer (``struct livepatch_func``'s
     # name/new_addr/old_addr fields, hook tables).
     pointer_type: int
@@ -104,6 +111,16 @@ class Arch(ABC):
         explicit (RELA) or implicit (REL) addend, ``data`` the relocated section.
         """
         return None
+
+    def reaches_hypervisor(self, rtype: int) -> bool:
+        """Whether a field of this type can designate any function the payload patches.
+
+        Xen only keeps a payload within ``livepatch_range`` of the functions it
+        patches; a field of shorter reach (AArch64 ADR, conditional branches)
+        designates the payload's copy but could not designate the original.
+        """
+        t = self.types.get(rtype)
+        return t is None or t.reach is None or t.reach >= self.livepatch_range
 
     @abstractmethod
     def target_bias(self, rtype: int, section: Section, data: memoryview, offset: int) -> int:

@@ -107,8 +107,24 @@ _SPEC: Final[dict[str, tuple[int, Use, How]]] = {
     "LDST128_ABS_LO12_NC": (299, Use.MEMORY, Insn(Op.ABS, 4, 8, Imm.IMM_12, False)),
 }
 
+# Bits of each instruction immediate field (ADR: immhi:immlo).
+_FIELD_BITS: Final = {Imm.IMM_26: 26, Imm.IMM_19: 19, Imm.IMM_16: 16, Imm.IMM_14: 14, Imm.IMM_12: 12, Imm.ADR: 21}
+
+
+def _reach(how: How) -> int | None:
+    """How far a PC-relative field designates (None: an address, or a piece of one)."""
+    if how.op is Op.ABS:
+        return None
+    if isinstance(how, Data):
+        return None if how.bits == 64 else 1 << (how.bits - 1)
+    if isinstance(how, Movw):
+        # An unchecked piece is completed by a checked one (or by G3, 64 bits).
+        return 1 << (how.lsb + 16) if how.checked and how.lsb < 48 else None
+    return 1 << (_FIELD_BITS[how.field] - 1 + how.lsb)
+
+
 _TYPES: Final = {
-    code: RelocType(code, "R_AARCH64_" + name, use, 8 if isinstance(how, Data) and how.bits == 64 else 4)
+    code: RelocType(code, "R_AARCH64_" + name, use, 8 if isinstance(how, Data) and how.bits == 64 else 4, _reach(how))
     for name, (code, use, how) in _SPEC.items()
 }
 _HOW: Final[dict[int, How]] = {code: how for code, _use, how in _SPEC.values()}
@@ -143,6 +159,7 @@ class AArch64(Arch):
     elfclass = C.ELFCLASS64
     rel_section_types = frozenset([C.SHT_RELA])
     types = _TYPES
+    livepatch_range = 128 << 20  # B imm26
     pointer_type = _SPEC["ABS64"][0]
     patch_insn_size = 4  # one B instruction
     other_type_names: Mapping[int, str] = MappingProxyType(

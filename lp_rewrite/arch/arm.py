@@ -32,15 +32,16 @@ R_ARM_CALL: Final = 28
 R_ARM_JUMP24: Final = 29
 R_ARM_MOVW_ABS_NC: Final = 43
 R_ARM_MOVT_ABS: Final = 44
+_RANGE: Final = 32 << 20  # ARCH_LIVEPATCH_RANGE: +-32 MiB for B/BL (imm24 words)
 
 _TYPES: Final = {
     t.code: t
     for t in (
         RelocType(R_ARM_NONE, "R_ARM_NONE", Use.NONE, 0),
         RelocType(R_ARM_ABS32, "R_ARM_ABS32", Use.DATA, 4),
-        RelocType(R_ARM_REL32, "R_ARM_REL32", Use.DATA, 4),
-        RelocType(R_ARM_CALL, "R_ARM_CALL", Use.BRANCH, 4),
-        RelocType(R_ARM_JUMP24, "R_ARM_JUMP24", Use.BRANCH, 4),
+        RelocType(R_ARM_REL32, "R_ARM_REL32", Use.DATA, 4, 1 << 31),
+        RelocType(R_ARM_CALL, "R_ARM_CALL", Use.BRANCH, 4, _RANGE),
+        RelocType(R_ARM_JUMP24, "R_ARM_JUMP24", Use.BRANCH, 4, _RANGE),
         RelocType(R_ARM_MOVW_ABS_NC, "R_ARM_MOVW_ABS_NC", Use.ADDRESS, 4),
         RelocType(R_ARM_MOVT_ABS, "R_ARM_MOVT_ABS", Use.ADDRESS, 4),
     )
@@ -48,7 +49,6 @@ _TYPES: Final = {
 _BRANCHES: Final = frozenset([R_ARM_CALL, R_ARM_JUMP24])
 _MOVES: Final = frozenset([R_ARM_MOVW_ABS_NC, R_ARM_MOVT_ABS])
 _WORDS: Final = frozenset([R_ARM_ABS32, R_ARM_REL32])
-_RANGE: Final = 32 << 20  # ARCH_LIVEPATCH_RANGE: +-32 MiB for B/BL
 # The immediate fields Xen clears (only when the addend is non-zero) before
 # OR-ing its result in: imm4:imm12 of MOVW/MOVT, imm24 of B/BL.
 _MOVE_IMM: Final = 0x000F0FFF
@@ -63,6 +63,7 @@ class Arm(Arch):
     elfclass = C.ELFCLASS32
     rel_section_types = frozenset([C.SHT_REL, C.SHT_RELA])
     types = _TYPES
+    livepatch_range = _RANGE
     pointer_type = R_ARM_ABS32
     patch_insn_size = 4  # one B instruction
     other_type_names: Mapping[int, str] = MappingProxyType(

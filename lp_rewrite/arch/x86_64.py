@@ -29,8 +29,8 @@ _TYPES: Final = {
     for t in (
         RelocType(R_X86_64_NONE, "R_X86_64_NONE", Use.NONE, 0),
         RelocType(R_X86_64_64, "R_X86_64_64", Use.DATA, 8),
-        RelocType(R_X86_64_PC32, "R_X86_64_PC32", Use.CODE_REF, 4),
-        RelocType(R_X86_64_PLT32, "R_X86_64_PLT32", Use.CODE_REF, 4),
+        RelocType(R_X86_64_PC32, "R_X86_64_PC32", Use.CODE_REF, 4, 1 << 31),
+        RelocType(R_X86_64_PLT32, "R_X86_64_PLT32", Use.CODE_REF, 4, 1 << 31),
     )
 }
 
@@ -44,6 +44,7 @@ class X86_64(Arch):
     elfclass = C.ELFCLASS64
     rel_section_types = frozenset([C.SHT_RELA])
     types = _TYPES
+    livepatch_range = 1 << 31  # jmp rel32
     pointer_type = R_X86_64_64
     patch_insn_size = 5  # jmp rel32; +4 when the original starts with ENDBR64
     ld_r_keeps_undefined_locals = True

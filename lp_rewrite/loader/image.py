@@ -39,8 +39,6 @@ from lp_rewrite.xensyms import XenSymbols
 # The payload version the modelled Xen (4.14 and later) accepts.
 LIVEPATCH_PAYLOAD_VERSION: Final = 2
 LOAD_HOOKS, UNLOAD_HOOKS = HOOK_SECTIONS[0], HOOK_SECTIONS[1]
-# ARCH_LIVEPATCH_RANGE: how far the patched entry's branch reaches.
-LIVEPATCH_RANGE: Final = {"x86_64": 1 << 31, "aarch64": 128 << 20, "arm": 32 << 20}
 
 
 @dataclass(frozen=True)
@@ -205,19 +203,23 @@ def _section_ok(loaded: LoadedPayload, placed: PlacedSection, unit: int, label: 
         raise Refused(label, f"Wrong size {placed.size} of {placed.name} (must be multiple of {unit})")
 
 
-def _first_loaded(loaded: LoadedPayload, section: str) -> PlacedSection | None:
+def _first_loaded(loaded: LoadedPayload, section: str, label: str) -> PlacedSection | None:
     # livepatch_elf_sec_by_name(): the first section of that name.
     sec = loaded.payload.elf.section_by_name(section)
     if sec is None:
         return None
-    return loaded.layout.sections.get(sec.index)
+    placed = loaded.layout.sections.get(sec.index)
+    if placed is None:
+        # prepare_payload() reads it through sec->load_addr, NULL for a section move_payload() skipped.
+        raise Refused(label, f"{section} is not SHF_ALLOC: prepare_payload() would read it at a NULL load address")
+    return placed
 
 
 def _prepare(loaded: LoadedPayload, label: str) -> None:
     """prepare_payload(): the .livepatch.funcs entries and the hook arrays."""
     ptr = loaded.payload.elf.layout.ptr_size
     arch = loaded.payload.arch
-    funcs = _first_loaded(loaded, FUNCS_SECTION)
+    funcs = _first_loaded(loaded, FUNCS_SECTION, label)
     if funcs is not None:
         lay = func_layout(LIVEPATCH_PAYLOAD_VERSION, ptr)
         _section_ok(loaded, funcs, lay.entry_size, label)
@@ -242,7 +244,7 @@ def _prepare(loaded: LoadedPayload, label: str) -> None:
                     raise Refused(label, f"Could not resolve old address of {name}")
                 old_addr, from_name = found.address, True
             _verify_func(arch.name, arch.patch_insn_size, new_addr, new_size, old_size, label)
-            reach = LIVEPATCH_RANGE[arch.name]
+            reach = arch.livepatch_range
             if new_addr and not -reach <= old_addr - new_addr < reach:
                 raise Refused(
                     label,
@@ -251,7 +253,7 @@ def _prepare(loaded: LoadedPayload, label: str) -> None:
                 )
             loaded.functions.append(PatchFunction(i, name or "", new_addr, old_addr, new_size, old_size, from_name))
     for section, out in ((LOAD_HOOKS, loaded.load_hooks), (UNLOAD_HOOKS, loaded.unload_hooks)):
-        hooks = _first_loaded(loaded, section)
+        hooks = _first_loaded(loaded, section, label)
         if hooks is None:
             continue
         _section_ok(loaded, hooks, ptr, label)
