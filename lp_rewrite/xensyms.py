@@ -69,6 +69,28 @@ class XenSymbols:
             out.setdefault(c.address, c)
         return [out[a] for a in sorted(out)]
 
+    def resolving(self, names: Iterable[str]) -> tuple[XenSymbols, frozenset[str]]:
+        """A table for ``names`` only, and the names it resolves as this image does.
+
+        A name this table has once keeps its symbol; one it lacks, or has
+        several times (Xen's lookup picks one), gets a stand-in address past
+        the real ones, so that a load can go on without judging through it.
+        """
+        table = XenSymbols(source=self.source, elf_path=self.elf_path)
+        real: set[str] = set()
+        stand_ins = []
+        for name in sorted(set(names)):
+            sym = self.lookup(name)
+            if sym is None or not sym.address or name in self.ambiguous:
+                stand_ins.append(name)
+            else:
+                table._add(sym)
+                real.add(name)
+        top = max((s.address + max(s.size, 1) for s in table.symbols.values()), default=0)
+        for i, name in enumerate(stand_ins):
+            table._add(XenSymbol(name, ((top + 0xFFF) & ~0xFFF) + 16 * (i + 1), 16, True, ""))
+        return table, frozenset(real)
+
     def function_containing(self, address: int) -> XenSymbol | None:
         """The function whose bytes hold ``address`` (for messages; None when none does)."""
         funcs = self._functions

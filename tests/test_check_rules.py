@@ -37,6 +37,7 @@ from tests.conftest import (
     build_fresh,
     cases,
     have_binutils,
+    load_script,
 )
 from tests.oracle import Payload as Oracle
 
@@ -461,9 +462,13 @@ def test_lp007_not_without_ibt(tmp_path: Path) -> None:
 def test_lp004_to_lp007_negative_on_a_rewritten_payload(
     case: Case, payload_path: Path, xen: XenImage, tmp_path: Path
 ) -> None:
-    """Every name resolves once, every original is long enough and cf_check: nothing to say."""
+    """Every name resolves once, every original is long enough and cf_check: nothing to say.
+
+    (On 32-bit Arm, Xen's branch encoding still sends some calls astray: LP014, tested below.)
+    """
     report = check_payload(rewritten(payload_path, tmp_path), CheckOptions(xen=xen))
-    assert report.findings == []
+    assert [f for f in report.findings if f.rule.id != "LP014"] == []
+    assert case.arch == "arm" or not by_rule(report, "LP014")
 
 
 def test_xen_syms_for_another_architecture_is_refused() -> None:
@@ -506,6 +511,212 @@ def test_lp008_hidden_reference_to_a_replaced_entry(case: Case, payload_path: Pa
 @pytest.mark.parametrize("case", params("nonzero_offset", "global_refs", "static_section", "cold_split_O3", "mutual"))
 def test_lp008_negative(case: Case, payload_path: Path) -> None:
     assert not by_rule(check_payload(payload_path), "LP008")
+
+
+# -- LP014 branches Xen's arm32 loader encodes short ----------------------------------
+
+
+def _short_branches(path: Path, xen_syms: Path | None) -> set[tuple[str, int]]:
+    """(section, offset) of each B/BL whose word offset is odd, by Xen's arithmetic on pyelftools' reading.
+
+    Independent of the project: the RX layout is move_payload()'s (executable,
+    non-writable SHF_ALLOC sections in header order, each at its alignment)
+    from a page-aligned start, hypervisor addresses come from lookup.c's rules
+    (scripts/lpbuild_mini.py), and Xen's ``(S + A - P) >> 2`` decides.
+    Branches to names the image lacks or has twice are not judged, nor, without
+    an image, any branch to a hypervisor symbol.
+    """
+    lookup = load_script("lpbuild_mini").XenSymsLookup(xen_syms) if xen_syms is not None else None
+    out = set()
+    with open(path, "rb") as stream:
+        elf = ELFFile(stream)
+        sections = list(elf.iter_sections())
+        rx: dict[int, int] = {}
+        end = 0
+        for i, sec in enumerate(sections):
+            if sec["sh_flags"] & 0x7 == 0x6:  # SHF_ALLOC | SHF_EXECINSTR, not SHF_WRITE
+                align = sec["sh_addralign"] or 1
+                rx[i] = (end + align - 1) & -align
+                end = rx[i] + sec["sh_size"]
+        symtab = elf.get_section_by_name(".symtab")
+        for rel in elf.iter_sections():
+            if not isinstance(rel, RelocationSection) or rel["sh_info"] not in rx:
+                continue
+            data = sections[rel["sh_info"]].data()
+            for r in rel.iter_relocations():
+                if r["r_info_type"] not in (28, 29):  # R_ARM_CALL, R_ARM_JUMP24
+                    continue
+                sym = symtab.get_symbol(r["r_info_sym"])
+                if sym["st_shndx"] in rx:
+                    target = rx[sym["st_shndx"]] + sym["st_value"]
+                elif sym["st_shndx"] == "SHN_UNDEF" and lookup is not None:
+                    try:
+                        target = lookup.by_xen_name(sym.name).value
+                    except LookupError:
+                        continue
+                else:
+                    continue
+                imm = struct.unpack_from("<I", data, r["r_offset"])[0] & 0xFFFFFF
+                addend = ((imm ^ 0x800000) - 0x800000) << 2
+                if (target + addend - (rx[rel["sh_info"]] + r["r_offset"])) >> 2 & 1:
+                    out.add((sections[rel["sh_info"]].name, r["r_offset"]))
+    return out
+
+
+ARM_BRANCHY = ("global_refs", "keyhandler", "load_hook", "mutual", "check_xen_refs", "check_escape", "jump_table")
+
+
+@pytest.mark.parametrize("case", params(*ARM_BRANCHY, arches=("arm",)))
+def test_lp014_exactly_the_branches_xens_mask_shortens(
+    case: Case, payload_path: Path, xen: XenImage, tmp_path: Path
+) -> None:
+    after = rewritten(payload_path, tmp_path)
+    for path in (payload_path, after):
+        for image in (None, xen):
+            report = check_payload(path, CheckOptions(xen=image))
+            places = {(f.section, f.offset) for f in by_rule(report, "LP014")}
+            assert places == _short_branches(path, image.path if image else None), (path.name, image)
+    # What the fixtures show: a call inside the payload, judged without any image.
+    if case.name == "mutual":
+        assert by_rule(check_payload(payload_path), "LP014")
+
+
+def test_lp014_does_not_depend_on_the_page_aligned_load_address() -> None:
+    """What makes the rule decidable at build time: any page-aligned base gives the same branches."""
+    from lp_rewrite.loader import default_base, load, synthetic_table
+    from lp_rewrite.read import read_file, read_payload
+
+    for name in ARM_BRANCHY:
+        payload = read_payload(read_file(COMMITTED / "arm" / f"{name}.livepatch"), name)
+        table = synthetic_table([payload])
+        base = default_base(table)
+        seen = {
+            frozenset(
+                (m.relocation.section, m.relocation.offset)
+                for m in load(payload, table, b, prepare=False).misdirected_branches()
+            )
+            for b in (base, base + 0x1000, base + 0x7000, base + 0x123000)
+        }
+        assert len(seen) == 1, name
+
+
+ARM_BRANCHES = """\
+.syntax unified
+.arch armv7-a
+.arm
+.text
+.globl caller_odd, target_a, caller_even, target_b
+.type caller_odd, %function
+caller_odd:             @ 0x0: bl to 0x4, (4 - 8) / 4 = -1 words: odd
+    bl target_a
+.type target_a, %function
+target_a:               @ 0x4
+    mov pc, lr
+.type caller_even, %function
+caller_even:            @ 0x8: bl to 0x10, (0x10 - 0x10) / 4 = 0 words: even
+    bl target_b
+    nop
+.type target_b, %function
+target_b:               @ 0x10
+    mov pc, lr
+    b target_a          @ 0x14: (4 - 0x1c) / 4 = -6 words: even
+    b caller_even       @ 0x18: (8 - 0x20) / 4 = -6 words: even
+    b caller_odd        @ 0x1c: (0 - 0x24) / 4 = -9 words: odd
+    bl printk           @ 0x20 and 0x24: one of the two is odd, whatever printk's address
+    bl printk
+"""
+
+
+def test_lp014_by_construction(tmp_path: Path) -> None:
+    if not have_binutils("arm"):
+        pytest.skip(f"{BINUTILS['arm']}as not installed")
+    src = tmp_path / "b.s"
+    src.write_text(ARM_BRANCHES)
+    obj = tmp_path / "b.o"
+    subprocess.run([BINUTILS["arm"] + "as", "-o", str(obj), str(src)], check=True)
+    alone = by_rule(check_payload(obj), "LP014")
+    assert {(f.offset, f.symbol) for f in alone} == {(0x0, "target_a"), (0x1C, "caller_odd")}
+    (first,) = [f for f in alone if f.offset == 0]
+    assert "R_ARM_CALL branch to target_a 4 bytes short" in first.message and "-mlong-calls" in first.message
+    # With the hypervisor's addresses, exactly one of the two calls to printk.
+    image = XenImage.load(CHECK_XEN / "arm" / "xen-syms")
+    printk = image.symbols.lookup("printk")
+    assert printk is not None
+    odd = 0x20 if (printk.address - 8 - 0x20) >> 2 & 1 else 0x24
+    with_xen = {(f.offset, f.symbol) for f in by_rule(check_payload(obj, CheckOptions(xen=image)), "LP014")}
+    assert with_xen == {(0x0, "target_a"), (0x1C, "caller_odd"), (odd, "printk")}
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "aarch64"])
+def test_lp014_lp015_never_elsewhere(arch: str) -> None:
+    from lp_rewrite.errors import LpRewriteError
+
+    image = XenImage.load(CHECK_XEN / arch / "xen-syms")
+    for path in sorted(COMMITTED.glob(f"{arch}/*.livepatch")):
+        try:
+            report = check_payload(path, CheckOptions(xen=image))
+        except LpRewriteError as exc:  # only the fixtures rewrite refuses may be unreadable
+            assert "error" in MANIFEST[path.stem], (path, exc)
+            continue
+        assert not by_rule(report, "LP014") and not by_rule(report, "LP015"), path
+
+
+def test_lp014_the_emulated_misdirected_call() -> None:
+    """emu_bl's `bl lp_slow` in hv_checked, which tests/test_emulation.py steps on a CPU: it lands 4 bytes short."""
+    emu = ROOT / "testdata" / "emu" / "build" / "arm"
+    for image in (None, XenImage.load(emu / "hv.elf")):
+        found = by_rule(check_payload(emu / "emu_bl.livepatch", CheckOptions(xen=image)), "LP014")
+        assert [(f.section, f.symbol) for f in found] == [(".text.hv_checked", "lp_slow")]
+
+
+# -- LP015 relocations Xen applies to a wrong value ---------------------------------------
+
+ARM_MOVES = """\
+.syntax unified
+.arch armv7-a
+.arm
+.text
+.globl take
+.type take, %function
+take:
+    movw r0, #:lower16:hv_table+16    @ Xen loads hv_table's halves, not hv_table+16's
+    movt r0, #:upper16:hv_table+16
+    movw r1, #:lower16:hv_table       @ addend 0: fine
+    movt r1, #:upper16:hv_table
+    movw r2, #:lower16:hv_table-4     @ a negative one: imm16 0xfffc
+    movt r2, #:upper16:hv_table-4
+    mov pc, lr
+"""
+
+
+def test_lp015_movw_movt_addends(tmp_path: Path) -> None:
+    if not have_binutils("arm"):
+        pytest.skip(f"{BINUTILS['arm']}as not installed")
+    src = tmp_path / "m.s"
+    src.write_text(ARM_MOVES)
+    obj = tmp_path / "m.o"
+    subprocess.run([BINUTILS["arm"] + "as", "-o", str(obj), str(src)], check=True)
+    with open(obj, "rb") as stream:
+        elf = ELFFile(stream)
+        text = elf.get_section_by_name(".text")
+        rel = elf.get_section_by_name(".rel.text")
+        moves = {r["r_offset"]: r["r_info_type"] for r in rel.iter_relocations()}
+        words = {off: struct.unpack_from("<I", text.data(), off)[0] for off in moves}
+    # The implicit addend of MOVW/MOVT is the instruction's imm16 (imm4:imm12).
+    addends = {off: (w & 0xFFF) | ((w >> 4) & 0xF000) for off, w in words.items()}
+    assert set(moves.values()) == {43, 44} and sorted(addends.values()) == [0, 0, 16, 16, 0xFFFC, 0xFFFC]
+    found = by_rule(check_payload(obj), "LP015")
+    assert {f.offset for f in found} == {off for off, a in addends.items() if a}
+    assert {f.symbol for f in found} == {"hv_table"}
+    assert sum("hv_table-0x4" in f.message for f in found) == 2
+    (movw,) = [f for f in found if f.offset == 0]
+    assert "R_ARM_MOVW_ABS_NC against hv_table+0x10" in movw.message and "-mword-relocations" in movw.message
+    assert movw.file_offset == text["sh_offset"]
+    # rewrite refuses the same payload.
+    from lp_rewrite.errors import InputError
+
+    with pytest.raises(InputError, match="MOVW/MOVT addends"):
+        rewrite(obj, tmp_path / "out.o")
 
 
 # -- LP009-LP011 structure ---------------------------------------------------------
@@ -731,7 +942,7 @@ def test_payload_allow_section_only_allows_lp002_by_name(arch: str, tmp_path: Pa
     assert f.severity.value == "error"
     # The same entries on the command line keep their power.
     cli = CheckOptions(allow=AllowList.build(["LP001:*", "LP009:*"]))
-    assert not check_payload(tmp_path / "b.livepatch", cli).active()
+    assert not [f for f in check_payload(tmp_path / "b.livepatch", cli).active() if f.rule.id in ("LP001", "LP009")]
     # LP002 for a named symbol is what the section is for.
     only = COMMITTED / arch / "payload_only.livepatch"
     named = check_payload(_with_allow_section(only, ["*", "brand_new reviewed"], tmp_path / "c.livepatch", arch))

@@ -1,7 +1,8 @@
 """``lp-rewrite check``: a CI gate for livepatch payloads.
 
 Each rule family has its module (:mod:`.structure`, :mod:`.relocs`,
-:mod:`.escape`, :mod:`.hidden`, :mod:`.trampoline`, :mod:`.xen`); rules, ids
+:mod:`.escape`, :mod:`.hidden`, :mod:`.trampoline`, :mod:`.branches`,
+:mod:`.xen`); rules, ids
 and help text live in :mod:`.findings`; :mod:`.run` checks one payload,
 :mod:`.batch` many; :mod:`.render` and :mod:`.sarif` write the reports.
 

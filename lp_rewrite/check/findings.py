@@ -186,6 +186,31 @@ RULES: tuple[Rule, ...] = (
         "against the xen-syms of the hypervisor it will be loaded on.",
         needs_xen_syms=True,
     ),
+    Rule(
+        "LP014",
+        "misencoded-branch",
+        Severity.ERROR,
+        "Xen's loader encodes this branch to land 4 bytes before its target (32-bit Arm).",
+        "Xen's arm32 perform_rel() encodes R_ARM_CALL and R_ARM_JUMP24 with val >>= 2; val &= 0x00FFFFFE, "
+        "which clears bit 0 of the 24-bit word offset: a B or BL whose offset is an odd number of words "
+        "lands 4 bytes short and executes the instruction before its target (often the previous "
+        "function's last one). Xen loads a payload at a page-aligned address, so the parity is known at "
+        "build time: always for targets in the payload, and with --xen-syms for hypervisor functions. Build "
+        "the payload with -mlong-calls (calls through a register need no branch relocation), or fix Xen "
+        "(the mask should be 0x00FFFFFF). No other architecture is affected.",
+    ),
+    Rule(
+        "LP015",
+        "misapplied-relocation",
+        Severity.ERROR,
+        "A relocation Xen's loader applies, but to another value than its type means.",
+        "Xen accepts the relocation and loads the payload, but writes a wrong value at the place: its "
+        "32-bit Arm loader ignores the addend of R_ARM_MOVW_ABS_NC / R_ARM_MOVT_ABS (it loads S instead of "
+        "S+A, e.g. the start of an array instead of an element), and ORs a RELA branch or MOVW/MOVT result "
+        "into stale immediate bits when r_addend is 0. The code then uses a wrong address. lp-rewrite "
+        "rewrite refuses such a payload too. Build with -mword-relocations (addresses come from literal "
+        "pools, R_ARM_ABS32, whose addend Xen applies), or take the address of the symbol itself.",
+    ),
 )
 
 RULE_BY_ID: dict[str, Rule] = {r.id: r for r in RULES}

@@ -1,4 +1,4 @@
-"""Rules LP001 (not rewritten) and LP003 (unsupported relocation).
+"""Rules LP001 (not rewritten), LP003 (unsupported relocation), LP015 (misapplied relocation).
 
 LP001 is the rewriter's own decision list read the other way round: every
 decision with reason ``retarget`` is a reference the payload still binds to
@@ -12,7 +12,7 @@ from __future__ import annotations
 from lp_rewrite.check.context import Access, Context
 from lp_rewrite.check.findings import Finding, Place, make
 from lp_rewrite.decide import Decision, Decisions, symbol_label
-from lp_rewrite.read import unsupported_relocations
+from lp_rewrite.read import misapplied_relocations, unsupported_relocations
 
 _WHAT = {
     Access.CALL: "calls the payload's copy of {orig} directly instead of the original: code that still runs after "
@@ -112,6 +112,40 @@ def unsupported(ctx: Context) -> list[Finding]:
                 f"{_hint(u.type_name)}",
                 Place(u.section, u.offset, file_offset, 4),
                 symbol=symbol,
+            )
+        )
+    return out
+
+
+# What to build differently, by the type Xen misapplies.
+_MISAPPLIED_HINTS = (
+    (
+        "_MOV",
+        "build with -mword-relocations (addresses from literal pools: R_ARM_ABS32, whose addend Xen applies), "
+        "or take the address of the symbol itself",
+    ),
+)
+
+
+def misapplied(ctx: Context) -> list[Finding]:
+    """LP015: places Xen relocates without complaint, to a wrong value (:func:`misapplied_relocations`)."""
+    bad = misapplied_relocations(ctx.payload)
+    if not bad:
+        return []
+    targets = {t.section.name: t.target for t in ctx.payload.applied_relocations()}
+    out = []
+    for m in bad:
+        target = targets.get(m.reloc_section)
+        file_offset = ctx.file_offset(target, m.offset) if target is not None else None
+        where = ctx.where(target, m.offset) if target is not None else m.section
+        hint = next((h for key, h in _MISAPPLIED_HINTS if key in m.type_name), "rebuild with GNU as, which zeroes it")
+        out.append(
+            make(
+                "LP015",
+                f"{where}: {m.type_name} against {m.symbol}{m.addend:+#x}: {m.why}. The payload loads, and the code "
+                f"uses a wrong address; {hint}",
+                Place(m.section, m.offset, file_offset, 4),
+                symbol=m.symbol,
             )
         )
     return out

@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from lp_rewrite.check import escape, hidden, relocs, structure, trampoline
+from lp_rewrite.check import branches, escape, hidden, relocs, structure, trampoline
 from lp_rewrite.check import xen as xen_rules
 from lp_rewrite.check.allow import ALLOW_SECTION, AllowList
 from lp_rewrite.check.context import Context
@@ -78,6 +78,8 @@ def check_loaded(payload: Payload, options: CheckOptions) -> PayloadReport:
             findings.append(make("LP012", f"the relocation decisions could not be made: {exc}"))
     findings += _guarded("not-rewritten", lambda: relocs.not_rewritten(ctx, decisions))
     findings += _guarded("unsupported-relocation", lambda: relocs.unsupported(ctx))
+    findings += _guarded("misapplied-relocation", lambda: relocs.misapplied(ctx))
+    findings += _guarded("branch encoding", lambda: branches.check(ctx, xen))
     findings += _guarded("escaping-new-function", lambda: escape.check(ctx))
     findings += _guarded("hidden-reference", lambda: hidden.check(ctx))
     findings += _guarded("trampoline", lambda: trampoline.check(ctx, xen))
