@@ -289,6 +289,23 @@ def test_every_rule_is_documented_in_the_readme() -> None:
     assert "github/codeql-action/upload-sarif" in section and "artifacts:" in section
 
 
+def test_ci_snippets_in_the_readme() -> None:
+    """The GitHub job can check out a private repository, has a Python, and installs a project root."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## CI gate: lp-rewrite check") :]
+    github = section[section.index("GitHub Actions") :].split("```yaml\n", 1)[1].split("```", 1)[0]
+    gitlab = section[section.index("GitLab CI") :].split("```yaml\n", 1)[1].split("```", 1)[0]
+    permissions = github[github.index("permissions:") : github.index("steps:")]
+    for grant in ("contents: read", "actions: read", "security-events: write"):
+        assert grant in permissions, grant
+    assert github.index("actions/checkout") < github.index("actions/setup-python") < github.index("pip install")
+    for job in (github, gitlab):
+        (install,) = [ln for ln in job.splitlines() if "pip install" in ln]
+        # The package directory has no pyproject.toml: install the project root (here, by git URL).
+        assert "./lp_rewrite" not in install and "git+" in install
+    assert not (ROOT / "lp_rewrite" / "pyproject.toml").exists() and (ROOT / "pyproject.toml").exists()
+
+
 def test_hooks_only_payload_passes_on_every_arch() -> None:
     for arch in ARCHES:
         proc = run_cli("check", COMMITTED / arch / "no_funcs.livepatch")
