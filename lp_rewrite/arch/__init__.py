@@ -89,6 +89,28 @@ class Arch(ABC):
         if elf.elfclass != self.elfclass:
             raise InputError(f"{self.name} payloads must be ELFCLASS{32 if self.elfclass == 1 else 64}")
 
+    def verify_elf(self, ident: bytes, e_flags: int) -> str | None:
+        """arch_livepatch_verify_elf(): Xen's message when it refuses this header, else None."""
+        return None if ident[C.EI_CLASS] == self.elfclass else "Unsupported ELF Machine type"
+
+    # The bytes an indirect branch must land on (CET-IBT's ENDBR64 on x86-64),
+    # and what Xen's seal_endbr64() turns them into at boot; None elsewhere.
+    landing_pad: bytes | None = None
+    sealed_landing_pad: bytes | None = None
+
+    # Bits of a function symbol's value that are not its address (32-bit Arm: the Thumb bit).
+    function_value_flags: int = 0
+
+    # Whether arch_livepatch_symbol_deny() refuses some symbol names here (symbol_denied()).
+    denies_symbols: bool = False
+
+    def symbol_denied(self, name: bytes) -> bool:
+        """arch_livepatch_symbol_deny(): a symbol whose presence makes Xen refuse the payload."""
+        return False
+
+    # Xen's message for a relocation section whose type (REL/RELA) it does not apply here.
+    rel_type_refusal: str = ""
+
     def implicit_addend(self, rtype: int, data: memoryview | bytearray, offset: int) -> int:
         """The addend a REL place holds (only targets with REL need this)."""
         raise InputError(f"{self.name}: SHT_REL relocations are not supported by Xen on this target")
@@ -110,6 +132,41 @@ class Arch(ABC):
         a payload rather than reason about either value. ``addend`` is the
         explicit (RELA) or implicit (REL) addend, ``data`` the relocated section.
         """
+        return None
+
+    def branch_landing(self, rtype: int, place: bytes, s: int, a: int, p: int) -> tuple[int, int] | None:
+        """(named target, where the CPU goes) of a branch Xen relocated, where Xen may encode them apart.
+
+        None on targets whose loader encodes every branch exactly (all but
+        32-bit Arm, see :attr:`misencodes_branches`).
+        """
+        return None
+
+    # The letter of this target's code mapping symbols ($a, $x), which Xen's
+    # arch_livepatch_symbol_ok() leaves out of a payload's symbols with $d.
+    mapping_symbol_code: str | None = None
+
+    def symbol_ok(self, name: str) -> bool:
+        """Whether Xen keeps this defined symbol in the payload's symbol table."""
+        code = self.mapping_symbol_code
+        if code is None or len(name) < 2 or name[0] != "$" or (len(name) > 2 and name[2] != "."):
+            return True
+        return name[1] not in ("d", code)
+
+    # Whether Xen's loader can encode a branch to another address than it
+    # names (32-bit Arm: ``& 0x00FFFFFE``); branch_landing() says where.
+    misencodes_branches: bool = False
+
+    # Where the hypervisor is linked (its functions' addresses), for synthetic symbol tables.
+    hypervisor_base: int
+
+    def verify_func(self, new_addr: int, new_size: int, old_size: int) -> str | None:
+        """arch_livepatch_verify_func() (Arm's; x86-64 has its own): why Xen refuses the entry, or None."""
+        opaque = 31  # LIVEPATCH_OPAQUE_SIZE: the most a NOP patch may cover
+        if not new_addr and (new_size > opaque or new_size % self.patch_insn_size):
+            return f"NOP patch of {new_size} bytes: arch_livepatch_verify_func() fails (no log line)"
+        if old_size < self.patch_insn_size:
+            return f"old_size {old_size} < {self.patch_insn_size}: arch_livepatch_verify_func() fails (no log line)"
         return None
 
     def reaches_hypervisor(self, rtype: int) -> bool:
@@ -137,12 +194,20 @@ class Arch(ABC):
         """Apply one relocation the way Xen does (raises LoadError)."""
 
 
-def arch_for(elf: ElfFile) -> Arch:
-    """The target module for this object's ``e_machine`` (only that one is imported)."""
-    module = _MODULES.get(elf.e_machine)
+def arch_for_machine(machine: int) -> Arch | None:
+    """The target module for an ``e_machine`` value (only that one is imported), or None."""
+    module = _MODULES.get(machine)
     if module is None:
-        raise InputError(f"e_machine {elf.e_machine} is not a Xen livepatch target (x86-64, AArch64 or 32-bit Arm)")
+        return None
     arch: Arch = importlib.import_module(module).ARCH
+    return arch
+
+
+def arch_for(elf: ElfFile) -> Arch:
+    """The target module for this object's ``e_machine``; raises InputError for any other."""
+    arch = arch_for_machine(elf.e_machine)
+    if arch is None:
+        raise InputError(f"e_machine {elf.e_machine} is not a Xen livepatch target (x86-64, AArch64 or 32-bit Arm)")
     arch.check_header(elf)
     return arch
 

@@ -160,6 +160,8 @@ class AArch64(Arch):
     rel_section_types = frozenset([C.SHT_RELA])
     types = _TYPES
     livepatch_range = 128 << 20  # B imm26
+    mapping_symbol_code = "x"
+    hypervisor_base = 0x0000_0A00_0020_0000
     pointer_type = _SPEC["ABS64"][0]
     patch_insn_size = 4  # one B instruction
     other_type_names: Mapping[int, str] = MappingProxyType(
@@ -172,6 +174,8 @@ class AArch64(Arch):
             313: "R_AARCH64_LD64_GOTPAGE_LO15",  # GCC -fpic, default-visibility data
         }
     )
+
+    rel_type_refusal = "SHT_REL relocations fail with -ENOSYS on arm64 (Xen logs nothing)"
 
     def target_bias(self, rtype: int, section: Section, data: memoryview, offset: int) -> int:
         return 0

@@ -64,6 +64,9 @@ class Arm(Arch):
     rel_section_types = frozenset([C.SHT_REL, C.SHT_RELA])
     types = _TYPES
     livepatch_range = _RANGE
+    misencodes_branches = True
+    mapping_symbol_code = "a"
+    hypervisor_base = 0x0020_0000
     pointer_type = R_ARM_ABS32
     patch_insn_size = 4  # one B instruction
     other_type_names: Mapping[int, str] = MappingProxyType(
@@ -80,6 +83,20 @@ class Arm(Arch):
             48: "R_ARM_THM_MOVT_ABS",
         }
     )
+
+    def verify_elf(self, ident: bytes, e_flags: int) -> str | None:
+        if ident[C.EI_CLASS] != C.ELFCLASS32:
+            return "Unsupported ELF Machine type"
+        if e_flags & C.EF_ARM_EABIMASK != C.EF_ARM_EABI_VER5:
+            return f"Unsupported ELF EABI({e_flags:x})"
+        return None
+
+    denies_symbols = True
+    function_value_flags = 1  # Thumb entries have bit 0 set
+
+    def symbol_denied(self, name: bytes) -> bool:
+        # Xen has no Thumb code: a $t mapping symbol means there is some.
+        return name[:2] == b"$t" and (len(name) == 2 or name[2:3] == b".")
 
     def check_header(self, elf: ElfFile) -> None:
         if elf.elfclass != C.ELFCLASS32:
@@ -169,6 +186,14 @@ class Arm(Arch):
                 raise LoadError("Overflow in relocation {index} in {rela} for {section}")
             insn |= (val >> 2) & 0x00FFFFFE  # Xen's mask clears bit 0 of imm24
         _U32.pack_into(place, offset, insn & 0xFFFFFFFF)
+
+    def branch_landing(self, rtype: int, place: bytes, s: int, a: int, p: int) -> tuple[int, int] | None:
+        # perform_rel() clears bit 0 of the word offset (`val &= 0x00FFFFFE`):
+        # a B/BL an odd number of words away lands one instruction short.
+        if rtype not in _BRANCHES:
+            return None
+        imm = _U32.unpack(place)[0] & 0xFFFFFF
+        return (s + a + 8) & 0xFFFFFFFF, (p + 8 + (sign_extend(imm, 24) << 2)) & 0xFFFFFFFF
 
 
 ARCH: Final = Arm()

@@ -64,6 +64,25 @@ class X86_64(Arch):
         }
     )
 
+    rel_type_refusal = "SHT_REL relocation unsupported"
+    landing_pad = bytes.fromhex("f30f1efa")  # endbr64
+    sealed_landing_pad = bytes.fromhex("660f1f01")  # gen_endbr64_poison(): nopw (%rcx)
+
+    def verify_elf(self, ident: bytes, e_flags: int) -> str | None:
+        if ident[C.EI_CLASS] != C.ELFCLASS64 or ident[C.EI_DATA] != C.ELFDATA2LSB:
+            return "Unsupported ELF Machine type"
+        return None
+
+    hypervisor_base = 0xFFFF_82D0_4020_0000
+
+    def verify_func(self, new_addr: int, new_size: int, old_size: int) -> str | None:
+        # The ENDBR64 allowance (old_size >= 9 after one) is not modelled.
+        if not new_addr and (new_size > 31 or old_size < new_size):  # LIVEPATCH_OPAQUE_SIZE
+            return f"NOP patch of {new_size} bytes: arch_livepatch_verify_func() fails (no log line)"
+        if new_addr and old_size < self.patch_insn_size:
+            return f"old_size {old_size} < {self.patch_insn_size}: arch_livepatch_verify_func() fails (no log line)"
+        return None
+
     def check_header(self, elf: ElfFile) -> None:
         if elf.elfclass != C.ELFCLASS64:
             raise InputError("x86-64 payloads must be ELFCLASS64")

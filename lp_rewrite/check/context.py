@@ -125,10 +125,10 @@ class Context:
         """Per section: sorted starts and (start, end, symbol) of its STT_FUNC symbols."""
         syms = self.syms
         by_section: dict[int, list[tuple[int, int, int]]] = {}
-        thumb_bit = 1 if self.arch.machine == C.EM_ARM else 0  # Thumb entries have bit 0 set
+        flags = self.arch.function_value_flags
         for i in range(1, syms.count):
             if syms.type(i) == C.STT_FUNC and syms.is_defined_in_section(i):
-                start = syms.value[i] & ~thumb_bit
+                start = syms.value[i] & ~flags
                 by_section.setdefault(syms.shndx[i], []).append((start, start + syms.size[i], i))
         out = {}
         for sec, items in by_section.items():
@@ -172,7 +172,7 @@ class Context:
         fn = self.containing_function(section, offset)
         if fn is None:
             return self.elf.sections[section].name
-        delta = offset - (self.syms.value[fn] & ~(1 if self.arch.machine == C.EM_ARM else 0))
+        delta = offset - (self.syms.value[fn] & ~self.arch.function_value_flags)
         return f"{self.name(fn)}+{delta:#x}" if delta else self.name(fn)
 
     @cached_property

@@ -18,7 +18,7 @@ import struct
 
 from lp_rewrite.check.context import Context
 from lp_rewrite.check.findings import Finding, Place, make
-from lp_rewrite.check.xen import ENDBR64_LEN, XenImage
+from lp_rewrite.check.xen import XenImage
 
 _U32 = struct.Struct("<I")
 
@@ -36,9 +36,9 @@ def check(ctx: Context, xen: XenImage | None) -> list[Finding]:
         old_size = _U32.unpack_from(data, off)[0]
         place = Place(funcs.section.name, off, funcs.section.sh_offset + off, 4)
         sym = xen.symbols.lookup(rep.original) if xen is not None else None
-        endbr = xen is not None and sym is not None and ctx.arch.name == "x86_64" and xen.starts_with_endbr(sym.address)
-        need = jump + (ENDBR64_LEN if endbr else 0)
-        why = f"{jump}-byte jump" + (f" after its {ENDBR64_LEN}-byte ENDBR64" if endbr else "")
+        pad = xen.landing_pad_at(sym.address) if xen is not None and sym is not None else 0
+        need = jump + pad
+        why = f"{jump}-byte jump" + (f" after its {pad}-byte ENDBR64" if pad else "")
         if old_size == 0:
             out.append(
                 make(

@@ -24,8 +24,8 @@ import struct
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Final
 
+from lp_rewrite.arch import Arch, arch_for_machine
 from lp_rewrite.check.context import Access, Context
 from lp_rewrite.check.findings import Finding, Place, make
 from lp_rewrite.check.relocs import access_of
@@ -35,13 +35,8 @@ from lp_rewrite.errors import InputError, UsageError
 from lp_rewrite.payload import FUNCS_SECTION
 from lp_rewrite.xensyms import XenSymbols
 
-ENDBR64: Final = bytes.fromhex("f30f1efa")
-# gen_endbr64_poison() (nopw (%rcx)): what an ENDBR64 looks like once sealed.
-ENDBR64_POISON: Final = bytes.fromhex("660f1f01")
-ENDBR64_LEN: Final = 4
 _CLOBBER = ("__initdata_cf_clobber_start", "__initdata_cf_clobber_end")
 _TEXT = ("_stext", "_etext")
-_MACHINES = {C.EM_X86_64: "x86_64", C.EM_AARCH64: "aarch64", C.EM_ARM: "arm"}
 
 
 @dataclass
@@ -55,8 +50,19 @@ class XenImage:
     sealed: frozenset[int] = field(default_factory=frozenset)
 
     @property
+    def arch(self) -> Arch | None:
+        return arch_for_machine(self.machine)
+
+    @property
     def arch_name(self) -> str:
-        return _MACHINES.get(self.machine, f"e_machine {self.machine}")
+        arch = self.arch
+        return arch.name if arch is not None else f"e_machine {self.machine}"
+
+    @property
+    def landing_pad(self) -> bytes | None:
+        """The target's indirect-branch landing pad (ENDBR64), if it has one."""
+        arch = self.arch
+        return arch.landing_pad if arch is not None else None
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> XenImage:
@@ -73,7 +79,7 @@ class XenImage:
         symbols = XenSymbols.from_xen_syms(p)
         image = cls(p, symbols, machine, ptr)
         image._read_text()
-        if machine == C.EM_X86_64:
+        if image.landing_pad is not None:
             image.sealed = image._sealed()
         return image
 
@@ -107,19 +113,23 @@ class XenImage:
         fmt = "<Q" if self.ptr_size == 8 else "<I"
         n = len(words) // self.ptr_size
         targets = struct.unpack_from(f"<{n}{fmt[1]}", words) if n else ()
-        return frozenset(t for t in targets if self.code(t, ENDBR64_LEN) == ENDBR64)
+        pad = self.landing_pad or b"\0"
+        return frozenset(t for t in targets if self.code(t, len(pad)) == pad)
 
     @cached_property
     def ibt(self) -> bool:
-        if self.machine != C.EM_X86_64:
+        pad = self.landing_pad
+        if pad is None:
             return False
-        return any(
-            s.is_function and self.code(s.address, ENDBR64_LEN) == ENDBR64 for s in self.symbols.symbols.values()
-        )
+        return any(s.is_function and self.code(s.address, len(pad)) == pad for s in self.symbols.symbols.values())
 
-    def starts_with_endbr(self, address: int) -> bool:
-        """ENDBR64 or its poison at the entry: Xen then patches 4 bytes further in."""
-        return self.code(address, ENDBR64_LEN) in (ENDBR64, ENDBR64_POISON)
+    def landing_pad_at(self, address: int) -> int:
+        """Bytes of landing pad (ENDBR64 or its poison) at this entry: Xen patches that far in."""
+        arch = self.arch
+        if arch is None or arch.landing_pad is None:
+            return 0
+        n = len(arch.landing_pad)
+        return n if self.code(address, n) in (arch.landing_pad, arch.sealed_landing_pad) else 0
 
     @cached_property
     def _by_base_name(self) -> dict[str, list[str]]:
@@ -330,7 +340,8 @@ def _ibt_problem(xen: XenImage, address: int | None) -> str | None:
         return None  # not hypervisor code (or unknown: LP004 says so)
     if address in xen.sealed:
         return "loses its ENDBR64 at boot (seal_endbr64() clobbers it: a .init.{ro,}data.cf_clobber table points at it)"
-    if xen.code(address, ENDBR64_LEN) != ENDBR64:
+    pad = xen.landing_pad or b""
+    if xen.code(address, len(pad)) != pad:
         return "does not start with ENDBR64 (it is not cf_check)"
     return None
 
@@ -354,7 +365,7 @@ def check_ibt(ctx: Context, xen: XenImage, decisions: Decisions | None) -> list[
     aliases: the value is the address); a reference the rewrite will move to
     an original reaches it too, at old_addr's literal when there is one.
     """
-    if ctx.arch.machine != C.EM_X86_64 or not xen.ibt:
+    if ctx.arch.landing_pad is None or not xen.ibt:
         return []
     syms = ctx.syms
     names = _xen_names(ctx)

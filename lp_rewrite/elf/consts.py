@@ -3,6 +3,7 @@
 from typing import Final
 
 ELFMAG: Final = b"\x7fELF"
+EI_NIDENT: Final = 16
 EI_CLASS: Final = 4
 EI_DATA: Final = 5
 EI_VERSION: Final = 6

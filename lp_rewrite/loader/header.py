@@ -16,6 +16,7 @@ from __future__ import annotations
 import struct
 from typing import Final
 
+from lp_rewrite.arch import Arch, arch_for_machine
 from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.layout import layout_for
 from lp_rewrite.loader.refusal import Refused
@@ -27,11 +28,8 @@ _ABIVERSION_OK: Final = 0
 
 def _ptr_class(machine: int, fallback: int) -> int:
     """The hypervisor's ELF class for a machine: Xen compares with its own structs."""
-    if machine in (C.EM_X86_64, C.EM_AARCH64):
-        return C.ELFCLASS64
-    if machine == C.EM_ARM:
-        return C.ELFCLASS32
-    return fallback
+    arch = arch_for_machine(machine)
+    return fallback if arch is None else arch.elfclass
 
 
 def check_image(data: bytes, name: str) -> None:
@@ -62,7 +60,7 @@ def check_image(data: bytes, name: str) -> None:
         or e_phnum != 0
     ):
         raise Refused(name, "Invalid ELF payload")
-    _check_machine(data, name, e_machine, e_flags)
+    arch = _check_machine(data, name, e_machine, e_flags)
     if e_shstrndx == C.SHN_UNDEF:
         raise Refused(name, "Section name idx is undefined")
     if e_shnum >= MAX_SECTIONS:
@@ -84,22 +82,19 @@ def check_image(data: bytes, name: str) -> None:
     for i in range(1, e_shnum):
         if headers[i][0] >= shstr_size:
             raise Refused(name, f"Section {i} name is not within .shstrtab")
-    _check_symbols(data, name, headers, symtab, e_machine)
-    _check_relocation_sections(data, name, headers, e_shstrndx, symtab, e_machine, (lay.rel.size, lay.rela.size))
+    _check_symbols(data, name, headers, symtab, arch)
+    _check_relocation_sections(data, name, headers, e_shstrndx, symtab, arch, (lay.rel.size, lay.rela.size))
 
 
-def _check_machine(data: bytes, name: str, machine: int, flags: int) -> None:
+def _check_machine(data: bytes, name: str, machine: int, flags: int) -> Arch:
     # arch_livepatch_verify_elf(): the hypervisor only takes its own machine.
-    cls = data[C.EI_CLASS]
-    ok = (
-        (machine == C.EM_X86_64 and cls == C.ELFCLASS64 and data[C.EI_DATA] == C.ELFDATA2LSB)
-        or (machine == C.EM_AARCH64 and cls == C.ELFCLASS64)
-        or (machine == C.EM_ARM and cls == C.ELFCLASS32)
-    )
-    if not ok:
+    arch = arch_for_machine(machine)
+    if arch is None:
         raise Refused(name, "Unsupported ELF Machine type")
-    if machine == C.EM_ARM and flags & C.EF_ARM_EABIMASK != C.EF_ARM_EABI_VER5:
-        raise Refused(name, f"Unsupported ELF EABI({flags:x})")
+    refusal = arch.verify_elf(data[: C.EI_NIDENT], flags)
+    if refusal is not None:
+        raise Refused(name, refusal)
+    return arch
 
 
 def _check_sections(data: bytes, name: str, headers: list[tuple[int, ...]], ehdr_size: int) -> int:
@@ -146,7 +141,7 @@ def _check_symbol_table(data: bytes, name: str, headers: list[tuple[int, ...]], 
     _check_string_table(data, name, headers, sh_link, "String table section is corrupted")
 
 
-def _check_symbols(data: bytes, name: str, headers: list[tuple[int, ...]], symtab: int, machine: int) -> None:
+def _check_symbols(data: bytes, name: str, headers: list[tuple[int, ...]], symtab: int, arch: Arch) -> None:
     """elf_get_sym(): every name inside the string table; no Thumb mapping symbol on Arm."""
     sh_offset, sh_size, sh_link, sh_entsize = (
         headers[symtab][4],
@@ -159,11 +154,10 @@ def _check_symbols(data: bytes, name: str, headers: list[tuple[int, ...]], symta
         st_name = struct.unpack_from("<I", data, sh_offset + i * sh_entsize)[0]
         if st_name >= str_size:
             raise Refused(name, f"Symbol [{i}] name is not within .strtab")
-        if machine == C.EM_ARM:
+        if arch.denies_symbols:
             end = data.find(b"\0", str_off + st_name)
             sym = data[str_off + st_name : end]
-            # arch_livepatch_symbol_deny(): Xen has no Thumb code, so $t mapping symbols are refused.
-            if sym[:2] == b"$t" and (len(sym) == 2 or sym[2:3] == b"."):
+            if arch.symbol_denied(sym):
                 raise Refused(name, f"Symbol '{sym.decode('ascii', 'replace')}' should not be in payload")
 
 
@@ -173,7 +167,7 @@ def _check_relocation_sections(
     headers: list[tuple[int, ...]],
     shstrndx: int,
     symtab: int,
-    machine: int,
+    arch: Arch,
     rel_sizes: tuple[int, int],
 ) -> None:
     """The header checks of livepatch_elf_perform_relocs() and the arch's REL/RELA acceptance.
@@ -197,7 +191,5 @@ def _check_relocation_sections(
             continue
         if sh_entsize < rel_sizes[sh_type == C.SHT_RELA] or sh_size % sh_entsize:
             raise Refused(name, "Section relative header is corrupted")
-        if sh_type == C.SHT_REL and machine == C.EM_X86_64:
-            raise Refused(name, "SHT_REL relocation unsupported")
-        if sh_type == C.SHT_REL and machine == C.EM_AARCH64:
-            raise Refused(name, "SHT_REL relocations fail with -ENOSYS on arm64 (Xen logs nothing)")
+        if sh_type not in arch.rel_section_types:
+            raise Refused(name, arch.rel_type_refusal)

@@ -24,7 +24,6 @@ import struct
 from dataclasses import dataclass, field
 from typing import Final
 
-from lp_rewrite.arch.arm import R_ARM_CALL, R_ARM_JUMP24
 from lp_rewrite.elf import consts as C
 from lp_rewrite.errors import InputError
 from lp_rewrite.loader.header import check_image
@@ -110,23 +109,19 @@ class LoadedPayload:
         raise KeyError(name)
 
     def misdirected_branches(self) -> list[MisdirectedBranch]:
-        """Arm B/BL relocations hit by Xen's ``& 0x00FFFFFE`` (bit 0 of imm24 cleared).
+        """Branches Xen relocated to land elsewhere than they name (see :meth:`Arch.branch_landing`).
 
-        Xen's arm32 ``perform_rel()`` masks the word offset with 0x00FFFFFE, so
-        a branch whose offset is an odd number of words lands 4 bytes early.
+        Only 32-bit Arm has them: its ``perform_rel()`` masks the word offset
+        with 0x00FFFFFE, so a B/BL an odd number of words away lands 4 bytes early.
         """
-        if self.payload.arch.machine != C.EM_ARM:
+        arch = self.payload.arch
+        if not arch.misencodes_branches:
             return []
         out = []
         for r in self.relocations:
-            if r.rtype not in (R_ARM_CALL, R_ARM_JUMP24):
-                continue
-            word = struct.unpack("<I", r.after)[0]
-            imm = word & 0xFFFFFF
-            actual = (r.p + 8 + ((imm - (1 << 24) if imm & 0x800000 else imm) << 2)) & 0xFFFFFFFF
-            intended = (r.s + r.a + 8) & 0xFFFFFFFF
-            if actual != intended:
-                out.append(MisdirectedBranch(r, intended, actual))
+            landing = arch.branch_landing(r.rtype, r.after, r.s, r.a, r.p)
+            if landing is not None and landing[0] != landing[1]:
+                out.append(MisdirectedBranch(r, *landing))
         return out
 
 
@@ -243,7 +238,9 @@ def _prepare(loaded: LoadedPayload, label: str) -> None:
                 if found is None or not found.address:
                     raise Refused(label, f"Could not resolve old address of {name}")
                 old_addr, from_name = found.address, True
-            _verify_func(arch.name, arch.patch_insn_size, new_addr, new_size, old_size, label)
+            refusal = arch.verify_func(new_addr, new_size, old_size)
+            if refusal is not None:
+                raise Refused(label, refusal)
             reach = arch.livepatch_range
             if new_addr and not -reach <= old_addr - new_addr < reach:
                 raise Refused(
@@ -261,28 +258,12 @@ def _prepare(loaded: LoadedPayload, label: str) -> None:
         out.extend(_read_pointer(loaded, data, off) for off in range(0, hooks.size, ptr))
 
 
-def _verify_func(arch: str, insn_size: int, new_addr: int, new_size: int, old_size: int, label: str) -> None:
-    """arch_livepatch_verify_func() (x86's ENDBR64 allowance is not modelled). Xen logs nothing."""
-    opaque = 31  # LIVEPATCH_OPAQUE_SIZE: the most a NOP patch may cover
-    if arch == "x86_64":
-        if not new_addr and (new_size > opaque or old_size < new_size):
-            raise Refused(label, f"NOP patch of {new_size} bytes: arch_livepatch_verify_func() fails (no log line)")
-        if new_addr and old_size < insn_size:
-            raise Refused(label, f"old_size {old_size} < {insn_size}: arch_livepatch_verify_func() fails (no log line)")
-        return
-    if not new_addr and (new_size > opaque or new_size % insn_size):
-        raise Refused(label, f"NOP patch of {new_size} bytes: arch_livepatch_verify_func() fails (no log line)")
-    if old_size < insn_size:
-        raise Refused(label, f"old_size {old_size} < {insn_size}: arch_livepatch_verify_func() fails (no log line)")
-
-
 def _check_new_symbols(loaded: LoadedPayload, label: str) -> None:
     """build_symbol_table(): a new (not overriding) symbol must not exist in the hypervisor."""
     elf = loaded.payload.elf
     syms = elf.symbols
     new_addrs = {f.new_addr for f in loaded.functions}
-    arm = elf.e_machine in (C.EM_ARM, C.EM_AARCH64)
-    code_mapping = "a" if elf.e_machine == C.EM_ARM else "x"
+    arch = loaded.payload.arch
     for i, idx in enumerate(raw_shndx(elf)):
         if i == 0 or idx == C.SHN_UNDEF or idx >= len(elf.sections) or idx not in loaded.layout.sections:
             continue
@@ -291,16 +272,10 @@ def _check_new_symbols(loaded: LoadedPayload, label: str) -> None:
             continue
         if elf.sections[idx].sh_flags & 0x10 and sym_name.startswith(".L"):  # SHF_MERGE
             continue
-        if arm and _is_mapping_symbol(sym_name, code_mapping):
-            continue  # arch_livepatch_symbol_ok() drops them
+        if not arch.symbol_ok(sym_name):
+            continue  # arch_livepatch_symbol_ok() drops it
         if loaded.resolved.values[i] in new_addrs:
             continue  # an overriding symbol
         found = loaded.table.lookup(sym_name)
         if found is not None and found.address:
             raise Refused(label, f"duplicate new symbol: {sym_name}")
-
-
-def _is_mapping_symbol(name: str, code: str) -> bool:
-    if len(name) < 2 or name[0] != "$" or (len(name) > 2 and name[2] != "."):
-        return False
-    return name[1] in ("d", code)

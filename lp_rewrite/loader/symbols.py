@@ -24,8 +24,6 @@ from lp_rewrite.payload import FUNCS_SECTION, SUPPORTED_VERSIONS, func_layout, v
 from lp_rewrite.read import Payload
 from lp_rewrite.xensyms import XenSymbols
 
-# Where synthetic hypervisor symbols start, per target (Xen's link addresses).
-SYNTHETIC_BASE: Final = {"x86_64": 0xFFFF_82D0_4020_0000, "aarch64": 0x0000_0A00_0020_0000, "arm": 0x0020_0000}
 # Synthetic addresses are 16-aligned (what any function or datum may need:
 # Arm branches, AArch64 LDST128_ABS_LO12_NC, which Xen truncates silently)
 # but otherwise irregular: a stride that is no power of two and an offset
@@ -89,11 +87,11 @@ def _funcs_names(payload: Payload) -> Iterable[str]:
 def synthetic_table(payloads: Iterable[Payload], variant: int = 0) -> XenSymbols:
     """One synthetic table for all these payloads (they share one target)."""
     names: set[str] = set()
-    arch = "x86_64"
+    where = 0
     for p in payloads:
         names |= wanted_names(p)
-        arch = p.arch.name
-    base = SYNTHETIC_BASE[arch] + SYNTHETIC_OFFSETS[variant % len(SYNTHETIC_OFFSETS)]
+        where = p.arch.hypervisor_base  # Xen's link address on that target
+    base = where + SYNTHETIC_OFFSETS[variant % len(SYNTHETIC_OFFSETS)]
     return XenSymbols.synthetic_for(names, base=base, stride=SYNTHETIC_STRIDE)
 
 
