@@ -10,6 +10,7 @@ deterministic.
 from __future__ import annotations
 
 import io
+import json
 import re
 import struct
 import subprocess
@@ -522,6 +523,12 @@ name: .asciz "fn"
     proc = run_cli("verify", obj, out)  # loads where Xen would: every kept site still reaches the copy
     assert proc.returncode == 0, proc.stderr
     assert "3 retargeted site(s)" in proc.stdout
+    # The gate: the ADR's address still escapes (LP001, no rewrite can move it); the branches are calls.
+    gate = run_cli("check", "--format", "json", out)
+    assert gate.returncode == 1
+    found = [(f["rule"], f["section"], f["offset"]) for f in json.loads(gate.stdout)["payloads"][0]["findings"]]
+    assert ("LP001", ".text.user", 0) in found
+    assert not [f for f in found if f[0] == "LP001" and f[2] != 0]
 
 
 def test_a_funcs_table_xen_does_not_load_is_refused(tmp_path: Path) -> None:

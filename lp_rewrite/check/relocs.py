@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from lp_rewrite.check.context import Access, Context
 from lp_rewrite.check.findings import Finding, Place, make
-from lp_rewrite.decide import Decision, Decisions, symbol_label
+from lp_rewrite.decide import Decision, Decisions, Reason, symbol_label
 from lp_rewrite.read import misapplied_relocations, unsupported_relocations
 
 _WHAT = {
@@ -56,6 +56,38 @@ def not_rewritten(ctx: Context, decisions: Decisions | None) -> list[Finding]:
                 f"{ctx.where(d.section, d.offset)}: {rt.name} {what}. The payload was not rewritten (or with "
                 f"another keep list): run `lp-rewrite rewrite`{keep}",
                 Place(elf.sections[d.section].name, d.offset, ctx.file_offset(d.section, d.offset), rt.width or 4),
+                symbol=orig,
+            )
+        )
+    out += _out_of_reach(ctx, decisions)
+    return out
+
+
+def _out_of_reach(ctx: Context, decisions: Decisions) -> list[Finding]:
+    """Entry references whose field cannot reach the hypervisor: no rewrite can move them.
+
+    A branch (b.cond, tbz) only runs while payload code does, so it may keep
+    the copy; an address taken this way (AArch64 ADR) escapes like any other.
+    """
+    out = []
+    funcs = ctx.funcs
+    assert funcs is not None
+    for d in decisions.items:
+        if d.reason is not Reason.KEEP_OUT_OF_REACH or d.replacement is None:
+            continue
+        access = access_of(ctx, d)
+        if access is Access.CALL:
+            continue
+        rt = ctx.arch.types[d.rtype]
+        orig = funcs.replacements[d.replacement].original
+        what = _WHAT.get(access, _WHAT[Access.STORED]).format(orig=orig)
+        out.append(
+            make(
+                "LP001",
+                f"{ctx.where(d.section, d.offset)}: {rt.name} {what}. No rewrite can move it: the field reaches "
+                f"{rt.reach or 0:#x} bytes either way, and Xen places a payload up to {ctx.arch.livepatch_range:#x} "
+                "bytes from the functions it patches; take the address with adrp+add",
+                Place(ctx.elf.sections[d.section].name, d.offset, ctx.file_offset(d.section, d.offset), rt.width or 4),
                 symbol=orig,
             )
         )
