@@ -370,6 +370,12 @@ def apply(payload: Payload, funcs: FuncsTable, out: Plan) -> bytes:
         reloc_sections = [
             i for i, t in enumerate(secs.type) if t in (C.SHT_REL, C.SHT_RELA) and secs.link[i] == elf.symtab_index
         ]
+        # Sections Xen does not relocate were not checked on reading; each must hold
+        # whole entries naming symbols of the table before its entries are renumbered.
+        try:
+            elf.check_relocations(reloc_sections)
+        except InputError as exc:
+            raise InputError(f"--local-aliases renumbers every relocation section, and {exc}") from None
     else:
         reloc_sections = sorted(retargets_by_section)
     for ridx in reloc_sections:

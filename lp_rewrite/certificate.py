@@ -240,13 +240,32 @@ def certify(
             break  # nothing left to vary
         tbl = table if table is not None else synthetic_table([o, r], variant=attempt)
         at = base if base is not None else default_base(tbl) + shift
-        cert = _certify_at(o, r, tbl, at, funcs, decisions)
+        cert = _certify_at(o, r, tbl, at, funcs, decisions, policy)
         if best is None or _weakness(cert) < _weakness(best):
             best = cert
         if _weakness(best) == (False, 0):
             break
     assert best is not None
     return best
+
+
+def _same_file_but_for_the_edits(o: Payload, r: Payload, policy: Policy, refusal: str) -> None:
+    """With no loaded image to compare, REWRITTEN must be byte for byte what the rewrite makes of ORIGINAL.
+
+    The rewrite is deterministic and proves its own output, so this needs the
+    options the payload was rewritten with.
+    """
+    from lp_rewrite.pipeline import rewrite
+
+    why = f"Xen refuses it when relocating ({refusal}), and it is not the rewrite of the original with these options"
+    try:
+        expected = rewrite(o.data, policy=policy).output
+    except (InputError, VerificationError) as exc:
+        raise _fail(r.name, f"{why}: {exc}") from None
+    if expected != r.data:
+        at = next((i for i, (x, y) in enumerate(zip(expected, r.data, strict=False)) if x != y), None)
+        where = f"byte {at:#x} differs" if at is not None else f"{len(r.data)} bytes, not {len(expected)}"
+        raise _fail(r.name, f"{why} ({where})")
 
 
 def _weakness(cert: Certificate) -> tuple[bool, int]:
@@ -260,7 +279,7 @@ _BASE_SHIFTS: Final = (0, 0x3000, 0x17000, 0x2B000)
 
 
 def _certify_at(
-    o: Payload, r: Payload, table: XenSymbols, base: int, funcs: FuncsTable, decisions: Decisions
+    o: Payload, r: Payload, table: XenSymbols, base: int, funcs: FuncsTable, decisions: Decisions, policy: Policy
 ) -> Certificate:
     lo = load(o, table, base, prepare=False)
     try:
@@ -273,6 +292,7 @@ def _certify_at(
         before = _prepare_refusal(lo)
         if before is None:
             raise _fail(r.name, f"Xen would refuse it where it loads the original: {exc}") from None
+        _same_file_but_for_the_edits(o, r, policy, exc.xen_message)
         cert = Certificate(o.name, r.name, o.arch.name, table.source, base, refused_both=True)
         cert.prepare = f"the original by prepare_payload() ({before}), this one when relocated ({exc.xen_message})"
         return cert

@@ -186,7 +186,7 @@ def identify(payload: Payload) -> FuncsTable:
         section = syms.shndx[new.symbol]
         offset = syms.value[new.symbol] + new.addend
         sec = elf.sections[section]
-        if not sec.executable or not 0 <= offset < max(sec.sh_size, 1):
+        if not sec.executable or not 0 <= offset < sec.sh_size:
             raise InputError(f"{where}: new_addr points to {sec.name}+{offset:#x}, which is not payload code")
         old = _pointer(payload, relocs, base + layout.old_addr, where, "old_addr")
         old_symbol: int | None = None

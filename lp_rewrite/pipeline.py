@@ -165,7 +165,7 @@ def _rewrite(
         dest = Path(output)
     if dest is None or (in_place and not edits.changes):
         if edits.changes:  # nothing is written: the bytes in the result are what is proven
-            _self_check(analysis, edits, data, policy)
+            prove_edit(analysis, edits, data, policy)
         return RewriteResult(payload, analysis.funcs, analysis.decisions, edits, data, None if dest is None else dest)
     hook_fn = before_rename
 
@@ -181,8 +181,8 @@ def _rewrite(
     return RewriteResult(payload, analysis.funcs, analysis.decisions, edits, data, dest)
 
 
-def _self_check(analysis: Analysis, edits: Plan, data: bytes, policy: Policy) -> None:
-    """Parse ``data`` and prove it is the input with exactly the planned edits."""
+def prove_edit(analysis: Analysis, edits: Plan, data: bytes, policy: Policy) -> None:
+    """Parse ``data`` and prove it is the input with exactly the planned edits (raises VerificationError)."""
     reps = {r.section for r in analysis.funcs.replacements}
     # The relocation sections deciding looked at (decisions about relocations
     # that cannot reach a replacement are only there with `everything`).
@@ -206,7 +206,7 @@ def _check_written(analysis: Analysis, edits: Plan, data: bytes, policy: Policy,
             f"self-check of the rewritten payload failed: the written file is not what was planned ({at})"
         )
     if edits.changes:
-        _self_check(analysis, edits, data, policy)
+        prove_edit(analysis, edits, data, policy)
 
 
 _WINDOW = 1 << 20

@@ -358,6 +358,12 @@ BAD: dict[str, Bad] = {
         explain_too=False,
     ),
     # An ALLOC section with sh_addralign 0: Xen's ROUNDUP(x, 0) would put it over others.
+    "funcs-new-addr-in-empty-section": Bad(  # fuzz regression: an entry with no code, where another section starts
+        lambda: fx(COMMITTED / "x86_64" / "check_xen_refs.livepatch").edit(
+            (fx(COMMITTED / "x86_64" / "check_xen_refs.livepatch").shdr(".text.tiny", "sh_size"), 0)
+        ),
+        "new_addr points to .text.tiny+0x0, which is not payload code",
+    ),
     "alloc-align-zero": Bad(
         lambda: fx(X86).edit((fx(X86).shdr(".text.caller", "sh_addralign"), 0)),
         "'.text.caller' is SHF_ALLOC with sh_addralign 0",
@@ -609,3 +615,19 @@ def test_big_payloads_take_linear_time(
     assert elapsed < 6.0, f"{elapsed:.1f} s of CPU"
     if n_alias:
         assert len(set(result.plan.renames.values())) == renames  # every new name distinct
+
+
+def test_local_aliases_refuse_a_relocation_section_they_cannot_renumber(tmp_path: Path) -> None:
+    """--local-aliases renumbers every relocation section, also those Xen skips and reading does not
+    check (here sh_info past the section table): each must hold entries of the symbol table (fuzz regression)."""
+    static = fx(COMMITTED / "x86_64" / "static_section.livepatch")
+    src = tmp_path / "s.livepatch"
+    src.write_bytes(static.edit((static.shdr(".rela.text.handler", "sh_info"), 0xFFFF)))
+    out = tmp_path / "out.livepatch"
+    code, err = _cli("rewrite", "--local-aliases", src, "-o", out)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--local-aliases renumbers every relocation section, and relocation section [6] '.rela.text.handler'" in err
+    assert "sh_info 65535 is not the index of a section" in err
+    assert not out.exists()
+    code, err = _cli("rewrite", src, "-o", out)  # global aliases renumber nothing: Xen skips that section
+    assert code == 0, err

@@ -344,6 +344,8 @@ class RelocTable:
                     f"{where}: entry {bad} (offset {self.offsets[bad]:#x}) uses symbol {self.syms[bad]}, "
                     f"but the symbol table has {nsym} entries"
                 )
+            if not 0 < self.target < len(elf.sections):
+                raise InputError(f"{where}: sh_info {self.target} is not the index of a section it relocates")
             tsize = elf.sections[self.target].sh_size
             if max(self.offsets) >= tsize:
                 bad = next(i for i, o in enumerate(self.offsets) if o >= tsize)
@@ -652,7 +654,7 @@ class ElfFile:
         for i in indices:
             size = sizes[i]
             ent = rela_size if types[i] == C.SHT_RELA else rel_size
-            if entsizes[i] != ent or size % ent or not size or not secs.has_file_data(i):
+            if entsizes[i] != ent or size % ent or not size or not secs.has_file_data(i) or targets[i] >= len(sizes):
                 self.relocations(i)
                 continue
             start = starts[i]
