@@ -32,14 +32,14 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from lp_rewrite.arch import LoadError
-from lp_rewrite.decide import Decisions, decide, symbol_label
+from lp_rewrite.decide import Decisions, decide
 from lp_rewrite.errors import InputError, VerificationError
 from lp_rewrite.identify import FuncsTable, Replacement, identify
 from lp_rewrite.loader import LoadedPayload, Refused, default_base, load, prepare_payload, synthetic_table
 from lp_rewrite.loader.header import check_image
 from lp_rewrite.loader.relocate import AppliedRelocation
 from lp_rewrite.policy import Policy
-from lp_rewrite.read import Payload, read_file, read_payload
+from lp_rewrite.read import Payload, read_file, read_payload, symbol_label
 from lp_rewrite.xensyms import XenSymbols
 
 

@@ -31,7 +31,6 @@ from lp_rewrite.errors import InputError
 from lp_rewrite.identify import FuncsTable, Replacement
 from lp_rewrite.policy import Policy
 from lp_rewrite.read import Payload
-from lp_rewrite.read import symbol_label as symbol_label  # re-exported: report, check, certificate
 
 
 class Reason(enum.StrEnum):  # str-based: hashed in C, tens of thousands of times

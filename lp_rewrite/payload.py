@@ -21,6 +21,8 @@ HOOK_SECTIONS: Final = tuple(
 # livepatch_upload(): LIVEPATCH_MAX_SIZE; livepatch_header_check(): e_shnum < 1024.
 MAX_PAYLOAD_SIZE: Final = 2 * 1024 * 1024
 MAX_SECTIONS: Final = 1024
+# LIVEPATCH_OPAQUE_SIZE: the most bytes a NOP entry may cover (Xen saves them there).
+LIVEPATCH_OPAQUE_SIZE: Final = 31
 # Longest symbol or section name read. Xen's runtime symbol table drops names
 # longer than KSYM_NAME_LEN (127), so no original can be longer; this bound
 # leaves room for payload-only names and keeps a hostile string table (one

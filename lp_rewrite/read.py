@@ -44,6 +44,8 @@ class UnsupportedRelocation(NamedTuple):
     offset: int
     rtype: int
     type_name: str
+    target: int  # the relocated section's index
+    symbol: str
 
     def describe(self) -> str:
         return (
@@ -63,6 +65,7 @@ class MisappliedRelocation(NamedTuple):
     symbol: str
     addend: int
     why: str
+    target: int  # the relocated section's index
 
     def describe(self) -> str:
         return (
@@ -153,8 +156,11 @@ def unsupported_relocations(payload: Payload) -> list[UnsupportedRelocation]:
         target = payload.elf.sections[table.target].name
         for i, t in enumerate(table.types):
             if t not in known:
+                label = symbol_label(payload, table.syms[i])
                 out.append(
-                    UnsupportedRelocation(target, table.section.name, table.offsets[i], t, payload.arch.type_name(t))
+                    UnsupportedRelocation(
+                        target, table.section.name, table.offsets[i], t, payload.arch.type_name(t), table.target, label
+                    )
                 )
     return out
 
@@ -188,7 +194,7 @@ def misapplied_relocations(payload: Payload) -> list[MisappliedRelocation]:
                 label = symbol_label(payload, table.syms[i])
                 out.append(
                     MisappliedRelocation(
-                        secs.name(target), table.section.name, offset, t, arch.type_name(t), label, addend, why
+                        secs.name(target), table.section.name, offset, t, arch.type_name(t), label, addend, why, target
                     )
                 )
     return out

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from lp_rewrite.decide import Decision, Reason, symbol_label
+from lp_rewrite.decide import Decision, Reason
 from lp_rewrite.identify import FuncsTable
-from lp_rewrite.read import Payload
+from lp_rewrite.read import Payload, symbol_label
 
 
 def _target(payload: Payload, funcs: FuncsTable, d: Decision) -> str:

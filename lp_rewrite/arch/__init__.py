@@ -25,6 +25,7 @@ from typing import NamedTuple
 from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.file import ElfFile, Section
 from lp_rewrite.errors import InputError
+from lp_rewrite.payload import LIVEPATCH_OPAQUE_SIZE
 
 
 class Use(enum.Enum):
@@ -124,6 +125,11 @@ class Arch(ABC):
         SHT_REL sections); empty, the default, skips the scan altogether."""
         return frozenset()
 
+    # How to build a payload without the places misapplied() reports.
+    misapplied_fix: str = ""
+    # How to take an address that a field of short reach cannot (see reaches_hypervisor()).
+    out_of_reach_fix: str = ""
+
     def misapplied(self, rtype: int, addend: int, data: memoryview, offset: int, rela: bool) -> str | None:
         """Why Xen's loader would not compute what this type means here, or None.
 
@@ -162,8 +168,7 @@ class Arch(ABC):
 
     def verify_func(self, new_addr: int, new_size: int, old_size: int) -> str | None:
         """arch_livepatch_verify_func() (Arm's; x86-64 has its own): why Xen refuses the entry, or None."""
-        opaque = 31  # LIVEPATCH_OPAQUE_SIZE: the most a NOP patch may cover
-        if not new_addr and (new_size > opaque or new_size % self.patch_insn_size):
+        if not new_addr and (new_size > LIVEPATCH_OPAQUE_SIZE or new_size % self.patch_insn_size):
             return f"NOP patch of {new_size} bytes: arch_livepatch_verify_func() fails (no log line)"
         if old_size < self.patch_insn_size:
             return f"old_size {old_size} < {self.patch_insn_size}: arch_livepatch_verify_func() fails (no log line)"

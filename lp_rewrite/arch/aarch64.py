@@ -176,6 +176,7 @@ class AArch64(Arch):
     )
 
     rel_type_refusal = "SHT_REL relocations fail with -ENOSYS on arm64 (Xen logs nothing)"
+    out_of_reach_fix = "take the address with adrp+add (GCC's default code model), not adr"
 
     def target_bias(self, rtype: int, section: Section, data: memoryview, offset: int) -> int:
         return 0

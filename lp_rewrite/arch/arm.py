@@ -135,6 +135,11 @@ class Arm(Arch):
             raise InputError(f"cannot re-encode an addend for relocation type {rtype}")
         _U32.pack_into(data, offset, word)
 
+    misapplied_fix = (
+        "build with -mword-relocations (addresses from literal pools: R_ARM_ABS32, whose addend Xen applies), "
+        "or take the address of the symbol itself"
+    )
+
     def misapplied_types(self, rela: bool) -> frozenset[int]:
         # A REL branch's immediate *is* its addend, so only RELA ones can disagree.
         return _MOVES | _BRANCHES if rela else _MOVES

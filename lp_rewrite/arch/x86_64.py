@@ -18,6 +18,7 @@ from lp_rewrite.arch.x86_insn import decode_rel32, fast_rel32
 from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.file import ElfFile, Section
 from lp_rewrite.errors import InputError
+from lp_rewrite.payload import LIVEPATCH_OPAQUE_SIZE
 
 R_X86_64_NONE: Final = 0
 R_X86_64_64: Final = 1
@@ -77,7 +78,7 @@ class X86_64(Arch):
 
     def verify_func(self, new_addr: int, new_size: int, old_size: int) -> str | None:
         # The ENDBR64 allowance (old_size >= 9 after one) is not modelled.
-        if not new_addr and (new_size > 31 or old_size < new_size):  # LIVEPATCH_OPAQUE_SIZE
+        if not new_addr and (new_size > LIVEPATCH_OPAQUE_SIZE or old_size < new_size):
             return f"NOP patch of {new_size} bytes: arch_livepatch_verify_func() fails (no log line)"
         if new_addr and old_size < self.patch_insn_size:
             return f"old_size {old_size} < {self.patch_insn_size}: arch_livepatch_verify_func() fails (no log line)"

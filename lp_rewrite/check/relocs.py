@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from lp_rewrite.check.context import Access, Context
 from lp_rewrite.check.findings import Finding, Place, make
-from lp_rewrite.decide import Decision, Decisions, Reason, symbol_label
+from lp_rewrite.decide import Decision, Decisions, Reason
 from lp_rewrite.read import misapplied_relocations, unsupported_relocations
 
 _WHAT = {
@@ -85,8 +85,8 @@ def _out_of_reach(ctx: Context, decisions: Decisions) -> list[Finding]:
             make(
                 "LP001",
                 f"{ctx.where(d.section, d.offset)}: {rt.name} {what}. No rewrite can move it: the field reaches "
-                f"{rt.reach or 0:#x} bytes either way, and Xen places a payload up to {ctx.arch.livepatch_range:#x} "
-                "bytes from the functions it patches; take the address with adrp+add",
+                f"{rt.reach:#x} bytes either way, and Xen places a payload up to {ctx.arch.livepatch_range:#x} "
+                f"bytes from the functions it patches; {ctx.arch.out_of_reach_fix}",
                 Place(ctx.elf.sections[d.section].name, d.offset, ctx.file_offset(d.section, d.offset), rt.width or 4),
                 symbol=orig,
             )
@@ -119,64 +119,31 @@ def _hint(type_name: str) -> str:
 
 
 def unsupported(ctx: Context) -> list[Finding]:
-    bad = unsupported_relocations(ctx.payload)
-    if not bad:
-        return []
-    # UnsupportedRelocation names sections; map back to the tables for file offsets and symbols.
-    tables = {t.section.name: t for t in ctx.payload.applied_relocations()}
     out = []
-    for u in bad:
-        table = tables.get(u.reloc_section)
-        file_offset, where, symbol = None, u.section, None
-        if table is not None:
-            file_offset = ctx.file_offset(table.target, u.offset)
-            where = ctx.where(table.target, u.offset)
-            i = next(
-                (k for k in range(table.count) if table.offsets[k] == u.offset and table.types[k] == u.rtype), None
-            )
-            if i is not None:
-                symbol = symbol_label(ctx.payload, table.syms[i])
+    for u in unsupported_relocations(ctx.payload):
         out.append(
             make(
                 "LP003",
-                f"{where}: {u.type_name} ({u.rtype}) against {symbol or 'a symbol'} is not applied by Xen's loader on "
-                f"{ctx.arch.name}: the whole payload is refused at load ('Unhandled relocation'). This is "
-                f"{_hint(u.type_name)}",
-                Place(u.section, u.offset, file_offset, 4),
-                symbol=symbol,
+                f"{ctx.where(u.target, u.offset)}: {u.type_name} ({u.rtype}) against {u.symbol} is not applied by "
+                f"Xen's loader on {ctx.arch.name}: the whole payload is refused at load ('Unhandled relocation'). "
+                f"This is {_hint(u.type_name)}",
+                Place(u.section, u.offset, ctx.file_offset(u.target, u.offset), 4),
+                symbol=u.symbol,
             )
         )
     return out
 
 
-# What to build differently, by the type Xen misapplies.
-_MISAPPLIED_HINTS = (
-    (
-        "_MOV",
-        "build with -mword-relocations (addresses from literal pools: R_ARM_ABS32, whose addend Xen applies), "
-        "or take the address of the symbol itself",
-    ),
-)
-
-
 def misapplied(ctx: Context) -> list[Finding]:
     """LP015: places Xen relocates without complaint, to a wrong value (:func:`misapplied_relocations`)."""
-    bad = misapplied_relocations(ctx.payload)
-    if not bad:
-        return []
-    targets = {t.section.name: t.target for t in ctx.payload.applied_relocations()}
     out = []
-    for m in bad:
-        target = targets.get(m.reloc_section)
-        file_offset = ctx.file_offset(target, m.offset) if target is not None else None
-        where = ctx.where(target, m.offset) if target is not None else m.section
-        hint = next((h for key, h in _MISAPPLIED_HINTS if key in m.type_name), "rebuild with GNU as, which zeroes it")
+    for m in misapplied_relocations(ctx.payload):
         out.append(
             make(
                 "LP015",
-                f"{where}: {m.type_name} against {m.symbol}{m.addend:+#x}: {m.why}. The payload loads, and the code "
-                f"uses a wrong address; {hint}",
-                Place(m.section, m.offset, file_offset, 4),
+                f"{ctx.where(m.target, m.offset)}: {m.type_name} against {m.symbol}{m.addend:+#x}: {m.why}. The "
+                f"payload loads, and the code uses a wrong address; {ctx.arch.misapplied_fix}",
+                Place(m.section, m.offset, ctx.file_offset(m.target, m.offset), 4),
                 symbol=m.symbol,
             )
         )

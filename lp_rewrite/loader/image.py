@@ -193,19 +193,19 @@ def _read_c_string(loaded: LoadedPayload, address: int) -> str | None:
     return region.data[start:end].decode("utf-8", "surrogateescape")
 
 
-def _section_ok(loaded: LoadedPayload, placed: PlacedSection, unit: int, label: str) -> None:
-    if placed.size % unit:
-        raise Refused(label, f"Wrong size {placed.size} of {placed.name} (must be multiple of {unit})")
+def _first_loaded(loaded: LoadedPayload, section: str, unit: int, label: str) -> PlacedSection | None:
+    """The first section of that name (livepatch_elf_sec_by_name()), checked as prepare_payload() does.
 
-
-def _first_loaded(loaded: LoadedPayload, section: str, label: str) -> PlacedSection | None:
-    # livepatch_elf_sec_by_name(): the first section of that name.
+    section_ok() checks the header's size first; the table is then read at the
+    section's load address, NULL for a section move_payload() skipped.
+    """
     sec = loaded.payload.elf.section_by_name(section)
     if sec is None:
         return None
+    if sec.sh_size % unit:
+        raise Refused(label, f"Wrong size {sec.sh_size} of {section} (must be multiple of {unit})")
     placed = loaded.layout.sections.get(sec.index)
     if placed is None:
-        # prepare_payload() reads it through sec->load_addr, NULL for a section move_payload() skipped.
         raise Refused(label, f"{section} is not SHF_ALLOC: prepare_payload() would read it at a NULL load address")
     return placed
 
@@ -214,10 +214,9 @@ def _prepare(loaded: LoadedPayload, label: str) -> None:
     """prepare_payload(): the .livepatch.funcs entries and the hook arrays."""
     ptr = loaded.payload.elf.layout.ptr_size
     arch = loaded.payload.arch
-    funcs = _first_loaded(loaded, FUNCS_SECTION, label)
+    lay = func_layout(LIVEPATCH_PAYLOAD_VERSION, ptr)
+    funcs = _first_loaded(loaded, FUNCS_SECTION, lay.entry_size, label)
     if funcs is not None:
-        lay = func_layout(LIVEPATCH_PAYLOAD_VERSION, ptr)
-        _section_ok(loaded, funcs, lay.entry_size, label)
         data = loaded.section_bytes(funcs.index)
         for i in range(funcs.size // lay.entry_size):
             at = i * lay.entry_size
@@ -250,10 +249,9 @@ def _prepare(loaded: LoadedPayload, label: str) -> None:
                 )
             loaded.functions.append(PatchFunction(i, name or "", new_addr, old_addr, new_size, old_size, from_name))
     for section, out in ((LOAD_HOOKS, loaded.load_hooks), (UNLOAD_HOOKS, loaded.unload_hooks)):
-        hooks = _first_loaded(loaded, section, label)
+        hooks = _first_loaded(loaded, section, ptr, label)
         if hooks is None:
             continue
-        _section_ok(loaded, hooks, ptr, label)
         data = loaded.section_bytes(hooks.index)
         out.extend(_read_pointer(loaded, data, off) for off in range(0, hooks.size, ptr))
 
