@@ -38,9 +38,9 @@ from lp_rewrite.check.findings import Finding, rule
 from lp_rewrite.errors import UsageError
 
 ALLOW_SECTION: Final = ".lp_rewrite.allow"
+# The rule an entry without RULE: names, and the only one a payload's own
+# section may allow (symbol by symbol): the finding reviewers accept case by case.
 DEFAULT_RULE: Final = "LP002"
-# The only rule a payload's own section may allow, and only symbol by symbol.
-PAYLOAD_RULE: Final = "LP002"
 _COMMENT: Final = re.compile(r"(?:^|\s)#")
 
 
@@ -108,7 +108,7 @@ class AllowList:
                 entry = parse_entry(text, f"{label} {ALLOW_SECTION}")
             except ValueError:
                 continue
-            if entry.rule == PAYLOAD_RULE and entry.symbol != "*":
+            if entry.rule == DEFAULT_RULE and entry.symbol != "*":
                 extra.append(entry)
         return AllowList(self.entries + tuple(extra)) if extra else self
 

@@ -29,12 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from lp_rewrite.check.findings import Finding, PayloadReport, Severity, counts, make
+from lp_rewrite.check.findings import UNREADABLE, Finding, PayloadReport, Severity, counts, make
 from lp_rewrite.check.run import CheckOptions, check_payload
 from lp_rewrite.errors import LpRewriteError, UsageError
 
 PAYLOAD_SUFFIX = ".livepatch"
-UNREADABLE = "LP012"  # the rule for what could not be read or analysed
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 
 class Severity(enum.Enum):
@@ -214,6 +214,8 @@ RULES: tuple[Rule, ...] = (
 )
 
 RULE_BY_ID: dict[str, Rule] = {r.id: r for r in RULES}
+# The rule for what could not be read or analysed: it turns a report incomplete (exit 2).
+UNREADABLE: Final = "LP012"
 RULE_BY_NAME: dict[str, Rule] = {r.name: r for r in RULES}
 
 

@@ -17,7 +17,7 @@ from lp_rewrite.check import branches, escape, hidden, relocs, structure, trampo
 from lp_rewrite.check import xen as xen_rules
 from lp_rewrite.check.allow import ALLOW_SECTION, AllowList
 from lp_rewrite.check.context import Context
-from lp_rewrite.check.findings import Finding, PayloadReport, make
+from lp_rewrite.check.findings import UNREADABLE, Finding, PayloadReport, make
 from lp_rewrite.check.xen import XenImage
 from lp_rewrite.decide import Decisions, decide
 from lp_rewrite.errors import InputError
@@ -38,7 +38,7 @@ def _guarded(name: str, rule: Callable[[], list[Finding]]) -> list[Finding]:
     try:
         return rule()
     except InputError as exc:
-        return [make("LP012", f"the {name} rules could not analyse this payload: {exc}")]
+        return [make(UNREADABLE, f"the {name} rules could not analyse this payload: {exc}")]
 
 
 def check_payload(
@@ -75,7 +75,7 @@ def check_loaded(payload: Payload, options: CheckOptions) -> PayloadReport:
         try:
             decisions = decide(payload, funcs, options.policy)
         except InputError as exc:
-            findings.append(make("LP012", f"the relocation decisions could not be made: {exc}"))
+            findings.append(make(UNREADABLE, f"the relocation decisions could not be made: {exc}"))
     findings += _guarded("not-rewritten", lambda: relocs.not_rewritten(ctx, decisions))
     findings += _guarded("unsupported-relocation", lambda: relocs.unsupported(ctx))
     findings += _guarded("misapplied-relocation", lambda: relocs.misapplied(ctx))
