@@ -53,7 +53,7 @@ def test_exit_codes(tmp_path: Path) -> None:
     v1 = clean_payload(tmp_path, name="version1")
     refused = run_cli("check", v1)
     assert refused.returncode == 1 and "LP010" in refused.stdout
-    allowed = run_cli("check", "--allow", "LP010:*", v1)
+    allowed = run_cli("check", "--allow", "LP010:version-1", v1)
     assert allowed.returncode == 0, allowed.stdout
     assert (
         allowed.stdout.rstrip()

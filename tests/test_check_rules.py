@@ -819,8 +819,16 @@ def test_lp010_version_1_is_an_error_unless_allowed(arch: str, tmp_path: Path) -
     (f,) = check_payload(payload).findings
     assert f.rule.id == "LP010" and f.severity.value == "error" and "version 1" in f.message
     assert f.file_offset is not None and payload.read_bytes()[f.file_offset] == 1  # the version byte itself
-    allowed = check_payload(payload, CheckOptions(allow=AllowList.build(["LP010:*"])))
+    assert f.symbol == "version-1" and "--allow LP010:version-1" in f.message
+    allowed = check_payload(payload, CheckOptions(allow=AllowList.build(["LP010:version-1"])))
     assert [g.rule.id for g in allowed.findings] == ["LP010"] and not allowed.active()
+    # The entry allows that one finding: a v1 table of a wrong size still fails.
+    with open(payload, "rb") as stream:
+        size = ELFFile(stream).get_section_by_name(".livepatch.funcs")["sh_size"]
+    odd = _set_section_size(payload, ".livepatch.funcs", size - 4, tmp_path / "odd.livepatch")
+    (left,) = check_payload(odd, CheckOptions(allow=AllowList.build(["LP010:version-1"]))).active()
+    assert left.rule.id == "LP010" and "not a multiple of the version-1 entry size" in left.message
+    assert left.symbol is None
     # The loader model agrees: Xen refuses it, with the log line the finding quotes.
     from lp_rewrite.loader import Refused, default_base, load, synthetic_table
     from lp_rewrite.read import read_file, read_payload

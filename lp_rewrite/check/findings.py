@@ -152,7 +152,8 @@ RULES: tuple[Rule, ...] = (
         "32-bit, version 2 since Xen 4.14) and refuses a size that is not a multiple of the entry size "
         "or an entry with another version ('Wrong version'). Rebuild the payload with the livepatch_func "
         "layout of the hypervisor it targets. Version 1 (Xen 4.7-4.13) is an error too; a team that "
-        "targets those releases allows it with --allow LP010:*.",
+        "targets those releases allows it with --allow LP010:version-1 (that finding's symbol: a wrong "
+        "size or mixed versions still fail).",
     ),
     Rule(
         "LP011",

@@ -155,7 +155,10 @@ def funcs_table(payload: Payload) -> tuple[list[Finding], FuncsTable | None]:
     layout = func_layout(version, ptr)
     if version != XEN_PAYLOAD_VERSION:
         # An error like any other version Xen refuses: only 4.7-4.13 load it, and
-        # a team that targets those says so once, with --allow LP010:*.
+        # a team that targets those says so once, with --allow LP010:version-1.
+        # That symbol names this finding alone, so the allow entry leaves a wrong
+        # size, mixed versions or an unreadable table failing.
+        allow_key = f"version-{version}"
         current = func_layout(XEN_PAYLOAD_VERSION, ptr).entry_size
         # section_ok() sizes the table with today's entry before any version is read.
         if funcs.sh_size % current:
@@ -167,8 +170,9 @@ def funcs_table(payload: Payload) -> tuple[list[Finding], FuncsTable | None]:
                 "LP010",
                 f"payload version {version} (the {layout.entry_size}-byte layout of Xen 4.7-4.13): Xen 4.14 and "
                 f"later refuse it ({refusal}); rebuild it for the hypervisor it targets, or, for a 4.7-4.13 "
-                "hypervisor, allow it with --allow LP010:*",
+                f"hypervisor, allow it with --allow LP010:{allow_key}",
                 Place(funcs.name, voff, funcs.sh_offset + voff, 1),
+                symbol=allow_key,
             )
         )
     if funcs.sh_size % layout.entry_size:
