@@ -49,20 +49,15 @@ class XenImage:
     text: bytes = b""
     sealed: frozenset[int] = field(default_factory=frozenset)
 
-    @property
+    @cached_property
     def arch(self) -> Arch | None:
+        """The image's target, which has the landing pads (None for a machine no payload targets)."""
         return arch_for_machine(self.machine)
 
     @property
     def arch_name(self) -> str:
         arch = self.arch
         return arch.name if arch is not None else f"e_machine {self.machine}"
-
-    @property
-    def landing_pad(self) -> bytes | None:
-        """The target's indirect-branch landing pad (ENDBR64), if it has one."""
-        arch = self.arch
-        return arch.landing_pad if arch is not None else None
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> XenImage:
@@ -79,8 +74,8 @@ class XenImage:
         symbols = XenSymbols.from_xen_syms(p)
         image = cls(p, symbols, machine, ptr)
         image._read_text()
-        if image.landing_pad is not None:
-            image.sealed = image._sealed()
+        if image.arch is not None and image.arch.landing_pad is not None:
+            image.sealed = image._sealed(image.arch.landing_pad)
         return image
 
     def _read_text(self) -> None:
@@ -105,7 +100,7 @@ class XenImage:
         off = address - self.text_start
         return self.text[off : off + size]
 
-    def _sealed(self) -> frozenset[int]:
+    def _sealed(self, pad: bytes) -> frozenset[int]:
         start, end = (self.symbols.lookup(n) for n in _CLOBBER)
         if start is None or end is None or end.address <= start.address:
             return frozenset()
@@ -113,14 +108,14 @@ class XenImage:
         fmt = "<Q" if self.ptr_size == 8 else "<I"
         n = len(words) // self.ptr_size
         targets = struct.unpack_from(f"<{n}{fmt[1]}", words) if n else ()
-        pad = self.landing_pad or b"\0"
         return frozenset(t for t in targets if self.code(t, len(pad)) == pad)
 
     @cached_property
     def ibt(self) -> bool:
-        pad = self.landing_pad
-        if pad is None:
+        arch = self.arch
+        if arch is None or arch.landing_pad is None:
             return False
+        pad = arch.landing_pad
         return any(s.is_function and self.code(s.address, len(pad)) == pad for s in self.symbols.symbols.values())
 
     def landing_pad_at(self, address: int) -> int:
@@ -335,12 +330,11 @@ def _symtab_place(ctx: Context, i: int) -> Place:
 # -- LP007 -----------------------------------------------------------------------
 
 
-def _ibt_problem(xen: XenImage, address: int | None) -> str | None:
+def _ibt_problem(xen: XenImage, pad: bytes, address: int | None) -> str | None:
     if address is None or not xen.in_text(address):
         return None  # not hypervisor code (or unknown: LP004 says so)
     if address in xen.sealed:
         return "loses its ENDBR64 at boot (seal_endbr64() clobbers it: a .init.{ro,}data.cf_clobber table points at it)"
-    pad = xen.landing_pad or b""
     if xen.code(address, len(pad)) != pad:
         return "does not start with ENDBR64 (it is not cf_check)"
     return None
@@ -365,7 +359,8 @@ def check_ibt(ctx: Context, xen: XenImage, decisions: Decisions | None) -> list[
     aliases: the value is the address); a reference the rewrite will move to
     an original reaches it too, at old_addr's literal when there is one.
     """
-    if ctx.arch.landing_pad is None or not xen.ibt:
+    pad = ctx.arch.landing_pad  # the image's too: check_arch() made sure they are one target
+    if pad is None or not xen.ibt:
         return []
     syms = ctx.syms
     names = _xen_names(ctx)
@@ -382,7 +377,7 @@ def check_ibt(ctx: Context, xen: XenImage, decisions: Decisions | None) -> list[
             name = syms.name(ref.symbol)
             address = _address_of(xen, name)
             what = f"the hypervisor's {name}"
-        why = _ibt_problem(xen, address)
+        why = _ibt_problem(xen, pad, address)
         if why is not None:
             out.append(
                 make(
@@ -397,7 +392,7 @@ def check_ibt(ctx: Context, xen: XenImage, decisions: Decisions | None) -> list[
             if d.replacement is None or access_of(ctx, d) not in (Access.ADDRESS, Access.STORED):
                 continue
             rep = ctx.funcs.replacements[d.replacement]
-            why = _ibt_problem(xen, rep.old_literal or _address_of(xen, rep.original))
+            why = _ibt_problem(xen, pad, rep.old_literal or _address_of(xen, rep.original))
             if why is not None:
                 section = ctx.elf.sections[d.section]
                 out.append(
