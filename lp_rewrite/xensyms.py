@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import bisect
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -27,6 +27,25 @@ from lp_rewrite.errors import InputError
 
 # How far back function_containing() looks for a function that spans an address.
 _LONGEST_FUNCTION = 1 << 20
+
+
+def scoped_names(entries: Iterable[tuple[str, bool, bool]]) -> Iterator[str | None]:
+    """The runtime-table name of each ``(name, is_file, is_local)``, in symbol-table order.
+
+    A local symbol is ``FILE#name``, scoped by the nearest preceding FILE
+    symbol (an empty FILE name ends the scope), as ``xen/tools/symbols.c``
+    names the hypervisor's statics and prelink's ``lookup_local_symbol()``
+    scopes a payload's; other symbols keep their name. A FILE symbol yields
+    None. Entries that are neither FILE symbols nor wanted may be left out:
+    only FILE symbols move the scope.
+    """
+    scope = ""
+    for name, is_file, local in entries:
+        if is_file:
+            scope = name
+            yield None
+        else:
+            yield f"{scope}#{name}" if local and scope else name
 
 
 @dataclass(frozen=True)
@@ -86,10 +105,17 @@ class XenSymbols:
             else:
                 table._add(sym)
                 real.add(name)
-        top = max((s.address + max(s.size, 1) for s in table.symbols.values()), default=0)
+        top = table.free_page()
         for i, name in enumerate(stand_ins):
-            table._add(XenSymbol(name, ((top + 0xFFF) & ~0xFFF) + 16 * (i + 1), 16, True, ""))
+            table._add(XenSymbol(name, top + 16 * (i + 1), 16, True, ""))
         return table, frozenset(real)
+
+    def free_page(self, gap: int = 0) -> int:
+        """The first page boundary at least ``gap`` bytes past the highest symbol (those at 0 left out)."""
+        from lp_rewrite.loader.layout import PAGE_SIZE  # here: the loader package imports this module
+
+        top = max((s.address + max(s.size, 1) for s in self.symbols.values() if s.address), default=0)
+        return (top + gap + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
 
     def function_containing(self, address: int) -> XenSymbol | None:
         """The function whose bytes hold ``address`` (for messages; None when none does)."""
@@ -106,10 +132,10 @@ class XenSymbols:
 
     @cached_property
     def _functions(self) -> tuple[list[int], list[XenSymbol]]:
-        syms = sorted(
-            (s for group in (self.symbols.values(), *self.candidates.values()) for s in group if s.is_function),
-            key=lambda s: (s.address, s.name),
-        )
+        # An ambiguous name's first symbol is in both symbols and candidates: count it once.
+        unique = (s for name, s in self.symbols.items() if name not in self.candidates)
+        every = (s for group in self.candidates.values() for s in group)
+        syms = sorted((s for s in (*unique, *every) if s.is_function), key=lambda s: (s.address, s.name))
         return [s.address for s in syms], syms
 
     def _add(self, sym: XenSymbol) -> None:
@@ -134,21 +160,18 @@ class XenSymbols:
                 if not isinstance(symtab, SymbolTableSection):
                     raise InputError(f"{p}: no .symtab (a stripped image? use the unstripped xen-syms)")
                 names = {i: s.name for i, s in enumerate(elf.iter_sections())}
-                current_file: str | None = None
-                for sym in symtab.iter_symbols():
+                syms = list(symtab.iter_symbols())
+                scoped = scoped_names(
+                    (s.name, s["st_info"]["type"] == "STT_FILE", s["st_info"]["bind"] == "STB_LOCAL") for s in syms
+                )
+                for sym, name in zip(syms, scoped, strict=True):
                     kind = sym["st_info"]["type"]
-                    bind = sym["st_info"]["bind"]
                     shndx = sym["st_shndx"]
-                    if kind == "STT_FILE":
-                        current_file = sym.name
+                    raw = sym.name
+                    if name is None or not raw or kind == "STT_SECTION" or shndx == "SHN_UNDEF" or raw.startswith("$"):
                         continue
-                    name = sym.name
-                    if not name or kind == "STT_SECTION" or shndx == "SHN_UNDEF" or name.startswith("$"):
+                    if "_compiled." in name or (shndx == "SHN_ABS" and raw != "__gp"):
                         continue
-                    if "_compiled." in name or (shndx == "SHN_ABS" and name != "__gp"):
-                        continue
-                    if bind == "STB_LOCAL" and current_file is not None:
-                        name = f"{current_file}#{name}"
                     section = names.get(shndx, "") if isinstance(shndx, int) else ""
                     table._add(XenSymbol(name, sym["st_value"], sym["st_size"], kind == "STT_FUNC", section))
         except OSError as exc:

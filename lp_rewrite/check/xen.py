@@ -33,7 +33,7 @@ from lp_rewrite.decide import Decisions
 from lp_rewrite.elf import consts as C
 from lp_rewrite.errors import InputError, UsageError
 from lp_rewrite.payload import FUNCS_SECTION
-from lp_rewrite.xensyms import XenSymbols
+from lp_rewrite.xensyms import XenSymbols, scoped_names
 
 _CLOBBER = ("__initdata_cf_clobber_start", "__initdata_cf_clobber_end")
 _TEXT = ("_stext", "_etext")
@@ -236,23 +236,19 @@ def _xen_names(ctx: Context) -> dict[int, str]:
 
     A global (or an alias already spelled ``path/file.c#foo``) is its own
     name; a bare local is looked up as prelink's lookup_local_symbol() does,
-    in the scope of the nearest preceding FILE symbol: ``FILE#name``.
+    in the scope of the nearest preceding FILE symbol (:func:`scoped_names`).
     """
     syms = ctx.syms
-    out: dict[int, str] = {}
-    current_file = ""
-    for i in range(1, syms.count):
-        kind = syms.type(i)
-        if kind == C.STT_FILE:
-            current_file = syms.name(i)
-            continue
-        name = syms.name(i)
-        if not name or kind == C.STT_SECTION or not syms.is_absolute(i):
-            continue
-        if syms.bind(i) == C.STB_LOCAL and "#" not in name and current_file:
-            name = f"{current_file}#{name}"
-        out[i] = name
-    return out
+    wanted = [
+        i
+        for i in range(1, syms.count)
+        if syms.type(i) == C.STT_FILE or (syms.is_absolute(i) and syms.type(i) != C.STT_SECTION and syms.name(i))
+    ]
+    entries = (
+        (syms.name(i), syms.type(i) == C.STT_FILE, syms.bind(i) == C.STB_LOCAL and "#" not in syms.name(i))
+        for i in wanted
+    )
+    return {i: name for i, name in zip(wanted, scoped_names(entries), strict=True) if name is not None}
 
 
 def _where_it_is(xen: XenImage, address: int) -> str:

@@ -19,7 +19,6 @@ from collections.abc import Iterable
 from typing import Final
 
 from lp_rewrite.elf import consts as C
-from lp_rewrite.loader.layout import PAGE_SIZE
 from lp_rewrite.payload import FUNCS_SECTION, SUPPORTED_VERSIONS, func_layout, version_offset
 from lp_rewrite.read import Payload
 from lp_rewrite.xensyms import XenSymbols
@@ -97,5 +96,4 @@ def synthetic_table(payloads: Iterable[Payload], variant: int = 0) -> XenSymbols
 
 def default_base(table: XenSymbols) -> int:
     """A page-aligned load address just past the table's highest symbol."""
-    top = max((s.address + max(s.size, 1) for s in table.symbols.values() if s.address), default=0)
-    return (top + _GAP + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+    return table.free_page(_GAP)
