@@ -49,17 +49,17 @@ def _load(ctx: Context, xen: XenImage | None) -> tuple[LoadedPayload, frozenset[
 def _target(ctx: Context, branch: MisdirectedBranch, real: frozenset[str]) -> tuple[str, str] | None:
     """(description, symbol) of what the branch means to reach, when its address is known at build time."""
     r = branch.relocation
-    syms = ctx.syms
-    if syms.is_defined_in_section(r.symbol):
-        section = ctx.elf.sections[r.section]
-        bias = ctx.arch.target_bias(r.rtype, section, ctx.elf.section_data(r.section), r.offset)
-        shndx, offset = syms.shndx[r.symbol], syms.value[r.symbol] + r.a + bias
+    ref = ctx.reference(r.reloc_section, r.index)
+    if ref is None:
+        return None
+    if ref.target is not None:
+        shndx, offset = ref.target
         fn = ctx.containing_function(shndx, offset)
         return ctx.where(shndx, offset), ctx.name(fn) if fn is not None else ctx.elf.sections[shndx].name
-    name = ctx.name(r.symbol)
-    if syms.is_absolute(r.symbol):
+    name = ctx.name(ref.symbol)
+    if ref.absolute is not None:
         return f"the hypervisor's {name} (absolute)", name
-    if syms.is_undefined(r.symbol) and name in real:
+    if ctx.syms.is_undefined(ref.symbol) and name in real:
         return f"the hypervisor's {name}", name
     return None
 

@@ -249,6 +249,19 @@ class Context:
                             continue
                 yield self.resolve(table, i, sec, data, rt, sym)
 
+    def reference(self, reloc_section: int, index: int) -> Reference | None:
+        """Relocation ``index`` of that section, resolved as :meth:`references` resolves it, in any section.
+
+        None for a type Xen's loader refuses (LP003 reports it).
+        """
+        elf = self.elf
+        table = elf.relocations(reloc_section)
+        rt = self.arch.types.get(table.types[index])
+        if rt is None:
+            return None
+        sec = elf.sections[table.target]
+        return self.resolve(table, index, sec, elf.section_data(sec.index), rt, table.syms[index])
+
     def resolve(self, table: RelocTable, i: int, sec: Section, data: memoryview, rt: RelocType, sym: int) -> Reference:
         arch, syms = self.arch, self.syms
         offset = table.offsets[i]
