@@ -144,10 +144,39 @@ def _read_string(payload: Payload, section: int, offset: int, where: str) -> str
         raise InputError(f"{where}: name string at {sec.name}+{offset:#x} has no NUL terminator")
     if end == start:
         raise InputError(f"{where}: name string at {sec.name}+{offset:#x} is empty")
+    _refuse_relocated_name(payload, section, offset, offset + (end - start), where)
     try:
         return payload.elf.data[start:end].decode("ascii")
     except UnicodeDecodeError:
         raise InputError(f"{where}: name string at {sec.name}+{offset:#x} is not ASCII") from None
+
+
+def _nop_name_unrelocated(payload: Payload, section: int, offset: int, where: str) -> None:
+    """A NOP entry's name is only read by Xen: refuse it only if a relocation writes into it."""
+    sec = payload.elf.sections[section]
+    if not sec.has_file_data or not 0 <= offset < sec.sh_size:
+        return
+    start = sec.sh_offset + offset
+    end = payload.elf.data.find(b"\0", start, min(sec.sh_offset + sec.sh_size, start + MAX_NAME_LEN + 1))
+    if end >= 0:
+        _refuse_relocated_name(payload, section, offset, offset + (end - start), where)
+
+
+def _refuse_relocated_name(payload: Payload, section: int, start: int, nul: int, where: str) -> None:
+    """Xen reads the name after relocating: a relocation into it (or its NUL) changes what Xen reads."""
+    elf, types = payload.elf, payload.arch.types
+    for idx in elf.relocation_sections:
+        if elf.sections.info[idx] != section:
+            continue
+        table = elf.relocations(idx)
+        for off, rtype in zip(table.offsets, table.types, strict=True):
+            width = types[rtype].width if rtype in types else 4
+            if off <= nul and start < off + width:
+                name = elf.sections[section].name
+                raise InputError(
+                    f"{where}: the name string at {name}+{start:#x} is written by a relocation at {name}+{off:#x}: "
+                    "Xen reads the name after relocating"
+                )
 
 
 def identify(payload: Payload) -> FuncsTable:
@@ -177,6 +206,12 @@ def identify(payload: Payload) -> FuncsTable:
             literal = struct.unpack_from(ptr_fmt, data, base + layout.new_addr)[0]
             if literal:
                 raise InputError(f"{where}: new_addr holds the literal {literal:#x} with no relocation")
+            # Xen still reads a NOP entry's name (resolve_old_address()): it must not change under the rewrite.
+            name_rel = _pointer(payload, relocs, base + layout.name, where, "name")
+            if name_rel is not None and syms.is_defined_in_section(name_rel.symbol):
+                _nop_name_unrelocated(
+                    payload, syms.shndx[name_rel.symbol], syms.value[name_rel.symbol] + name_rel.addend, where
+                )
             nops.append(i)
             continue
         if not syms.is_defined_in_section(new.symbol):

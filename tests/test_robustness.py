@@ -358,6 +358,16 @@ BAD: dict[str, Bad] = {
         explain_too=False,
     ),
     # An ALLOC section with sh_addralign 0: Xen's ROUNDUP(x, 0) would put it over others.
+    "funcs-name-written-by-a-relocation": Bad(  # fuzz regression: Xen reads the relocated bytes as the name
+        _x((_f().rela(".rela.livepatch.funcs", 0, "r_sym"), 6)),  # the name is .text.install+0 ("H\x8d\x05" + rel32)
+        "the name string at .text.install+0x0 is written by a relocation at .text.install+0x3",
+    ),
+    "funcs-nop-name-written-by-a-relocation": Bad(  # the same for a NOP entry, whose name Xen also looks up
+        lambda: fx(COMMITTED / "x86_64" / "nop_entry.livepatch").edit(
+            (fx(COMMITTED / "x86_64" / "nop_entry.livepatch").rela(".rela.livepatch.funcs", 2, "r_sym"), 6)
+        ),
+        "entry 1: the name string at .text.install_tick+0x0 is written by a relocation at .text.install_tick+0x3",
+    ),
     "funcs-new-addr-in-empty-section": Bad(  # fuzz regression: an entry with no code, where another section starts
         lambda: fx(COMMITTED / "x86_64" / "check_xen_refs.livepatch").edit(
             (fx(COMMITTED / "x86_64" / "check_xen_refs.livepatch").shdr(".text.tiny", "sh_size"), 0)
