@@ -368,7 +368,9 @@ def apply(payload: Payload, funcs: FuncsTable, out: Plan) -> bytes:
     secs = elf.sections
     if n_local_inserted:  # every relocation section is renumbered
         reloc_sections = [
-            i for i, t in enumerate(secs.type) if t in (C.SHT_REL, C.SHT_RELA) and secs.link[i] == elf.symtab_index
+            i
+            for i, t in enumerate(secs.type)
+            if i and t in (C.SHT_REL, C.SHT_RELA) and secs.link[i] == elf.symtab_index
         ]
         # Sections Xen does not relocate were not checked on reading; each must hold
         # whole entries naming symbols of the table before its entries are renumbered.

@@ -641,3 +641,25 @@ def test_local_aliases_refuse_a_relocation_section_they_cannot_renumber(tmp_path
     assert not out.exists()
     code, err = _cli("rewrite", src, "-o", out)  # global aliases renumber nothing: Xen skips that section
     assert code == 0, err
+
+
+def test_section_zero_is_never_a_relocation_section(tmp_path: Path) -> None:
+    """Xen's loops start at section 1: a null header dressed up as SHT_REL/SHT_RELA relocates nothing
+    (fuzz regression: it was read as a table with no bytes)."""
+    from lp_rewrite.certificate import certify
+
+    f = _f()
+    edited = f.edit(
+        (f.shdr(0, "sh_type"), 4),  # SHT_RELA
+        (f.shdr(0, "sh_info"), f.index[".text.install"]),
+        (f.shdr(0, "sh_link"), f.index[".symtab"]),
+        (f.shdr(0, "sh_size"), 24),
+        (f.shdr(0, "sh_entsize"), 24),
+    )
+    src = tmp_path / "zero.livepatch"
+    src.write_bytes(edited)
+    for args in (("rewrite", "--local-aliases", src, "-o", tmp_path / "a"), ("rewrite", src, "-o", tmp_path / "b")):
+        code, err = _cli(*args)
+        assert code == 0, err
+    certify(src, tmp_path / "b")  # raises unless the output loads as the input, retargets aside
+    assert rewrite(src).plan.retargets == rewrite(_f().path).plan.retargets

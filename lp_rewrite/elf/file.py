@@ -537,7 +537,7 @@ class ElfFile:
         n = len(secs)
         out = []
         for i, t in enumerate(secs.type):
-            if t != C.SHT_REL and t != C.SHT_RELA:
+            if (t != C.SHT_REL and t != C.SHT_RELA) or i == 0:  # Xen's loops start at section 1
                 continue
             target = secs.info[i]
             if not 0 < target < n:
