@@ -16,6 +16,7 @@ Entries without a ``new_addr`` (NOP patches) replace nothing and are skipped.
 from __future__ import annotations
 
 import struct
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -129,7 +130,7 @@ def _detect_layout(payload: Payload, funcs: Section) -> FuncLayout:
     return layout
 
 
-def _read_string(payload: Payload, section: int, offset: int, where: str) -> str:
+def _read_string(payload: Payload, places: _RelocatedPlaces, section: int, offset: int, where: str) -> str:
     sec = payload.elf.sections[section]
     if not sec.has_file_data or not 0 <= offset < sec.sh_size:
         raise InputError(f"{where}: name pointer {sec.name}+{offset:#x} is outside its section")
@@ -144,14 +145,14 @@ def _read_string(payload: Payload, section: int, offset: int, where: str) -> str
         raise InputError(f"{where}: name string at {sec.name}+{offset:#x} has no NUL terminator")
     if end == start:
         raise InputError(f"{where}: name string at {sec.name}+{offset:#x} is empty")
-    _refuse_relocated_name(payload, section, offset, offset + (end - start), where)
+    places.refuse_overlap(section, offset, offset + (end - start), where)
     try:
         return payload.elf.data[start:end].decode("ascii")
     except UnicodeDecodeError:
         raise InputError(f"{where}: name string at {sec.name}+{offset:#x} is not ASCII") from None
 
 
-def _nop_name_unrelocated(payload: Payload, section: int, offset: int, where: str) -> None:
+def _nop_name_unrelocated(payload: Payload, places: _RelocatedPlaces, section: int, offset: int, where: str) -> None:
     """A NOP entry's name is only read by Xen: refuse it only if a relocation writes into it."""
     sec = payload.elf.sections[section]
     if not sec.has_file_data or not 0 <= offset < sec.sh_size:
@@ -159,23 +160,47 @@ def _nop_name_unrelocated(payload: Payload, section: int, offset: int, where: st
     start = sec.sh_offset + offset
     end = payload.elf.data.find(b"\0", start, min(sec.sh_offset + sec.sh_size, start + MAX_NAME_LEN + 1))
     if end >= 0:
-        _refuse_relocated_name(payload, section, offset, offset + (end - start), where)
+        places.refuse_overlap(section, offset, offset + (end - start), where)
 
 
-def _refuse_relocated_name(payload: Payload, section: int, start: int, nul: int, where: str) -> None:
-    """Xen reads the name after relocating: a relocation into it (or its NUL) changes what Xen reads."""
-    elf, types = payload.elf, payload.arch.types
-    for idx in elf.relocation_sections:
-        if elf.sections.info[idx] != section:
-            continue
-        table = elf.relocations(idx)
-        for off, rtype in zip(table.offsets, table.types, strict=True):
-            width = types[rtype].width if rtype in types else 4
-            if off <= nul and start < off + width:
-                name = elf.sections[section].name
+class _RelocatedPlaces:
+    """The places relocations write, per section (built on first use, found by bisection).
+
+    Xen reads a ``name`` string after relocating: a relocation into it, or
+    into its NUL, changes the name Xen looks up, so the file's bytes are not it.
+    """
+
+    _WIDEST = 8  # bytes of the widest place a relocation writes
+
+    def __init__(self, payload: Payload) -> None:
+        self.payload = payload
+        self._by_target: dict[int, list[int]] | None = None
+        self._spans: dict[int, tuple[list[int], list[int]]] = {}
+
+    def _section(self, section: int) -> tuple[list[int], list[int]]:
+        spans = self._spans.get(section)
+        if spans is None:
+            elf, types = self.payload.elf, self.payload.arch.types
+            if self._by_target is None:
+                self._by_target = {}
+                for idx in elf.relocation_sections:
+                    self._by_target.setdefault(elf.sections.info[idx], []).append(idx)
+            pairs = sorted(
+                (off, off + (types[t].width if t in types else 4))
+                for idx in self._by_target.get(section, ())
+                for off, t in zip(elf.relocations(idx).offsets, elf.relocations(idx).types, strict=True)
+            )
+            spans = self._spans[section] = ([a for a, _ in pairs], [b for _, b in pairs])
+        return spans
+
+    def refuse_overlap(self, section: int, start: int, nul: int, where: str) -> None:
+        starts, ends = self._section(section)
+        for k in range(bisect_left(starts, start - self._WIDEST), bisect_right(starts, nul)):
+            if ends[k] > start:
+                name = self.payload.elf.sections[section].name
                 raise InputError(
-                    f"{where}: the name string at {name}+{start:#x} is written by a relocation at {name}+{off:#x}: "
-                    "Xen reads the name after relocating"
+                    f"{where}: the name string at {name}+{start:#x} is written by a relocation at "
+                    f"{name}+{starts[k]:#x}: Xen reads the name after relocating"
                 )
 
 
@@ -197,6 +222,7 @@ def identify(payload: Payload) -> FuncsTable:
     ptr_fmt = "<Q" if layout.ptr_size == 8 else "<I"
     replacements: list[Replacement] = []
     nops: list[int] = []
+    places = _RelocatedPlaces(payload)
     by_entry_point: dict[tuple[int, int], Replacement] = {}
     for i in range(funcs.sh_size // layout.entry_size):
         base = i * layout.entry_size
@@ -210,7 +236,7 @@ def identify(payload: Payload) -> FuncsTable:
             name_rel = _pointer(payload, relocs, base + layout.name, where, "name")
             if name_rel is not None and syms.is_defined_in_section(name_rel.symbol):
                 _nop_name_unrelocated(
-                    payload, syms.shndx[name_rel.symbol], syms.value[name_rel.symbol] + name_rel.addend, where
+                    payload, places, syms.shndx[name_rel.symbol], syms.value[name_rel.symbol] + name_rel.addend, where
                 )
             nops.append(i)
             continue
@@ -244,13 +270,15 @@ def identify(payload: Payload) -> FuncsTable:
             # still reads the name string (prepare_payload, its messages): a
             # pointer outside its section would read whatever is loaded next.
             if name_rel is not None and syms.is_defined_in_section(name_rel.symbol):
-                _read_string(payload, syms.shndx[name_rel.symbol], syms.value[name_rel.symbol] + name_rel.addend, where)
+                _read_string(
+                    payload, places, syms.shndx[name_rel.symbol], syms.value[name_rel.symbol] + name_rel.addend, where
+                )
             original = syms.name(old_symbol)
         elif name_rel is not None:
             if not syms.is_defined_in_section(name_rel.symbol):
                 raise InputError(f"{where}: the name pointer refers to an undefined symbol")
             original = _read_string(
-                payload, syms.shndx[name_rel.symbol], syms.value[name_rel.symbol] + name_rel.addend, where
+                payload, places, syms.shndx[name_rel.symbol], syms.value[name_rel.symbol] + name_rel.addend, where
             )
         else:
             raise InputError(f"{where}: neither a name string nor an old_addr symbol names the original function")
