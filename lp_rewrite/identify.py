@@ -51,9 +51,6 @@ class Replacement(NamedTuple):
         """The name the alias must carry (old_addr's symbol wins: Xen patches old_addr)."""
         return self.original
 
-    def contains(self, offset: int) -> bool:
-        return self.offset <= offset < self.offset + max(self.size, 1)
-
 
 class FieldReloc(NamedTuple):
     symbol: int

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 from lp_rewrite.arch import Arch, arch_for
 from lp_rewrite.elf import consts as C
-from lp_rewrite.elf.file import ElfFile, RelocTable
+from lp_rewrite.elf.file import ElfFile
 from lp_rewrite.errors import InputError
 from lp_rewrite.payload import MAX_SECTIONS
 
@@ -27,15 +27,6 @@ class Payload:
     @property
     def data(self) -> bytes:
         return self.elf.data
-
-    def applied_relocations(self) -> list[RelocTable]:
-        """Relocation sections Xen applies: those whose target is SHF_ALLOC."""
-        out = []
-        for idx in self.elf.relocation_sections:
-            table = self.elf.relocations(idx)
-            if self.elf.sections[table.target].alloc:
-                out.append(table)
-        return out
 
 
 class UnsupportedRelocation(NamedTuple):

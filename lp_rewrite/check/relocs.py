@@ -12,7 +12,12 @@ from __future__ import annotations
 from lp_rewrite.check.context import Access, Context
 from lp_rewrite.check.findings import Finding, Place, make
 from lp_rewrite.decide import Decision, Decisions, Reason
-from lp_rewrite.read import misapplied_relocations, unsupported_relocations
+from lp_rewrite.read import (
+    MisappliedRelocation,
+    UnsupportedRelocation,
+    misapplied_relocations,
+    unsupported_relocations,
+)
 
 _WHAT = {
     Access.CALL: "calls the payload's copy of {orig} directly instead of the original: code that still runs after "
@@ -118,19 +123,21 @@ def _hint(type_name: str) -> str:
     return "rebuild with the flags Xen uses for its own code"
 
 
+def _at(ctx: Context, r: UnsupportedRelocation | MisappliedRelocation) -> tuple[str, Place]:
+    """Where a refused or misapplied relocation writes: ``function+0x..`` and its place in the file."""
+    return ctx.where(r.target, r.offset), Place(r.section, r.offset, ctx.file_offset(r.target, r.offset), 4)
+
+
 def unsupported(ctx: Context) -> list[Finding]:
     out = []
     for u in unsupported_relocations(ctx.payload):
-        out.append(
-            make(
-                "LP003",
-                f"{ctx.where(u.target, u.offset)}: {u.type_name} ({u.rtype}) against {u.symbol} is not applied by "
-                f"Xen's loader on {ctx.arch.name}: the whole payload is refused at load ('Unhandled relocation'). "
-                f"This is {_hint(u.type_name)}",
-                Place(u.section, u.offset, ctx.file_offset(u.target, u.offset), 4),
-                symbol=u.symbol,
-            )
+        where, place = _at(ctx, u)
+        message = (
+            f"{where}: {u.type_name} ({u.rtype}) against {u.symbol} is not applied by Xen's loader on "
+            f"{ctx.arch.name}: the whole payload is refused at load ('Unhandled relocation'). "
+            f"This is {_hint(u.type_name)}"
         )
+        out.append(make("LP003", message, place, symbol=u.symbol))
     return out
 
 
@@ -138,13 +145,10 @@ def misapplied(ctx: Context) -> list[Finding]:
     """LP015: places Xen relocates without complaint, to a wrong value (:func:`misapplied_relocations`)."""
     out = []
     for m in misapplied_relocations(ctx.payload):
-        out.append(
-            make(
-                "LP015",
-                f"{ctx.where(m.target, m.offset)}: {m.type_name} against {m.symbol}{m.addend:+#x}: {m.why}. The "
-                f"payload loads, and the code uses a wrong address; {ctx.arch.misapplied_fix}",
-                Place(m.section, m.offset, ctx.file_offset(m.target, m.offset), 4),
-                symbol=m.symbol,
-            )
+        where, place = _at(ctx, m)
+        message = (
+            f"{where}: {m.type_name} against {m.symbol}{m.addend:+#x}: {m.why}. The payload loads, and the "
+            f"code uses a wrong address; {ctx.arch.misapplied_fix}"
         )
+        out.append(make("LP015", message, place, symbol=m.symbol))
     return out

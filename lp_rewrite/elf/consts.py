@@ -65,13 +65,5 @@ STT_FILE: Final = 4
 STV_DEFAULT: Final = 0
 
 
-def st_bind(info: int) -> int:
-    return info >> 4
-
-
-def st_type(info: int) -> int:
-    return info & 0xF
-
-
 def st_info(bind: int, typ: int) -> int:
     return (bind << 4) | (typ & 0xF)

@@ -51,20 +51,6 @@ class Section:
     def has_file_data(self) -> bool:
         return self.sh_type not in (C.SHT_NOBITS, C.SHT_NULL)
 
-    def header_tuple(self) -> tuple[int, ...]:
-        return (
-            self.sh_name,
-            self.sh_type,
-            self.sh_flags,
-            self.sh_addr,
-            self.sh_offset,
-            self.sh_size,
-            self.sh_link,
-            self.sh_info,
-            self.sh_addralign,
-            self.sh_entsize,
-        )
-
 
 def decode_name(raw: bytes) -> str:
     # Symbol names are bytes; surrogateescape round-trips any of them.

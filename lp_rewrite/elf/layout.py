@@ -73,13 +73,6 @@ class ClassLayout(NamedTuple):
     def r_info(self, sym: int, rtype: int) -> int:
         return (sym << self.r_sym_shift) | (rtype & self.r_type_mask)
 
-    def unpack_sym(self, data: memoryview | bytes, off: int) -> tuple[int, int, int, int, int, int]:
-        """(name, info, other, shndx, value, size) whatever the class's order."""
-        f = self.sym.unpack_from(data, off)
-        if self.elfclass == ELFCLASS64:
-            return (f[0], f[1], f[2], f[3], f[4], f[5])
-        return (f[0], f[3], f[4], f[5], f[1], f[2])
-
     def pack_sym(self, name: int, info: int, other: int, shndx: int, value: int, size: int) -> bytes:
         if self.elfclass == ELFCLASS64:
             return self.sym.pack(name, info, other, shndx, value, size)
