@@ -384,7 +384,7 @@ def apply(payload: Payload, funcs: FuncsTable, out: Plan) -> bytes:
         sec = secs[ridx]
         todo = retargets_by_section.get(ridx, [])
         is_rela = sec.sh_type == C.SHT_RELA
-        entsize = lay.rela.size if is_rela else lay.rel.size
+        entsize = lay.reloc_entsize(sec.sh_type)
         info_off = lay.rel_info[1]
         info_fmt = "<" + lay.rel_info[0]
         buf = bytearray(elf.section_data(sec.index))

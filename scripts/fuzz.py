@@ -522,6 +522,9 @@ class Target:
             return "unchanged payload is not byte-identical"
         self.cli_rewrite.summary_text(result)
         self.cli_rewrite.summary_record(result, True)
+        unreadable = _independent_reader_refuses(result.output)
+        if unreadable and unreadable != _independent_reader_refuses(data):
+            return f"pyelftools cannot read the output, but reads the input: {unreadable.partition(':')[0]}"
         again = self.pipeline.rewrite(result.output, policy=policy)
         if again.changed or again.output != result.output:
             return "second run is not a no-op"
@@ -588,6 +591,25 @@ class Target:
             site = f"certificate disagrees at {where}: {shape[:90]}".encode("utf-8", "backslashreplace").decode()
             return Outcome("crash", site, certified.detail)
         return certified
+
+
+def _independent_reader_refuses(output: bytes) -> str:
+    """Why pyelftools (a second, independent ELF reader) cannot build every section of ``output``, or ''.
+
+    An accepted rewrite must be as whole to any reader as its input was
+    (whose contents we carry over, e.g. a damaged .ARM.attributes that Xen
+    never reads).
+    """
+    from elftools.common.exceptions import ELFError
+    from elftools.construct import ConstructError
+    from elftools.elf.elffile import ELFFile
+
+    try:
+        for _section in ELFFile(io.BytesIO(output)).iter_sections():
+            pass
+    except (ELFError, ConstructError, ValueError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return ""
 
 
 # What varies between two instances of one disagreement: numbers, hex bytes, names, asides.

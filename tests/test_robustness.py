@@ -254,6 +254,19 @@ BAD: dict[str, Bad] = {
     "addralign-not-power-of-two": Bad(
         _x((_f().shdr(".text.caller", "sh_addralign"), 12)), "section [9] '.text.caller': sh_addralign 12"
     ),
+    # What only a linked object has (the fuzzer turned a relocation section into these).
+    "dynsym-section": Bad(
+        _x((_f().shdr(".rela.text.caller", "sh_type"), 11)),
+        "section [10] '.rela.text.caller': type SHT_DYNSYM (11) belongs to a linked object",
+    ),
+    "hash-section": Bad(_x((_f().shdr(".comment", "sh_type"), 5)), "[19] '.comment': type SHT_HASH (5)"),
+    "gnu-versym-section": Bad(
+        _x((_f().shdr(".comment", "sh_type"), 0x6FFFFFFF)), "[19] '.comment': type SHT_GNU_versym"
+    ),
+    # A relocation section is a table even when it relocates nothing Xen loads (sh_info 0).
+    "rel-typed-data-section": Bad(
+        _x((_f().shdr(".comment", "sh_type"), 9)), "relocation section [19] '.comment': sh_entsize 1 (expected 16)"
+    ),
     # The symbol table.
     "no-symtab": Bad(_x((_f().shdr(".symtab", "sh_type"), 1)), "no symbol table", place=False),
     "two-symtabs": Bad(_x((_f().shdr(".comment", "sh_type"), 2)), "the object has 2 symbol tables (sections [19, 21])"),

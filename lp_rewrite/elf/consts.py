@@ -37,10 +37,25 @@ SHT_RELA: Final = 4
 SHT_NOTE: Final = 7
 SHT_NOBITS: Final = 8
 SHT_REL: Final = 9
-SHT_DYNSYM: Final = 11
 SHT_GROUP: Final = 17
 SHT_SYMTAB_SHNDX: Final = 18
 SHT_LLVM_ADDRSIG: Final = 0x6FFF4C03
+
+# Section types only a linked (dynamic) object has. A relocatable payload
+# holding one is damaged or not a payload: Xen would load it as plain data,
+# and other ELF readers (pyelftools, LIEF) parse these types by their format.
+DYNAMIC_LINKING_SECTION_TYPES: Final = {
+    5: "SHT_HASH",
+    6: "SHT_DYNAMIC",
+    11: "SHT_DYNSYM",
+    19: "SHT_RELR",
+    0x6FFFFFF6: "SHT_GNU_HASH",
+    0x6FFFFFFC: "SHT_SUNW_syminfo",
+    0x6FFFFFFD: "SHT_GNU_verdef",
+    0x6FFFFFFE: "SHT_GNU_verneed",
+    0x6FFFFFFF: "SHT_GNU_versym",
+    0x6FFFFFF3: "SHT_SUNW_LDYNSYM",
+}
 
 SHF_WRITE: Final = 0x1
 SHF_ALLOC: Final = 0x2

@@ -305,7 +305,7 @@ class RelocTable:
         lay: ClassLayout = elf.layout
         self.section = section
         self.is_rela = section.sh_type == C.SHT_RELA
-        self.entsize = lay.rela.size if self.is_rela else lay.rel.size
+        self.entsize = lay.reloc_entsize(section.sh_type)
         where = _Where(section)
         if section.sh_entsize != self.entsize:
             raise InputError(f"{where}: sh_entsize {section.sh_entsize} (expected {self.entsize})")
@@ -449,6 +449,23 @@ class ElfFile:
         if max(secs.name_off) >= limit:
             i = next(i for i, o in enumerate(secs.name_off) if o >= limit)
             raise InputError(f"section [{i}]: name offset {secs.name_off[i]} is outside the section name table")
+        linked = C.DYNAMIC_LINKING_SECTION_TYPES.keys() & set(secs.type)
+        if linked:
+            i = next(i for i, t in enumerate(secs.type) if t in linked)
+            kind = C.DYNAMIC_LINKING_SECTION_TYPES[secs.type[i]]
+            raise InputError(
+                f"section [{i}] {secs[i].name!r}: type {kind} ({secs.type[i]}) belongs to a linked object, "
+                "not to a relocatable livepatch payload"
+            )
+        # A relocation section is a table of entries whatever it relocates
+        # (Xen skips one with no loaded target; other readers do not).
+        tables = [i for i, t in enumerate(secs.type) if i and (t == C.SHT_REL or t == C.SHT_RELA)]
+        for i in tables:
+            ent = lay.reloc_entsize(secs.type[i])
+            if secs.entsize[i] != ent:
+                raise InputError(f"{_Where(secs[i])}: sh_entsize {secs.entsize[i]} (expected {ent})")
+            if secs.size[i] % ent:
+                raise InputError(f"{_Where(secs[i])}: size {secs.size[i]} is not a multiple of {ent}")
         no_data = (C.SHT_NOBITS, C.SHT_NULL)
         ends = [0 if t in no_data else o + n for t, o, n in zip(secs.type, secs.offset, secs.size, strict=True)]
         ends[0] = 0  # section 0 holds no data whatever its header says
@@ -574,7 +591,7 @@ class ElfFile:
 
     def _reloc_view(self, index: int, fmt: str) -> memoryview | None:
         secs = self.sections
-        ent = self.layout.rela.size if secs.type[index] == C.SHT_RELA else self.layout.rel.size
+        ent = self.layout.reloc_entsize(secs.type[index])
         size = secs.size[index]
         if not _NATIVE_LE or secs.entsize[index] != ent or size % ent or not secs.has_file_data(index):
             return None
@@ -590,7 +607,7 @@ class ElfFile:
             # A slice of the file-wide word view: no cast per section.
             off, size, ent = secs.offset[index], secs.size[index], secs.entsize[index]
             if not off % 4 and ent and not ent % 4 and not size % ent and secs.has_file_data(index):
-                expect = lay.rela.size if secs.type[index] == C.SHT_RELA else lay.rel.size
+                expect = lay.reloc_entsize(secs.type[index])
                 if ent == expect:
                     return self._words[4][(off + lay.rel_sym[1]) // 4 : (off + size) // 4 : ent // 4]
         if lay.rel_sym is not None:
@@ -607,7 +624,7 @@ class ElfFile:
         secs = self.sections
         start, size, ent = secs.offset[index], secs.size[index], secs.entsize[index]
         if fmt == "I" and _NATIVE_LE and not start % 4 and ent and not ent % 4 and not size % ent:
-            expect = lay.rela.size if secs.type[index] == C.SHT_RELA else lay.rel.size
+            expect = lay.reloc_entsize(secs.type[index])
             if ent == expect and secs.has_file_data(index):  # a slice of the file-wide view
                 return set(self._words[4][(start + off) // 4 : (start + size) // 4 : ent // 4])
         view = self._reloc_view(index, fmt)
@@ -635,11 +652,10 @@ class ElfFile:
         word = lay.ptr_size
         wfmt = "Q" if word == 8 else "I"
         shift = lay.r_sym_shift
-        rela_size, rel_size = lay.rela.size, lay.rel.size
         file_words = self._words[word]
         for i in indices:
             size = sizes[i]
-            ent = rela_size if types[i] == C.SHT_RELA else rel_size
+            ent = lay.reloc_entsize(types[i])
             if entsizes[i] != ent or size % ent or not size or not secs.has_file_data(i) or targets[i] >= len(sizes):
                 self.relocations(i)
                 continue

@@ -15,7 +15,7 @@ import struct
 import sys
 from typing import Final, NamedTuple
 
-from lp_rewrite.elf.consts import ELFCLASS32, ELFCLASS64
+from lp_rewrite.elf.consts import ELFCLASS32, ELFCLASS64, SHT_RELA
 
 # (struct format char, byte offset within the entry)
 Field = tuple[str, int]
@@ -63,6 +63,10 @@ class ClassLayout(NamedTuple):
     rel_sym: Field | None
     r_sym_shift: int
     r_type_mask: int
+
+    def reloc_entsize(self, sh_type: int) -> int:
+        """The entry size of a relocation section of this type (SHT_RELA, else SHT_REL)."""
+        return self.rela.size if sh_type == SHT_RELA else self.rel.size
 
     def r_sym(self, info: int) -> int:
         return info >> self.r_sym_shift
