@@ -232,6 +232,13 @@ def test_a_payload_xen_refuses_anyway_is_certified_as_such(tmp_path: Path) -> No
     proc = run_cli("verify", src, out)
     assert proc.returncode == 0, proc.stderr
     assert "equivalent: the rewrite does not change whether the payload loads" in proc.stdout
+    # The same proof for a rewrite made with other options needs those options.
+    renamed = tmp_path / "far.renamed.livepatch"
+    rewrite(src, renamed, policy=Policy(rename_template="__new_{name}"))
+    assert run_cli("verify", src, renamed).returncode == 1
+    proc = run_cli("verify", src, renamed, "--rename-template", "__new_{name}")
+    assert proc.returncode == 0, proc.stderr
+    assert "equivalent: the rewrite does not change whether the payload loads" in proc.stdout
     # Not so for a file that differs elsewhere: with no loaded image to compare, the
     # rewritten file must be exactly what the rewrite makes of the original.
     wrong = bytearray(out.read_bytes())

@@ -14,7 +14,18 @@ from typing import Annotated, Any
 
 import typer
 
-from lp_rewrite.cli.app import Format, FormatOpt, KeepOpt, NoDefaultKeepOpt, app, make_policy, one_line_errors
+from lp_rewrite.cli.app import (
+    Format,
+    FormatOpt,
+    KeepOpt,
+    LimitsOpt,
+    LocalOpt,
+    NoDefaultKeepOpt,
+    TemplateOpt,
+    app,
+    make_policy,
+    one_line_errors,
+)
 from lp_rewrite.errors import UsageError, VerificationError
 
 XenSymsOpt = Annotated[
@@ -83,13 +94,28 @@ def verify(
     base: BaseOpt = None,
     keep_section: KeepOpt = None,
     no_default_keep: NoDefaultKeepOpt = False,
+    local_aliases: LocalOpt = False,
+    rename_template: TemplateOpt = None,
+    absolute: Annotated[bool, typer.Option("--absolute", help="REWRITTEN was made with `rewrite --absolute`.")] = False,
+    ignore_xen_limits: LimitsOpt = False,
     fmt: FormatOpt = Format.text,
 ) -> None:
-    """Prove REWRITTEN loads exactly like ORIGINAL except for the required retargets."""
+    """Prove REWRITTEN loads exactly like ORIGINAL except for the required retargets.
+
+    Pass the options REWRITTEN was made with: the keep list decides which sites
+    must be retargeted, and a payload Xen refuses both before and after the
+    rewrite is proven by being byte for byte the rewrite of ORIGINAL.
+    """
+    from dataclasses import replace
+
     from lp_rewrite import report
     from lp_rewrite.certificate import certify
 
-    policy = make_policy(keep_section, no_default_keep, False, None)
+    policy = replace(
+        make_policy(keep_section, no_default_keep, local_aliases, rename_template, ignore_limits=ignore_xen_limits),
+        absolute=absolute,
+        xen_syms=xen_syms,
+    )
     table = symbol_table(xen_syms)
     try:
         cert = certify(original, rewritten, table=table, base=parse_base(base), policy=policy)
