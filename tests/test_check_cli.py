@@ -189,6 +189,16 @@ def test_sarif_is_valid_and_points_at_the_bytes(arch: str) -> None:
             assert phys["region"]["byteLength"] == 4
     assert {"LP001", "LP002", "LP004", "LP005", "LP006"} <= seen
     assert ("LP007" in seen) == (arch == "x86_64")  # CET-IBT is x86's
+    # The symbol's logical location says what it is where the checker knows:
+    # replaced and payload functions are functions; an undefined name has no kind.
+    kinds = {
+        (res["ruleId"], "undefined symbol" in res["message"]["text"], loc.get("kind"))
+        for res in run["results"]
+        for loc in res["locations"][0].get("logicalLocations", [])[1:]
+    }
+    assert {("LP001", False, "function"), ("LP002", False, "function"), ("LP006", False, "function")} <= kinds
+    assert {("LP004", True, None), ("LP004", False, "function")} <= kinds  # an undefined name; an original
+    assert {kind for rule, undefined, kind in kinds if undefined} == {None}
     suppressed = [r for r in run["results"] if "suppressions" in r]
     assert len(suppressed) == 1 and "reviewed_cb" in suppressed[0]["suppressions"][0]["justification"] + str(
         suppressed[0]["locations"]

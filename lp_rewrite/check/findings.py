@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from lp_rewrite.elf import consts as C
+
 
 class Severity(enum.Enum):
     """SARIF's result levels, in increasing order of gravity."""
@@ -240,6 +242,10 @@ class Finding:
     file_offset: int | None = None  # in the file: sh_offset + offset
     length: int | None = None  # bytes at file_offset the finding is about
     symbol: str | None = None
+    # What the symbol names, as a SARIF logicalLocation kind ("function",
+    # "variable"); None when the finding does not know (a relocation's symbol,
+    # an undefined name, an allow key).
+    symbol_kind: str | None = "function"
     suppressed: str | None = None  # which allow entry suppressed it, and why
 
     @property
@@ -281,6 +287,7 @@ def make(
     place: Place = Place(),
     *,
     symbol: str | None = None,
+    symbol_kind: str | None = "function",
     severity: Severity | None = None,
 ) -> Finding:
     r = RULE_BY_ID[rule_id]
@@ -293,7 +300,13 @@ def make(
         file_offset=place.file_offset,
         length=place.length,
         symbol=symbol,
+        symbol_kind=symbol_kind,
     )
+
+
+def symbol_kind(stt: int) -> str | None:
+    """The SARIF logicalLocation kind of an ELF symbol type (STT_*), where there is one."""
+    return {C.STT_FUNC: "function", C.STT_OBJECT: "variable", C.STT_TLS: "variable"}.get(stt)
 
 
 @dataclass

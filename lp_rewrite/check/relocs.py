@@ -137,7 +137,7 @@ def unsupported(ctx: Context) -> list[Finding]:
             f"{ctx.arch.name}: the whole payload is refused at load ('Unhandled relocation'). "
             f"This is {_hint(u.type_name)}"
         )
-        out.append(make("LP003", message, place, symbol=u.symbol))
+        out.append(make("LP003", message, place, symbol=u.symbol, symbol_kind=None))
     return out
 
 
@@ -150,5 +150,5 @@ def misapplied(ctx: Context) -> list[Finding]:
             f"{where}: {m.type_name} against {m.symbol}{m.addend:+#x}: {m.why}. The payload loads, and the "
             f"code uses a wrong address; {ctx.arch.misapplied_fix}"
         )
-        out.append(make("LP015", message, place, symbol=m.symbol))
+        out.append(make("LP015", message, place, symbol=m.symbol, symbol_kind=None))
     return out

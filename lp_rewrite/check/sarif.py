@@ -70,7 +70,7 @@ def _result(report: PayloadReport, index: int, f: Finding, location: dict[str, A
     if f.section is not None:
         logical.append({"name": f.where, "kind": "member"})
     if f.symbol:
-        logical.append({"name": f.symbol, "kind": "function"})
+        logical.append({"name": f.symbol} | ({"kind": f.symbol_kind} if f.symbol_kind else {}))
     if logical:
         loc["logicalLocations"] = logical
     result: dict[str, Any] = {

@@ -173,6 +173,7 @@ def funcs_table(payload: Payload) -> tuple[list[Finding], FuncsTable | None]:
                 f"hypervisor, allow it with --allow LP010:{allow_key}",
                 Place(funcs.name, voff, funcs.sh_offset + voff, 1),
                 symbol=allow_key,
+                symbol_kind=None,
             )
         )
     if funcs.sh_size % layout.entry_size:

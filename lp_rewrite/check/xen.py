@@ -27,7 +27,7 @@ from pathlib import Path
 
 from lp_rewrite.arch import Arch, arch_for_machine
 from lp_rewrite.check.context import Access, Context
-from lp_rewrite.check.findings import Finding, Place, make
+from lp_rewrite.check.findings import Finding, Place, make, symbol_kind
 from lp_rewrite.check.relocs import access_of
 from lp_rewrite.decide import Decisions
 from lp_rewrite.elf import consts as C
@@ -187,10 +187,9 @@ def check_names(ctx: Context, xen: XenImage) -> list[Finding]:
             name = syms.name(i)
             place = first.get(i) or _symtab_place(ctx, i)
             what = "undefined symbol"
-            if rule_id == "LP004":
-                out.append(make(rule_id, _unresolved_message(xen, name, what), place, symbol=name))
-            else:
-                out.append(make(rule_id, _ambiguous_message(name, what), place, symbol=name))
+            unresolved = rule_id == "LP004"
+            message = _unresolved_message(xen, name, what) if unresolved else _ambiguous_message(name, what)
+            out.append(make(rule_id, message, place, symbol=name, symbol_kind=symbol_kind(syms.type(i))))
     if ctx.funcs is not None:
         funcs = ctx.funcs
         for rep in funcs.replacements:
@@ -290,6 +289,7 @@ def check_addresses(ctx: Context, xen: XenImage) -> list[Finding]:
                     f"reference through it reaches that address instead; {_REBUILD}",
                     first.get(i) or _symtab_place(ctx, i),
                     symbol=name,
+                    symbol_kind=symbol_kind(ctx.syms.type(i)),
                 )
             )
     if ctx.funcs is None:

@@ -74,6 +74,7 @@ STB_WEAK: Final = 2
 STT_NOTYPE: Final = 0
 STT_OBJECT: Final = 1
 STT_FUNC: Final = 2
+STT_TLS: Final = 6
 STT_SECTION: Final = 3
 STT_FILE: Final = 4
 
