@@ -18,7 +18,7 @@ from __future__ import annotations
 import enum
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping, Set
 from types import MappingProxyType
 from typing import NamedTuple
 
@@ -47,6 +47,15 @@ class RelocType(NamedTuple):
     # How far from its place a PC-relative field can designate (bytes, either
     # way); None when it holds an address, or a piece that others complete.
     reach: int | None = None
+
+
+class AddressSite(NamedTuple):
+    """An instruction that computes a PC-relative address in its own section (see address_computations())."""
+
+    insn: int  # offset of the instruction in the section
+    field: int  # offset of the bytes a relocation would cover, were there one
+    target: int  # offset in the same section of the address it computes
+    text: str  # the instruction, for messages
 
 
 class LoadError(Exception):
@@ -183,6 +192,21 @@ class Arch(ABC):
         """
         t = self.types.get(rtype)
         return t is None or t.reach is None or t.reach >= self.livepatch_range
+
+    def address_computations(
+        self, data: bytes, targets: Set[int], in_data: Callable[[int], bool], decode_from: Callable[[int], int]
+    ) -> Iterator[AddressSite]:
+        """Instructions of one code section that compute the address of an offset in ``targets``.
+
+        The assembler resolves such a computation when its target is in the
+        same section, and keeps no relocation (the caller skips places that do
+        have one). ``in_data(off)`` says an offset is data (Arm ``$d``
+        regions); ``decode_from(off)`` where linear decoding may start to reach
+        the instruction at ``off`` (its function's start). Only address
+        computations count: a resolved call or jump stays on the new code,
+        which is harmless.
+        """
+        return iter(())
 
     @abstractmethod
     def target_bias(self, rtype: int, section: Section, data: memoryview, offset: int) -> int:

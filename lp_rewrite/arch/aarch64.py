@@ -10,12 +10,13 @@ entry test retargets all of its pieces together.
 from __future__ import annotations
 
 import enum
+import re
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping, Set
 from types import MappingProxyType
 from typing import Final, NamedTuple
 
-from lp_rewrite.arch import Arch, LoadError, RelocType, Use, sign_extend
+from lp_rewrite.arch import AddressSite, Arch, LoadError, RelocType, Use, sign_extend
 from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.file import Section
 
@@ -130,6 +131,8 @@ _TYPES: Final = {
 _HOW: Final[dict[int, How]] = {code: how for code, _use, how in _SPEC.values()}
 
 _U32 = struct.Struct("<I")
+# ADR: bit 31 = 0, bits 28-24 = 10000 -> top byte & 0x9F == 0x10.
+_ADR: Final = re.compile(rb"(?s)(?=...[\x10\x30\x50\x70])")
 
 
 def _do_reloc(op: Op, p: int, val: int) -> int:
@@ -180,6 +183,22 @@ class AArch64(Arch):
 
     def target_bias(self, rtype: int, section: Section, data: memoryview, offset: int) -> int:
         return 0
+
+    def address_computations(
+        self, data: bytes, targets: Set[int], in_data: Callable[[int], bool], decode_from: Callable[[int], int]
+    ) -> Iterator[AddressSite]:
+        """``adr`` (-mcmodel=tiny). ``adrp``+``add`` always keeps its relocations: the page is
+        unknown until link time."""
+        for m in _ADR.finditer(data):
+            off = m.start()
+            if off % 4 or off + 4 > len(data) or in_data(off):
+                continue
+            word = _U32.unpack_from(data, off)[0]
+            if word & 0x9F000000 != 0x10000000:
+                continue
+            imm = sign_extend(((word >> 5) & 0x7FFFF) << 2 | (word >> 29) & 3, 21)
+            if off + imm in targets:
+                yield AddressSite(off, off, off + imm, f"adr x{word & 31}")
 
     def relocate(self, rtype: int, place: bytearray, offset: int, s: int, a: int, p: int) -> None:
         # Xen checks the 32-bit minimum before looking at the type, 64-bit types after.

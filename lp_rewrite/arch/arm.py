@@ -15,12 +15,13 @@ pool (ABS32) instead, so one takes assembly such as ``#:lower16:sym+16``.
 
 from __future__ import annotations
 
+import re
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping, Set
 from types import MappingProxyType
 from typing import Final
 
-from lp_rewrite.arch import Arch, LoadError, RelocType, Use, sign_extend
+from lp_rewrite.arch import AddressSite, Arch, LoadError, RelocType, Use, sign_extend
 from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.file import ElfFile, Section
 from lp_rewrite.errors import InputError
@@ -55,6 +56,9 @@ _MOVE_IMM: Final = 0x000F0FFF
 _BRANCH_IMM: Final = 0x00FFFFFF
 
 _U32 = struct.Struct("<I")
+# ADD/SUB (immediate) with Rn = pc (adr): byte 2 is 0x8F/0x9F (ADD) or 0x4F/0x5F (SUB), byte 3 is cond:0010.
+_COND_0010: Final = bytes(c << 4 | 2 for c in range(15))
+_ADR: Final = re.compile(rb"(?s)(?=..[\x8f\x9f\x4f\x5f][" + re.escape(_COND_0010) + rb"])")
 
 
 class Arm(Arch):
@@ -162,6 +166,22 @@ class Arm(Arch):
 
     def target_bias(self, rtype: int, section: Section, data: memoryview, offset: int) -> int:
         return 8 if rtype in _BRANCHES else 0
+
+    def address_computations(
+        self, data: bytes, targets: Set[int], in_data: Callable[[int], bool], decode_from: Callable[[int], int]
+    ) -> Iterator[AddressSite]:
+        """``add``/``sub rD, pc, #imm`` (adr). Literal pools (``ldr rX, =fn``) are relocated words."""
+        for m in _ADR.finditer(data):
+            off = m.start()
+            if off % 4 or off + 4 > len(data) or in_data(off):
+                continue
+            word = _U32.unpack_from(data, off)[0]
+            rot = ((word >> 8) & 0xF) * 2
+            imm = ((word & 0xFF) >> rot | (word & 0xFF) << (32 - rot)) & 0xFFFFFFFF if rot else word & 0xFF
+            add = (word >> 21) & 0xF == 0b0100
+            target = off + 8 + (imm if add else -imm)
+            if target in targets:
+                yield AddressSite(off, off, target, f"{'add' if add else 'sub'} r{(word >> 12) & 15}, pc, #{imm}")
 
     def relocate(self, rtype: int, place: bytearray, offset: int, s: int, a: int, p: int) -> None:
         # Xen's perform_rel(): val is S only; the addend comes separately.

@@ -8,12 +8,13 @@ function's address with ``lea foo(%rip)`` (PC32, A = -4), calls it with
 
 from __future__ import annotations
 
+import re
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping, Set
 from types import MappingProxyType
-from typing import Final
+from typing import Any, Final
 
-from lp_rewrite.arch import Arch, LoadError, RelocType, Use
+from lp_rewrite.arch import AddressSite, Arch, LoadError, RelocType, Use
 from lp_rewrite.arch.x86_insn import decode_rel32, fast_rel32
 from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.file import ElfFile, Section
@@ -37,6 +38,8 @@ _TYPES: Final = {
 
 _S32 = struct.Struct("<i")
 _U64 = struct.Struct("<Q")
+# lea with a RIP-relative ModRM (mod=00, rm=101): 8D 05/0D/.../3D, disp32 follows.
+_LEA_RIP: Final = re.compile(rb"(?=\x8d[\x05\x0d\x15\x1d\x25\x2d\x35\x3d])")
 
 
 class X86_64(Arch):
@@ -95,6 +98,38 @@ class X86_64(Arch):
                 site = decode_rel32(data, offset, f"{section.name}+{offset:#x}")
             return site.bias(offset)
         return 0
+
+    def address_computations(
+        self, data: bytes, targets: Set[int], in_data: Callable[[int], bool], decode_from: Callable[[int], int]
+    ) -> Iterator[AddressSite]:
+        """``lea disp(%rip)``: candidates by byte pattern, confirmed with capstone (a 0x8D byte
+        can sit inside another instruction), which is imported only when there is one."""
+        candidates = []
+        for m in _LEA_RIP.finditer(data):
+            field = m.start() + 2
+            if field + 4 > len(data):
+                continue
+            target = field + 4 + _S32.unpack_from(data, field)[0]
+            if target in targets:
+                candidates.append((field, target))
+        if not candidates:
+            return
+        import capstone
+
+        md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+        md.detail = True
+        md.skipdata = True
+        for field, target in candidates:
+            start = decode_from(field)
+            insn: Any
+            for insn in md.disasm(data[start:], start):
+                if insn.address > field:
+                    break
+                if insn.address + insn.size <= field:
+                    continue
+                if insn.mnemonic == "lea" and insn.disp_offset == field - insn.address:
+                    yield AddressSite(insn.address, field, target, f"lea {insn.op_str}")
+                break
 
     def relocate(self, rtype: int, place: bytearray, offset: int, s: int, a: int, p: int) -> None:
         val = (s + a) & 0xFFFFFFFFFFFFFFFF

@@ -7,7 +7,8 @@ that. This is what happens without ``-ffunction-sections`` (a caller in
 ``.text`` taking the address of a replaced function in ``.text``), or when a
 function takes its own address.
 
-Only instructions that *compute an address* are looked for: x86 ``lea
+Only instructions that *compute an address* are looked for, by each target's
+:meth:`~lp_rewrite.arch.Arch.address_computations`: x86 ``lea
 disp(%rip)``, AArch64 ``adr``, Arm ``add``/``sub rD, pc, #imm`` (``adr``). A
 direct call or jump resolved this way stays on the new code, which is
 harmless. Each executable section that holds a replacement's (or a
@@ -22,25 +23,12 @@ Arm and AArch64 data regions (``$d`` mapping symbols) are skipped.
 
 from __future__ import annotations
 
-import re
-import struct
-from collections.abc import Iterator
-from typing import Any, Final
+from functools import partial
 
 from lp_rewrite.check.context import Context
 from lp_rewrite.check.escape import escape_message
 from lp_rewrite.check.findings import Finding, Place, make
 from lp_rewrite.elf import consts as C
-
-# lea with a RIP-relative ModRM (mod=00, rm=101): 8D 05/0D/.../3D, disp32 follows.
-_X86_LEA: Final = re.compile(rb"(?=\x8d[\x05\x0d\x15\x1d\x25\x2d\x35\x3d])")
-# AArch64 ADR: bit 31 = 0, bits 28-24 = 10000 -> top byte & 0x9F == 0x10.
-_A64_ADR: Final = re.compile(rb"(?s)(?=...[\x10\x30\x50\x70])")
-# Arm ADD/SUB (immediate) with Rn = pc: byte 2 is 0x8F/0x9F (ADD) or 0x4F/0x5F (SUB), byte 3 is cond:0010.
-_ARM_COND_0010: Final = bytes(c << 4 | 2 for c in range(15))
-_ARM_ADR: Final = re.compile(rb"(?s)(?=..[\x8f\x9f\x4f\x5f][" + re.escape(_ARM_COND_0010) + rb"])")
-_S32: Final = struct.Struct("<i")
-_U32: Final = struct.Struct("<I")
 
 
 def _mapping_regions(ctx: Context) -> dict[int, list[tuple[int, int]]]:
@@ -67,68 +55,9 @@ def _in(regions: list[tuple[int, int]], offset: int) -> bool:
     return any(a <= offset < b for a, b in regions)
 
 
-def _x86_sites(ctx: Context, section: int, data: bytes, targets: set[int]) -> Iterator[tuple[int, int, int, str]]:
-    """(instruction offset, field offset, target, text) of each hidden lea."""
-    candidates = []
-    for m in _X86_LEA.finditer(data):
-        field = m.start() + 2
-        if field + 4 > len(data):
-            continue
-        target = field + 4 + _S32.unpack_from(data, field)[0]
-        if target in targets:
-            candidates.append((field, target))
-    if not candidates:
-        return
-    import capstone  # only when a candidate needs confirming
-
-    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-    md.detail = True
-    md.skipdata = True
-    for field, target in candidates:
-        fn = ctx.containing_function(section, field)
-        start = ctx.syms.value[fn] if fn is not None else 0
-        insn: Any
-        for insn in md.disasm(data[start:], start):
-            if insn.address > field:
-                break
-            if insn.address + insn.size <= field:
-                continue
-            if insn.mnemonic == "lea" and insn.disp_offset == field - insn.address:
-                yield insn.address, field, target, f"lea {insn.op_str}"
-            break
-
-
-def _a64_sites(ctx: Context, section: int, data: bytes, targets: set[int]) -> Iterator[tuple[int, int, int, str]]:
-    regions = ctx.cache("mapping", _mapping_regions).get(section, [])
-    for m in _A64_ADR.finditer(data):
-        off = m.start()
-        if off % 4 or off + 4 > len(data) or _in(regions, off):
-            continue
-        word = _U32.unpack_from(data, off)[0]
-        if word & 0x9F000000 != 0x10000000:
-            continue
-        imm = ((word >> 5) & 0x7FFFF) << 2 | (word >> 29) & 3
-        imm -= (imm & (1 << 20)) << 1
-        if off + imm in targets:
-            yield off, off, off + imm, f"adr x{word & 31}"
-
-
-def _arm_sites(ctx: Context, section: int, data: bytes, targets: set[int]) -> Iterator[tuple[int, int, int, str]]:
-    regions = ctx.cache("mapping", _mapping_regions).get(section, [])
-    for m in _ARM_ADR.finditer(data):
-        off = m.start()
-        if off % 4 or off + 4 > len(data) or _in(regions, off):
-            continue
-        word = _U32.unpack_from(data, off)[0]
-        rot = ((word >> 8) & 0xF) * 2
-        imm = ((word & 0xFF) >> rot | (word & 0xFF) << (32 - rot)) & 0xFFFFFFFF if rot else word & 0xFF
-        add = (word >> 21) & 0xF == 0b0100
-        target = off + 8 + (imm if add else -imm)
-        if target in targets:
-            yield off, off, target, f"{'add' if add else 'sub'} r{(word >> 12) & 15}, pc, #{imm}"
-
-
-_SCANNERS = {"x86_64": _x86_sites, "aarch64": _a64_sites, "arm": _arm_sites}
+def _function_start(ctx: Context, section: int, offset: int) -> int:
+    fn = ctx.containing_function(section, offset)
+    return ctx.syms.value[fn] if fn is not None else 0
 
 
 def check(ctx: Context) -> list[Finding]:
@@ -138,7 +67,6 @@ def check(ctx: Context) -> list[Finding]:
     only: dict[int, dict[int, int]] = {}
     for (sec, off), sym in ctx.payload_only.items():
         only.setdefault(sec, {})[off] = sym
-    scan = _SCANNERS[ctx.arch.name]
     scanned = set(replaced) | set(only)
     relocated: dict[int, set[int]] = {}
     targets = ctx.elf.sections.info
@@ -153,7 +81,14 @@ def check(ctx: Context) -> list[Finding]:
         reps, news = replaced.get(sec, {}), only.get(sec, {})
         fields = relocated.get(sec, set())
         data = bytes(ctx.elf.section_data(sec))
-        for insn, field, target, text in scan(ctx, sec, data, set(reps) | set(news)):
+        regions = ctx.cache("mapping", _mapping_regions).get(sec, [])
+        sites = ctx.arch.address_computations(
+            data,
+            set(reps) | set(news),
+            in_data=partial(_in, regions),
+            decode_from=partial(_function_start, ctx, sec),
+        )
+        for insn, field, target, text in sites:
             if field in fields:
                 continue
             place = Place(section.name, insn, ctx.file_offset(sec, insn), field - insn + 4)
