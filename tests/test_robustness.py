@@ -394,6 +394,16 @@ BAD: dict[str, Bad] = {
         "'.text.caller' is SHF_ALLOC with sh_addralign 0",
         explain_too=False,
     ),
+    # An empty one does it too: every later section of its region lands over earlier ones (fuzz regression).
+    "alloc-align-zero-empty": Bad(
+        lambda: fx(X86).edit(
+            (fx(X86).shdr(".rodata.do_work.str1.1", "sh_addralign"), 0),
+            (fx(X86).shdr(".rodata.do_work.str1.1", "sh_size"), 0),
+        ),
+        "section [12] '.rodata.lp_do_work_name' would be placed over section [1] '.note.gnu.build-id' by Xen's "
+        "loader: section [11] '.rodata.do_work.str1.1' is SHF_ALLOC with sh_addralign 0",
+        explain_too=False,
+    ),
     # Two RELA relocations writing the same bytes: the same, on x86-64 (fuzz regression).
     "rela-place-shared": Bad(
         lambda: fx(X86).edit(((fx(X86).header(".rela.text.caller")["sh_offset"] + 24, 8), 4)),
@@ -492,6 +502,8 @@ GOOD_ODD: dict[str, Callable[[], bytes]] = {
     "strtab-links-back": _x((_f().shdr(".strtab", "sh_link"), 21)),
     # sh_addralign of 2**40: the writer aligns file offsets to at most a page (fuzz regression).
     "alignment-2**40": _x((_f().shdr(".text.caller", "sh_addralign"), 1 << 40)),
+    # sh_addralign 0 on an empty section with nothing after it in its region overlaps nothing.
+    "empty-last-rw-section-align-zero": _x((_f().shdr(".bss", "sh_addralign"), 0)),
     # sh_entsize means nothing for code: an absurd one is ignored, as Xen ignores it.
     "code-entsize-2**40": _x((_f().shdr(".text.caller", "sh_entsize"), 1 << 40)),
     # Section 0 with a type and data: ignored, as Xen ignores it (fuzz regression).

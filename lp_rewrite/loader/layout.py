@@ -94,10 +94,8 @@ def region_kind(flags: int) -> str | None:
     return None
 
 
-def place(elf: ElfFile, base: int, name: str) -> Layout:
-    """Lay out the ALLOC sections from ``base`` (page-aligned) the way Xen does."""
-    if base % PAGE_SIZE:
-        raise ValueError(f"load address {base:#x} is not page-aligned")
+def section_offsets(elf: ElfFile, name: str) -> tuple[dict[int, tuple[str, int]], dict[str, int]]:
+    """Where move_payload() puts each ALLOC section (index -> (region, offset)), and each region's size."""
     sizes = dict.fromkeys(REGION_KINDS, 0)
     offsets: dict[int, tuple[str, int]] = {}
     for sec in elf.sections[1:]:
@@ -109,6 +107,39 @@ def place(elf: ElfFile, base: int, name: str) -> Layout:
         off = _roundup(sizes[kind], sec.sh_addralign)
         offsets[sec.index] = (kind, off)
         sizes[kind] = off + sec.sh_size
+    return offsets, sizes
+
+
+def overlap(elf: ElfFile, name: str) -> tuple[int, int, int] | None:
+    """(a section, one placed earlier that it lands on, the section of alignment 0 that moved the
+    placement back) where move_payload() overlaps two, else None.
+
+    Only an alignment of 0 moves the running size backwards (ROUNDUP(x, 0)
+    is 0): the section lands at its region's start, and even an empty one
+    makes every later section of the region land over earlier ones.
+    """
+    offsets, _sizes = section_offsets(elf, name)
+    taken: dict[str, list[tuple[int, int, int]]] = {}  # region -> [(start, end, index)] of non-empty sections
+    unaligned: dict[str, int] = {}  # region -> the last section of alignment 0 placed there
+    secs = elf.sections
+    for index, (kind, off) in offsets.items():
+        if secs.addralign[index] == 0:
+            unaligned[kind] = index
+        end = off + secs.size[index]
+        if end == off:
+            continue
+        for start, stop, other in taken.get(kind, ()):
+            if off < stop and start < end:
+                return index, other, unaligned[kind]
+        taken.setdefault(kind, []).append((off, end, index))
+    return None
+
+
+def place(elf: ElfFile, base: int, name: str) -> Layout:
+    """Lay out the ALLOC sections from ``base`` (page-aligned) the way Xen does."""
+    if base % PAGE_SIZE:
+        raise ValueError(f"load address {base:#x} is not page-aligned")
+    offsets, sizes = section_offsets(elf, name)
     if page_align(sizes[TEXT]) + page_align(sizes[RW]) + sizes[RO] > MAX_ALLOCATION:
         raise Refused(name, "Could not allocate memory for payload")
     starts = {TEXT: base, RW: base + page_align(sizes[TEXT])}
