@@ -16,6 +16,7 @@ new image from scratch and checks, against the input:
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterable
 
 from lp_rewrite.apply import Plan
@@ -176,7 +177,7 @@ def _check_symbols(inp: Payload, out: Payload, plan: Plan) -> None:
     order = [remap(i) for i in range(s.count)] if plan.inserts else list(range(s.count))
     for column in ("info", "other", "shndx", "value", "size"):
         old, new = getattr(s, column), getattr(t, column)
-        if [new[j] for j in order] != old:
+        if (array(new.typecode, [new[j] for j in order]) if plan.inserts else new[: s.count]) != old:
             raise _fail(f"a symbol's {column} changed")
     for i in range(s.count):
         want = plan.renames.get(i)
@@ -212,8 +213,8 @@ def _check_relocations(inp: Payload, out: Payload, plan: Plan) -> None:
             if y.syms != x.syms or y.addends != x.addends:
                 raise _fail(f"relocation section {x.section.name!r} changed without a plan")
             continue
-        expect_syms = [remap(v) for v in x.syms] if plan.inserts else list(x.syms)
-        expect_add = list(x.addends) if x.addends is not None else None
+        expect_syms = array(y.syms.typecode, [remap(v) for v in x.syms] if plan.inserts else x.syms)
+        expect_add = array(x.addends.typecode, x.addends) if x.addends is not None else None
         for d in moved:
             assert d.replacement is not None
             expect_syms[d.index] = alias_index[d.replacement]

@@ -9,6 +9,7 @@ followed through links more than once.
 
 from __future__ import annotations
 
+from array import array
 from bisect import insort
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -253,16 +254,17 @@ class SymbolTable:
                 return sec.index
         return None
 
-    def _resolve_xindex(self, elf: ElfFile, shndx: list[int]) -> list[int]:
+    def _resolve_xindex(self, elf: ElfFile, shndx: array[int]) -> array[int]:
         if self.shndx_section is None:
             first = shndx.index(C.SHN_XINDEX)
             raise InputError(f"symbol [{first}] uses SHN_XINDEX but the object has no SHT_SYMTAB_SHNDX section")
         ext = column(elf.section_data(self.shndx_section), ("I", 0), 4)
         extended = [i for i, s in enumerate(shndx) if s == C.SHN_XINDEX]
         self.extended = frozenset(extended)
+        wide = array("I", shndx)  # an extended index may not fit st_shndx's 16 bits
         for i in extended:
-            shndx[i] = ext[i]
-        return shndx
+            wide[i] = ext[i]
+        return wide
 
     def name(self, index: int) -> str:
         n = self._names.get(index)
@@ -320,8 +322,8 @@ class RelocTable:
             self.syms = elf.field_column(idx, lay.rel_sym, ent)
         else:
             shift = lay.r_sym_shift
-            self.syms = [i >> shift for i in elf.field_column(idx, lay.rel_info, ent)]
-        self.addends: list[int] | None = elf.field_column(idx, lay.rela_addend, ent) if self.is_rela else None
+            self.syms = array("I", [i >> shift for i in elf.field_column(idx, lay.rel_info, ent)])
+        self.addends: array[int] | None = elf.field_column(idx, lay.rela_addend, ent) if self.is_rela else None
         if self.count:
             nsym = elf.symbols.count
             if max(self.syms) >= nsym:
@@ -565,7 +567,7 @@ class ElfFile:
         """The whole file cast once per item format, for strided column reads."""
         return {}
 
-    def field_column(self, index: int, field: tuple[str, int], entsize: int) -> list[int]:
+    def field_column(self, index: int, field: tuple[str, int], entsize: int) -> array[int]:
         """One field of every entry of a section, read through a file-wide view."""
         fmt, off = field
         secs = self.sections
@@ -576,8 +578,7 @@ class ElfFile:
             if view is None:
                 n = len(self.view) - len(self.view) % item
                 view = self._typed_views[fmt] = self.view[:n].cast(fmt)  # type: ignore[call-overload]
-            values: list[int] = view[(start + off) // item : (start + size) // item : entsize // item].tolist()
-            return values
+            return array(fmt, view[(start + off) // item : (start + size) // item : entsize // item].tobytes())
         return column(self.section_data(index), field, entsize)
 
     @cached_property

@@ -16,6 +16,7 @@ For every symbol but the first, by its raw ``st_shndx``:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from lp_rewrite.elf import consts as C
@@ -34,7 +35,7 @@ class Resolved:
     ignored: frozenset[int]
 
 
-def raw_shndx(elf: ElfFile) -> list[int]:
+def raw_shndx(elf: ElfFile) -> Sequence[int]:
     """``st_shndx`` as stored (the reader resolves SHN_XINDEX; Xen does not)."""
     lay = elf.layout
     return column(elf.section_data(elf.symtab_index), lay.sym_shndx, lay.sym.size)
