@@ -605,8 +605,12 @@ def _independent_reader_refuses(output: bytes) -> str:
     from elftools.elf.elffile import ELFFile
 
     try:
-        for _section in ELFFile(io.BytesIO(output)).iter_sections():
-            pass
+        elf = ELFFile(io.BytesIO(output))
+        for i in range(elf.num_sections()):
+            # Not an empty one: pyelftools parses some types (.ARM.attributes)
+            # from the offset without looking at the size, reading the next section.
+            if elf._get_section_header(i)["sh_size"]:
+                elf.get_section(i)
     except (ELFError, ConstructError, ValueError) as exc:
         return f"{type(exc).__name__}: {exc}"
     return ""

@@ -228,10 +228,17 @@ def assert_certified(data: bytes, written: bytes) -> None:
 
 
 def independent_reader_refuses(data: bytes) -> str:
-    """Why pyelftools cannot build every section of ``data``, or ''."""
+    """Why pyelftools cannot build every non-empty section of ``data``, or ''.
+
+    An empty one is left out: pyelftools parses some types (.ARM.attributes)
+    from the section's offset without looking at its size, so it reads
+    whatever the next section holds.
+    """
     try:
-        for section in ELFFile(BytesIO(data)).iter_sections():
-            assert section.header is not None
+        elf = ELFFile(BytesIO(data))
+        for i in range(elf.num_sections()):
+            if elf._get_section_header(i)["sh_size"]:
+                assert elf.get_section(i).header is not None
     except (ELFError, ConstructError, ValueError) as exc:
         return f"{type(exc).__name__}: {exc}"
     return ""
