@@ -445,7 +445,7 @@ class Target:
         self.report = modules["lp_rewrite.report"]
         self.cli_rewrite = modules["lp_rewrite.cli.rewrite"]
         self.errors = modules["lp_rewrite.errors"]
-        self.one_line = modules["lp_rewrite.cli.app"].one_line  # how the command line prints an error
+        self.one_line = modules["lp_rewrite.cli.shared"].one_line  # how the command line prints an error
         policy = modules["lp_rewrite.policy"].Policy
         self.policies = []
         for spec in self.POLICY_SPECS:
@@ -479,7 +479,7 @@ class Target:
             "lp_rewrite.policy",
             "lp_rewrite.pipeline",
             "lp_rewrite.report",
-            "lp_rewrite.cli.app",
+            "lp_rewrite.cli.shared",
             "lp_rewrite.cli.rewrite",
         ]
         modules = {n: importlib.import_module(n) for n in names}

@@ -405,3 +405,48 @@ def test_cli_keep_section_keeps_a_data_pointer(arch: str, pattern: str, data_sec
     proc = run_cli("rewrite", "--keep-section", ".rodata.rel_*", special, "-o", same)
     assert proc.returncode == 0 and "nothing to retarget" in proc.stdout
     assert same.read_bytes() == special.read_bytes()
+
+
+_IMPORTS_DRIVER = r"""
+import json, sys
+from lp_rewrite.cli import main
+sys.argv = ["lp-rewrite", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as exc:
+    code = exc.code
+else:
+    code = 0
+print(json.dumps({"code": code, "modules": sorted(sys.modules)}), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "aarch64", "arm"])
+def test_a_rewrite_imports_only_what_it_runs(arch: str, tmp_path: Path) -> None:
+    """The build hook's start-up: no lief, unicorn, capstone or pyelftools, and
+    of the command modules only `rewrite` (typer builds every registered one)."""
+    import subprocess
+    import sys
+
+    src = COMMITTED / arch / "global_refs.livepatch"
+    proc = subprocess.run(
+        [sys.executable, "-c", _IMPORTS_DRIVER, "rewrite", str(src), "-o", str(tmp_path / "out"), "-q"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    report = json.loads(proc.stderr.strip().splitlines()[-1])
+    assert report["code"] in (0, None), proc.stderr
+    assert (tmp_path / "out").is_file()
+    loaded = set(report["modules"])
+    assert not {"lief", "unicorn", "capstone", "elftools"} & loaded
+    assert "lp_rewrite.cli.rewrite" in loaded
+    assert not {"lp_rewrite.cli.check", "lp_rewrite.cli.explain", "lp_rewrite.cli.verify"} & loaded
+    assert not any(m.startswith(("lp_rewrite.check", "lp_rewrite.loader")) for m in loaded)
+
+
+def test_help_lists_every_command() -> None:
+    proc = run_cli("--help")
+    assert proc.returncode == 0, proc.stderr
+    listed = re.findall(r"^│ (\w+) ", proc.stdout, flags=re.M)
+    assert listed == ["rewrite", "explain", "check", "verify"], proc.stdout

@@ -23,7 +23,7 @@ small deltas. For every mutant:
   (or ``EXAMPLE_WALL_SECONDS`` of wall time) on one example: a hang fails
   the test instead of stalling CI.
 
-CI runs ``LP_REWRITE_FUZZ_EXAMPLES`` examples (default 250, about 20 s),
+CI runs ``LP_REWRITE_FUZZ_EXAMPLES`` examples (default 250, a few seconds),
 derandomized: the same examples on every run of a tree. Setting the variable
 draws fresh examples each time. A long run: ``LP_REWRITE_FUZZ_EXAMPLES=100000 pytest tests/test_fuzz.py``, or
 ``scripts/fuzz.py`` (millions of inputs in-process; see the README).

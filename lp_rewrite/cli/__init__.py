@@ -1,8 +1,19 @@
-"""The ``lp-rewrite`` command line: one module per command, registered on one app."""
+"""The ``lp-rewrite`` command line: one module per command, registered on one app.
+
+``main`` registers only the command it runs (start-up time is a build hook's
+budget); ``app`` from here has every command, for embedding and tests.
+"""
 
 from __future__ import annotations
 
-from lp_rewrite.cli import check, explain, rewrite, verify  # noqa: F401  (each module registers its command)
-from lp_rewrite.cli.app import app, main
+from typing import Any
+
+from lp_rewrite.cli.shared import main, register
 
 __all__ = ["app", "main"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        return register()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

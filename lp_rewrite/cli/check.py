@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from lp_rewrite.cli.app import KeepOpt, NoDefaultKeepOpt, app, make_policy, one_line_errors
+from lp_rewrite.cli.shared import KeepOpt, NoDefaultKeepOpt, app, make_policy, one_line_errors
 
 
 class CheckFormat(enum.StrEnum):

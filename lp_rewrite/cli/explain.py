@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lp_rewrite.cli.app import (
+from lp_rewrite.cli.shared import (
     Format,
     FormatOpt,
     KeepOpt,

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from lp_rewrite.cli.app import (
+from lp_rewrite.cli.shared import (
     Format,
     FormatOpt,
     KeepOpt,
@@ -21,7 +21,6 @@ from lp_rewrite.cli.app import (
     make_policy,
     one_line_errors,
 )
-from lp_rewrite.cli.verify import CertificateHook
 from lp_rewrite.elf.consts import SHN_ABS
 from lp_rewrite.errors import InputError, UsageError
 
@@ -87,7 +86,11 @@ def rewrite(
         absolute=absolute,
         xen_syms=xen_syms,
     )
-    certify = CertificateHook(policy, xen_syms, str(output or payload)) if verify else None
+    certify = None
+    if verify:
+        from lp_rewrite.cli.verify import CertificateHook
+
+        certify = CertificateHook(policy, xen_syms, str(output or payload))
     result = run(
         payload,
         output,

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from lp_rewrite.cli.app import (
+from lp_rewrite.cli.shared import (
     Format,
     FormatOpt,
     KeepOpt,

@@ -13,7 +13,7 @@ import enum
 import functools
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -139,7 +139,35 @@ def make_policy(
     )
 
 
+# Each command's module. Typer builds a click command for every registered
+# one on each start, so a run imports (registers) only the command it runs.
+COMMANDS = {
+    "rewrite": "lp_rewrite.cli.rewrite",
+    "explain": "lp_rewrite.cli.explain",
+    "check": "lp_rewrite.cli.check",
+    "verify": "lp_rewrite.cli.verify",
+}
+
+
+@app.callback()
+def _commands() -> None:
+    # A group even when one command is registered: typer would otherwise run
+    # a lone command without its name.
+    pass
+
+
+def register(names: Iterable[str] | None = None) -> typer.Typer:
+    """Register these commands (all when None) on the app, and return it."""
+    import importlib
+
+    for name in COMMANDS if names is None else names:
+        importlib.import_module(COMMANDS[name])
+    return app
+
+
 def main() -> None:
+    first = sys.argv[1:2]
+    register(first if first and first[0] in COMMANDS else None)  # --help, typos: every command
     try:
         app()
     except BrokenPipeError:  # e.g. `lp-rewrite explain x | head`
