@@ -254,14 +254,14 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("| command | median s | peak RSS MiB |")
     print("|---|---:|---:|")
-    for k in cmds:
-        print(f"| {k} | {med[k]:.3f} | {rss[k] / 1024:.1f} |")
+    for name in cmds:
+        print(f"| {name} | {med[name]:.3f} | {rss[name] / 1024:.1f} |")
     print()
     print("| target | measured | goal | met |")
     print("|---|---:|---:|:-:|")
-    for k, (val, goal, op) in ratios.items():
+    for target, (val, goal, op) in ratios.items():
         ok = val <= goal if op == "<=" else val >= goal
-        print(f"| {k} | {val:.2f} | {op} {goal:g} | {'yes' if ok else 'NO'} |")
+        print(f"| {target} | {val:.2f} | {op} {goal:g} | {'yes' if ok else 'NO'} |")
     sizes_txt = ", ".join(f"{s} {sizes[s] / 2**20:.1f} MiB" for s in shapes)
     rounds = f"{args.repeat} interleaved rounds ({FAST_SAMPLES} samples each for runs under {FAST_SECONDS} s)"
     print(f"\nfiles: {sizes_txt}; {rounds}; {platform.python_version()}, {os.cpu_count()} CPUs")

@@ -83,11 +83,16 @@ def load_manifest() -> dict[str, dict[str, object]]:
 def sources_for(spec: dict[str, object], arch: str) -> list[str]:
     per_arch = spec.get("source_" + arch)
     src = per_arch if per_arch is not None else spec["source"]
-    return [src] if isinstance(src, str) else list(src)  # type: ignore[arg-type]
+    if isinstance(src, str):
+        return [src]
+    assert isinstance(src, list | tuple), spec
+    return [str(s) for s in src]
 
 
 def arches_for(spec: dict[str, object]) -> list[str]:
-    return list(spec.get("arches", list(PREFIX)))  # type: ignore[call-overload]
+    arches = spec.get("arches", list(PREFIX))
+    assert isinstance(arches, list | tuple), spec
+    return [str(a) for a in arches]
 
 
 def build_fixture(name: str, spec: dict[str, object], arch: str, out: Path, work: Path) -> Path:

@@ -137,11 +137,13 @@ class XenSymsLookup:
 
     def __init__(self, path: Path, *, first_of_ambiguous: bool = False) -> None:
         from elftools.elf.elffile import ELFFile
+        from elftools.elf.sections import SymbolTableSection
 
         self.first_of_ambiguous = first_of_ambiguous
 
         with open(path, "rb") as f:
             symtab = ELFFile(f).get_section_by_name(".symtab")
+            assert isinstance(symtab, SymbolTableSection), f"{path}: no symbol table"
             self.symbols = [
                 XenSym(s.name, s["st_value"], s["st_size"], s["st_info"]["bind"], s["st_info"]["type"])
                 for s in symtab.iter_symbols()
