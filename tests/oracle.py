@@ -17,7 +17,7 @@ from typing import Any
 import capstone
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
-from elftools.elf.sections import SymbolTableIndexSection
+from elftools.elf.sections import Section, SymbolTableIndexSection, SymbolTableSection
 
 # The rule of issue #2: references in these sections keep the new code.
 EXEMPT = (
@@ -91,8 +91,18 @@ class Payload:
         self.blob = path.read_bytes()
         self.elf = ELFFile(open(path, "rb"))  # noqa: SIM115 - kept open for the object's lifetime
         self.machine = self.elf["e_machine"]
-        self.symtab = self.elf.get_section_by_name(".symtab")
+        self._symtab = self.elf.get_section_by_name(".symtab")
         self.x86 = X86Ends()
+
+    @property
+    def symtab(self) -> SymbolTableSection:
+        assert isinstance(self._symtab, SymbolTableSection), f"{self.path}: no .symtab"
+        return self._symtab
+
+    def _section(self, name: str) -> Section:
+        sec = self.elf.get_section_by_name(name)
+        assert sec is not None, f"{self.path}: no {name}"
+        return sec
 
     def _xindex(self) -> SymbolTableIndexSection:
         sec = next(s for s in self.elf.iter_sections() if isinstance(s, SymbolTableIndexSection))
@@ -141,7 +151,7 @@ class Payload:
 
     def replacements(self) -> dict[tuple[str, int], str]:
         """(section name, entry offset) -> original name, from .livepatch.funcs."""
-        funcs = self.elf.get_section_by_name(".livepatch.funcs")
+        funcs = self._section(".livepatch.funcs")
         ptr = 8 if self.elf.elfclass == 64 else 4
         data = bytes(funcs.data())
         version = data[3 * ptr + 8]
@@ -163,7 +173,7 @@ class Payload:
             else:
                 ref = fields[base]
                 _k, nsec, noff = ref.resolved
-                raw = bytes(self.elf.get_section_by_name(nsec).data())
+                raw = bytes(self._section(nsec).data())
                 name = raw[noff : raw.index(b"\0", noff)].decode()
             out[(secname, entry)] = name
         return out

@@ -25,7 +25,8 @@ Capstone only decorates failure messages.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,10 +173,10 @@ class Machine:
             return Fault(str(exc), self.last_fault_address, e.reg_read(pc))
         if e.reg_read(pc) != back:
             return Fault(f"did not return within {MAX_INSNS} instructions", None, e.reg_read(pc))
-        value = e.reg_read(ret) & 0xFFFFFFFF
+        value: int = e.reg_read(ret) & 0xFFFFFFFF
         return value - (1 << 32) if value >> 31 else value
 
-    def traced(self, low: int, high: int) -> Iterator[None]:
+    def traced(self, low: int, high: int) -> AbstractContextManager[None]:
         """Record every instruction executed in [low, high) while the context is open."""
         import contextlib
 
@@ -279,6 +280,12 @@ class EmuCase:
 CASES = [pytest.param(EmuCase(s, a), id=EmuCase(s, a).id) for s in FIXTURE_SETS for a in ARCHES]
 
 
+def _arch_of(case: object) -> str:
+    """The architecture of the EmuCase a pytest.param of CASES holds."""
+    assert isinstance(case, EmuCase)
+    return case.arch
+
+
 @pytest.fixture(scope="session")
 def fresh_emu_dir(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
     return build_fresh(tmp_path_factory, "build_emulation")
@@ -365,8 +372,8 @@ def test_several_functions_stored_from_a_payload_table(case: EmuCase, variant: s
     """Three replaced functions (one static) stored at once, via a table in payload data."""
     run = start(emu_dir, case.arch, "emu_multi", variant)
     m = run.machine
-    new = {0: lambda x: x + 2000, 1: lambda x: 3 * x + 2000, 2: lambda x: x + 6000}
-    old = {0: lambda x: x + 1000, 1: lambda x: 3 * x + 1000, 2: lambda x: x + 5000}
+    new: dict[int, Callable[[int], int]] = {0: lambda x: x + 2000, 1: lambda x: 3 * x + 2000, 2: lambda x: x + 6000}
+    old: dict[int, Callable[[int], int]] = {0: lambda x: x + 1000, 1: lambda x: 3 * x + 1000, 2: lambda x: x + 5000}
     names = {0: "hv_original", 1: "hv_second", 2: "common/hv.c#hv_local"}
     for slot, fn in new.items():
         check(m.call("call_slot", slot, 7), fn(7), m, f"slot {slot} while applied")
@@ -439,7 +446,7 @@ def _section_span(loaded: LoadedPayload, name: str) -> tuple[int, int]:
 # -- Xen's own arm32 quirk ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c.values[0].arch == "arm"])
+@pytest.mark.parametrize("case", [c for c in CASES if _arch_of(c.values[0]) == "arm"])
 def test_xen_arm32_branch_mask_where_the_cpu_goes(case: EmuCase, emu_dir: Path) -> None:
     """Xen encodes R_ARM_CALL/JUMP24 with ``& 0x00FFFFFE``: an odd word offset lands 4 bytes short.
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import Section, SymbolTableSection
 
 from lp_rewrite import Policy, rewrite
 from lp_rewrite.errors import UsageError
@@ -22,18 +23,29 @@ from tests.oracle import Payload as Oracle
 LOCAL = Policy(local_aliases=True)
 
 
+def _section(elf: ELFFile, name: str) -> Section:
+    sec = elf.get_section_by_name(name)
+    assert sec is not None, f"no {name}"
+    return sec
+
+
+def _symtab(elf: ELFFile) -> SymbolTableSection:
+    sec = _section(elf, ".symtab")
+    assert isinstance(sec, SymbolTableSection)
+    return sec
+
+
 def _symbols(path: Path) -> list[tuple[str, str, str, object]]:
     with open(path, "rb") as f:
         elf = ELFFile(f)
         return [
-            (s.name, s["st_info"]["bind"], s["st_info"]["type"], s["st_shndx"])
-            for s in elf.get_section_by_name(".symtab").iter_symbols()
+            (s.name, s["st_info"]["bind"], s["st_info"]["type"], s["st_shndx"]) for s in _symtab(elf).iter_symbols()
         ]
 
 
 def _sh_info(path: Path, name: str) -> int:
     with open(path, "rb") as f:
-        return int(ELFFile(f).get_section_by_name(name)["sh_info"])
+        return int(_section(ELFFile(f), name)["sh_info"])
 
 
 def _ld_r(arch: str, out: Path, *objs: Path) -> subprocess.CompletedProcess[str]:
@@ -112,7 +124,8 @@ def _second_copy(tmp_path: Path) -> Path:
         "-Dhandler_table=handler_table2",
         "-Dlp_handler=lp_handler2",
     ]
-    return build_fixtures.build_fixture("copy", spec, "x86_64", tmp_path, tmp_path)
+    built: Path = build_fixtures.build_fixture("copy", spec, "x86_64", tmp_path, tmp_path)
+    return built
 
 
 @pytest.mark.skipif(not have_binutils("x86_64"), reason="x86-64 binutils missing")
@@ -199,8 +212,8 @@ def test_group_signature_is_renumbered(tmp_path: Path) -> None:
     for path in (obj, out):
         with open(path, "rb") as f:
             elf = ELFFile(f)
-            group = elf.get_section_by_name(".group")
-            sig = elf.get_section_by_name(".symtab").get_symbol(group["sh_info"])
+            group = _section(elf, ".group")
+            sig = _symtab(elf).get_symbol(group["sh_info"])
             assert sig.name == "keep_me"
     proc = _ld_r("x86_64", tmp_path / "l.o", out)
     assert proc.returncode == 0, proc.stderr
@@ -218,8 +231,8 @@ def _raw_symbols(path: Path) -> tuple[list[tuple[str, int, int]], list[str]]:
     data = path.read_bytes()
     with open(path, "rb") as f:
         elf = ELFFile(f)
-        symtab = elf.get_section_by_name(".symtab")
-        ext_sec = elf.get_section_by_name(".symtab_shndx")
+        symtab = _symtab(elf)
+        ext_sec = _section(elf, ".symtab_shndx")
         ext = struct.unpack_from(f"<{ext_sec['sh_size'] // 4}I", data, ext_sec["sh_offset"])
         assert len(ext) == symtab.num_symbols()
         out = []

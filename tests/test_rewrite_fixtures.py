@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 from elftools.elf.elffile import ELFFile
+from elftools.elf.relocation import RelocationSection
+from elftools.elf.sections import Section, SymbolTableSection
 
 from lp_rewrite import Policy, analyse, rewrite
 from lp_rewrite.errors import InputError
@@ -36,6 +38,24 @@ from tests.oracle import Payload as Oracle
 from tests.oracle import arm_addend
 
 CASES = case_params()
+
+
+def _section(elf: ELFFile, name: str) -> Section:
+    sec = elf.get_section_by_name(name)
+    assert sec is not None, f"no {name}"
+    return sec
+
+
+def _symtab(elf: ELFFile) -> SymbolTableSection:
+    sec = _section(elf, ".symtab")
+    assert isinstance(sec, SymbolTableSection)
+    return sec
+
+
+def _reloc_section(elf: ELFFile, name: str) -> RelocationSection:
+    sec = _section(elf, name)
+    assert isinstance(sec, RelocationSection), name
+    return sec
 
 
 def _retarget_set(result: object) -> set[tuple[str, int, int]]:
@@ -134,7 +154,7 @@ def _assert_lief_agrees(path: Path) -> None:
     theirs = [(s.name, s.value, s.size, s.shndx) for s in binary.symtab_symbols]
     mine = [
         (s.name, s["st_value"], s["st_size"], s["st_shndx"] if isinstance(s["st_shndx"], int) else None)
-        for s in ours.get_section_by_name(".symtab").iter_symbols()
+        for s in _symtab(ours).iter_symbols()
     ]
     assert len(theirs) == len(mine)
     for t, m in zip(theirs, mine, strict=True):
@@ -305,7 +325,7 @@ def _arm_rel_to_rela(data: bytes) -> bytes:
 
 def _section_symbol(elf: ELFFile, name: str) -> int:
     index = next(i for i, sec in enumerate(elf.iter_sections()) if sec.name == name)
-    symbols = elf.get_section_by_name(".symtab").iter_symbols()
+    symbols = _symtab(elf).iter_symbols()
     return next(i for i, s in enumerate(symbols) if s["st_info"]["type"] == "STT_SECTION" and s["st_shndx"] == index)
 
 
@@ -315,6 +335,7 @@ def _rela_entries(data: bytes) -> dict[tuple[str, int], tuple[int, int]]:
     out = {}
     for sec in elf.iter_sections():
         if sec["sh_type"] == "SHT_RELA":
+            assert isinstance(sec, RelocationSection)
             target = elf.get_section(sec["sh_info"]).name
             for r in sec.iter_relocations():
                 out[(target, r["r_offset"])] = (r["r_addend"], r["r_info_sym"])
@@ -355,9 +376,7 @@ def test_arm_rela_payload_is_rewritten_like_its_rel_twin(tmp_path: Path) -> None
     assert through_section == 4  # ABS32, REL32, CALL, JUMP24
     # RELA: the places themselves are untouched, only r_addend and the symbol change.
     for sec in (".text.install_second", ".data.rel.ro.offset_table"):
-        assert (
-            elf.get_section_by_name(sec).data() == ELFFile(io.BytesIO(out.read_bytes())).get_section_by_name(sec).data()
-        )
+        assert _section(elf, sec).data() == _section(ELFFile(io.BytesIO(out.read_bytes())), sec).data()
     cert = certify(rela, out.read_bytes())
     assert len(cert.sites) == len(result.plan.retargets)
 
@@ -369,7 +388,7 @@ def _movw_with_addend(tmp_path: Path, addend: int) -> Path:
     """
     data = bytearray(ARM_NONZERO.read_bytes())
     elf = ELFFile(io.BytesIO(bytes(data)))
-    rel, text = elf.get_section_by_name(".rel.text.install_second"), elf.get_section_by_name(".text.install_second")
+    rel, text = _reloc_section(elf, ".rel.text.install_second"), _section(elf, ".text.install_second")
     text_sym = _section_symbol(elf, ".text")
     for i, r in enumerate(rel.iter_relocations()):
         if r["r_info_type"] in (43, 44):
@@ -413,7 +432,7 @@ def test_arm_movw_movt_with_an_implicit_addend_is_refused(tmp_path: Path) -> Non
 def test_arm_movw_movt_with_an_explicit_addend_is_refused(tmp_path: Path) -> None:
     rela = bytearray(_arm_rel_to_rela(ARM_NONZERO.read_bytes()))
     elf = ELFFile(io.BytesIO(bytes(rela)))
-    sec = elf.get_section_by_name(".rela.text.install_second")
+    sec = _reloc_section(elf, ".rela.text.install_second")
     movt = next(i for i, r in enumerate(sec.iter_relocations()) if r["r_info_type"] == 44)
     struct.pack_into("<i", rela, sec["sh_offset"] + 12 * movt + 8, 0x10000)
     src = tmp_path / "rela.livepatch"
@@ -423,7 +442,7 @@ def test_arm_movw_movt_with_an_explicit_addend_is_refused(tmp_path: Path) -> Non
     )
     # r_addend 0 with immediate bits left in the place: Xen ORs its result into them.
     rela = bytearray(_arm_rel_to_rela(ARM_NONZERO.read_bytes()))
-    place = elf.get_section_by_name(".text.install_second")["sh_offset"] + 4
+    place = _section(elf, ".text.install_second")["sh_offset"] + 4
     struct.pack_into("<I", rela, place, struct.unpack_from("<I", rela, place)[0] | 0x10)
     src.write_bytes(bytes(rela))
     _assert_refused_misapplied(src, tmp_path, ".text.install_second+0x4: R_ARM_MOVW_ABS_NC", "OR its result")
