@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]  # no stubs: types-jsonschema is not a dev dependency
 import pytest
 from elftools.elf.elffile import ELFFile
 
@@ -155,6 +155,7 @@ def test_json_report(tmp_path: Path) -> None:
 def _region_bytes(path: Path, section: str, offset: int) -> int:
     with open(path, "rb") as f:
         sec = ELFFile(f).get_section_by_name(section)
+        assert sec is not None, f"no {section}"
         return int(sec["sh_offset"]) + offset
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from elftools.elf.elffile import ELFFile
+from elftools.elf.relocation import RelocationSection
 
 from tests.conftest import COMMITTED, assert_one_line_error, run_cli
 from tests.oracle import Payload as Oracle
@@ -27,9 +28,20 @@ GOOD = COMMITTED / "x86_64" / "global_refs.livepatch"
 GOOD_ARM = COMMITTED / "arm" / "global_refs.livepatch"
 
 
+def _relocation_sections(elf: ELFFile) -> list[RelocationSection]:
+    """Every SHT_RELA and SHT_REL section (pyelftools reads each as a RelocationSection)."""
+    out = []
+    for s in elf.iter_sections():
+        if s["sh_type"] in ("SHT_RELA", "SHT_REL"):
+            assert isinstance(s, RelocationSection), s.name
+            out.append(s)
+    return out
+
+
 def _section(path: Path, name: str) -> tuple[int, int]:
     with open(path, "rb") as f:
         s = ELFFile(f).get_section_by_name(name)
+        assert s is not None, f"no {name}"
         return s["sh_offset"], s["sh_size"]
 
 
@@ -226,7 +238,7 @@ def test_explain_json_lists_every_relocation(tmp_path: Path) -> None:
     doc = json.loads(proc.stdout)
     with open(GOOD, "rb") as f:
         elf = ELFFile(f)
-        total = sum(s.num_relocations() for s in elf.iter_sections() if s["sh_type"] in ("SHT_RELA", "SHT_REL"))
+        total = sum(s.num_relocations() for s in _relocation_sections(elf))
     assert len(doc["decisions"]) == total
     reasons = {d["reason"] for d in doc["decisions"]}
     assert {"retarget", "keep-exempt-section", "keep-not-replaced"} <= reasons
@@ -265,7 +277,7 @@ def _decision_table(stdout: str) -> list[str]:
 
 def _relocation_count(path: Path) -> int:
     with open(path, "rb") as f:
-        return sum(s.num_relocations() for s in ELFFile(f).iter_sections() if s["sh_type"] in ("SHT_RELA", "SHT_REL"))
+        return sum(s.num_relocations() for s in _relocation_sections(ELFFile(f)))
 
 
 @pytest.mark.parametrize("src", [GOOD, GOOD_ARM], ids=["x86_64", "arm"])
@@ -307,7 +319,9 @@ def _uncovered_byte(data: bytes) -> int:
 
 
 def _first_byte_of(data: bytes, section: str) -> int:
-    return int(ELFFile(io.BytesIO(data)).get_section_by_name(section)["sh_offset"])
+    sec = ELFFile(io.BytesIO(data)).get_section_by_name(section)
+    assert sec is not None, f"no {section}"
+    return int(sec["sh_offset"])
 
 
 # Where a byte is flipped on its way to the disk. The written file is read back

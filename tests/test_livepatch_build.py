@@ -26,6 +26,7 @@ b_poll() calls gfoo and passes it as an argument; c_run() calls gfoo.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import os
@@ -36,9 +37,12 @@ import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+from typing import Protocol
 
 import pytest
 from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import Section, SymbolTableSection
 
 from lp_rewrite import Policy, rewrite
 from lp_rewrite.absolute import AbsoluteRequest, resolve_addresses
@@ -50,14 +54,27 @@ from lp_rewrite.xensyms import XenSymbol, XenSymbols
 from tests.conftest import ARCHES, COMMITTED, MANIFEST, ROOT, run_cli
 from tests.oracle import Payload as Oracle
 
+# scripts/ is not a package: lpbuild_mini is importable only with it on
+# sys.path, at run time, so mypy sees a plain module (its attributes Any) and
+# Mini below spells out the part of lpbuild_mini.Miniature the tests use.
 sys.path.insert(0, str(ROOT / "scripts"))
 try:
-    import lpbuild_mini as mini_build
+    mini_build: ModuleType = importlib.import_module("lpbuild_mini")
 finally:
     sys.path.pop(0)
 
 HOOK = ROOT / "scripts" / "livepatch-build-post"
-Mini = mini_build.Miniature
+
+
+class Mini(Protocol):
+    """scripts/lpbuild_mini.py's Miniature, as the tests use it."""
+
+    arch: str
+    work: Path
+    xen_syms: Path
+    objects: list[Path]
+    patched: list[Path]
+
 
 EXPECTED = {
     "x86_64": {
@@ -125,14 +142,27 @@ def _tail(mini: Mini, out: Path, *, at: str | None = None, **kw: object) -> Path
         if step == at:
             _hook_ok(payload)
 
-    return mini_build.livepatch_build_tail(mini, out, after=after, **kw)  # type: ignore[arg-type]
+    payload: Path = mini_build.livepatch_build_tail(mini, out, after=after, **kw)
+    return payload
+
+
+def _section(elf: ELFFile, name: str) -> Section:
+    sec = elf.get_section_by_name(name)
+    assert sec is not None, f"no {name}"
+    return sec
+
+
+def _symtab(elf: ELFFile) -> SymbolTableSection:
+    sec = _section(elf, ".symtab")
+    assert isinstance(sec, SymbolTableSection)
+    return sec
 
 
 def _symbols(path: Path) -> list[tuple[str, str, str, object, int]]:
     with open(path, "rb") as f:
         return [
             (s.name, s["st_info"]["bind"], s["st_info"]["type"], s["st_shndx"], s["st_value"])
-            for s in ELFFile(f).get_section_by_name(".symtab").iter_symbols()
+            for s in _symtab(ELFFile(f)).iter_symbols()
         ]
 
 
@@ -163,7 +193,7 @@ def _assert_retargeted(reference: Path, rewritten: Path, arch: str, absolute: di
 def _verify(reference: Path, rewritten: Path, xen_syms: Path | None = None) -> None:
     """lp-rewrite verify, the Xen-semantics proof, on top of the oracle checks."""
     assert importlib.util.find_spec("lp_rewrite.certificate") is not None, "lp-rewrite verify is missing"
-    extra = ["--xen-syms", xen_syms] if xen_syms is not None else []
+    extra: list[str | os.PathLike[str]] = ["--xen-syms", xen_syms] if xen_syms is not None else []
     proc = run_cli("verify", *extra, reference, rewritten)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "verified" in proc.stdout
@@ -186,7 +216,7 @@ def _with_build_id_of(reference: Path, other: Path, arch: str) -> Path:
 
 def _build_id(path: Path) -> bytes:
     with open(path, "rb") as f:
-        return bytes(ELFFile(f).get_section_by_name(".note.gnu.build-id").data())
+        return bytes(_section(ELFFile(f), ".note.gnu.build-id").data())
 
 
 def _xen_addresses(mini: Mini) -> dict[str, int]:
@@ -221,7 +251,7 @@ def test_objects_have_create_diff_object_shape(arch: str, resolve: bool, minis: 
     assert by_name["common/a.c#a_count"][1:4] == (bind, "STT_OBJECT", "SHN_UNDEF")
     with open(a_obj, "rb") as f:
         elf = ELFFile(f)
-        funcs, strings = elf.get_section_by_name(".livepatch.funcs"), elf.get_section_by_name(".livepatch.strings")
+        funcs, strings = _section(elf, ".livepatch.funcs"), _section(elf, ".livepatch.strings")
         ptr, entsize = (8, 104) if elf.elfclass == 64 else (4, 92)
         assert funcs["sh_entsize"] == entsize and funcs["sh_flags"] == 0x2  # SHF_ALLOC only
         assert strings["sh_entsize"] == 1 and strings.data() == b"common/a.c#foo\0a_init\0"
@@ -603,7 +633,11 @@ def test_check_on_prelinked_payloads(minis: Callable[..., Mini], tmp_path: Path)
     places = {(f.section, f.offset) for f in found}
     assert places == {(f.section, f.offset) for f in _by_rule(before, "LP007")}
     # From the sources: a_init stores gfoo in hv_callback, b_poll passes it to hv_poll, c_handlers holds it.
-    assert sorted(sec for sec, _off in places) == [".data.rel.ro.local.c_handlers", ".text.a_init", ".text.b_poll"]
+    assert sorted((sec for sec, _off in places), key=str) == [
+        ".data.rel.ro.local.c_handlers",
+        ".text.a_init",
+        ".text.b_poll",
+    ]
     assert not _by_rule(after, "LP013")
     # The same payloads against a hypervisor linked 64 KiB further up: every address is wrong.
     other = mini_build.build_xen_syms("x86_64", tmp_path / "other", base=mini_build.XEN_BASE["x86_64"] + 0x10000)
@@ -691,7 +725,7 @@ def _set_old_addr(payload: Path, entry: int, value: int) -> None:
     data = bytearray(payload.read_bytes())
     with open(payload, "rb") as f:
         elf = ELFFile(f)
-        funcs = elf.get_section_by_name(".livepatch.funcs")
+        funcs = _section(elf, ".livepatch.funcs")
         ptr, entsize = (8, 104) if elf.elfclass == 64 else (4, 92)
         at = funcs["sh_offset"] + entry * entsize + 2 * ptr
     struct.pack_into("<Q" if ptr == 8 else "<I", data, at, value)
