@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
-from elftools.elf.sections import Section, SymbolTableSection
 
 from lp_rewrite import Policy, rewrite
 from lp_rewrite.check import CheckOptions, check_payload
@@ -40,6 +39,7 @@ from tests.conftest import (
     have_binutils,
     load_script,
 )
+from tests.elf_sections import elf_relocs, elf_section, elf_symtab
 from tests.oracle import Payload as Oracle
 
 CHECK_XEN = ROOT / "testdata" / "check"
@@ -53,24 +53,6 @@ def params(*names: str, arches: tuple[str, ...] = ARCHES) -> list[object]:
         for a in arches
         if a in MANIFEST[n].get("arches", ARCHES)
     ]
-
-
-def _section(elf: ELFFile, name: str) -> Section:
-    sec = elf.get_section_by_name(name)
-    assert sec is not None, f"no {name}"
-    return sec
-
-
-def _symtab(elf: ELFFile) -> SymbolTableSection:
-    sec = _section(elf, ".symtab")
-    assert isinstance(sec, SymbolTableSection)
-    return sec
-
-
-def _relocs(elf: ELFFile, name: str) -> RelocationSection:
-    sec = _section(elf, name)
-    assert isinstance(sec, RelocationSection), name
-    return sec
 
 
 def by_rule(report: PayloadReport, rule: str, *, active: bool = True) -> list[Finding]:
@@ -324,20 +306,20 @@ def test_lp006_lp007_facts_match_the_image_bytes(case: Case, payload_path: Path,
     """What the rules assume about the image, checked with pyelftools and struct."""
     with open(xen.path, "rb") as stream:
         elf = ELFFile(stream)
-        syms = {s.name: s for s in _symtab(elf).iter_symbols()}
-        text = _section(elf, ".text")
+        syms = {s.name: s for s in elf_symtab(elf).iter_symbols()}
+        text = elf_section(elf, ".text")
         code = text.data()
 
         def entry(name: str) -> bytes:
             off = syms[name]["st_value"] - text["sh_addr"]
             return bytes(code[off : off + 4])
 
-        clobber = _section(elf, ".init.data")
+        clobber = elf_section(elf, ".init.data")
         lo = syms["__initdata_cf_clobber_start"]["st_value"] - clobber["sh_addr"]
         hi = syms["__initdata_cf_clobber_end"]["st_value"] - clobber["sh_addr"]
         sealed = set(struct.unpack(f"<{(hi - lo) // 8}Q", clobber.data()[lo:hi]))
         # One table of each kind: .init.data.cf_clobber (writable) and .init.rodata.cf_clobber.
-        tables = {s.name: s for s in _symtab(elf).iter_symbols() if s.name.startswith("boot_")}
+        tables = {s.name: s for s in elf_symtab(elf).iter_symbols() if s.name.startswith("boot_")}
     endbr = bytes.fromhex("f30f1efa")
     assert entry("tiny_endbr") == endbr and entry("ibt_fn") == endbr and entry("plain_fn") != endbr
     both = {syms["sealed_fn"]["st_value"], syms["sealed_data_fn"]["st_value"]}
@@ -353,7 +335,7 @@ def test_lp007_through_absolute_aliases(case: Case, payload_path: Path, xen: Xen
     out = tmp_path / "absolute.livepatch"
     rewrite(payload_path, out, policy=Policy(absolute=True, xen_syms=xen.path))
     with open(out, "rb") as stream:
-        alias = [s for s in _symtab(ELFFile(stream)).iter_symbols() if s.name == "plain_fn"]
+        alias = [s for s in elf_symtab(ELFFile(stream)).iter_symbols() if s.name == "plain_fn"]
     assert [s["st_shndx"] for s in alias] == ["SHN_ABS"]  # the only plain_fn left is the absolute alias
     report = check_payload(out, CheckOptions(xen=xen))
     assert symbols(report, "LP007") == {"plain_fn", "sealed_fn"}
@@ -369,7 +351,7 @@ def _abs_value(path: Path, name: str, delta: int, dst: Path) -> Path:
     data = bytearray(path.read_bytes())
     with open(path, "rb") as stream:
         elf = ELFFile(stream)
-        symtab = _symtab(elf)
+        symtab = elf_symtab(elf)
         (i,) = [i for i, s in enumerate(symtab.iter_symbols()) if s.name == name and s["st_shndx"] == "SHN_ABS"]
         wide = elf.elfclass == 64
         at = symtab["sh_offset"] + i * symtab["sh_entsize"] + (8 if wide else 4)
@@ -388,7 +370,7 @@ def _literal_old_addr(path: Path, original: str, value: int, dst: Path) -> Path:
     data = bytearray(path.read_bytes())
     with open(path, "rb") as stream:
         elf = ELFFile(stream)
-        funcs = _section(elf, ".livepatch.funcs")
+        funcs = elf_section(elf, ".livepatch.funcs")
         ptr, entry = (8, 104) if elf.elfclass == 64 else (4, 92)
     struct.pack_into("<Q" if ptr == 8 else "<I", data, funcs["sh_offset"] + rep.entry * entry + 2 * ptr, value)
     dst.write_bytes(bytes(data))
@@ -453,7 +435,7 @@ def test_lp004_lp005_through_the_aliases_a_rewrite_adds(
         # The place is the reference the rewrite moved to the alias, read back independently.
         with open(tmp_path / f"rewritten-{check_payload_path.name}", "rb") as stream:
             elf = ELFFile(stream)
-            symtab = _symtab(elf)
+            symtab = elf_symtab(elf)
             rel = next(
                 sec
                 for sec in elf.iter_sections()
@@ -510,7 +492,7 @@ def _renamed_file_symbol(src: Path, dst: Path, file_name: str, new_name: bytes) 
     data = bytearray(src.read_bytes())
     with open(src, "rb") as stream:
         elf = ELFFile(stream)
-        symtab = _symtab(elf)
+        symtab = elf_symtab(elf)
         strtab = elf.get_section(symtab["sh_link"])
         index = next(i for i, sym in enumerate(symtab.iter_symbols()) if sym.name == file_name)
         entry = symtab["sh_offset"] + index * symtab["sh_entsize"]
@@ -604,7 +586,7 @@ def _short_branches(path: Path, xen_syms: Path | None) -> set[tuple[str, int]]:
                 align = sec["sh_addralign"] or 1
                 rx[i] = (end + align - 1) & -align
                 end = rx[i] + sec["sh_size"]
-        symtab = _symtab(elf)
+        symtab = elf_symtab(elf)
         for rel in elf.iter_sections():
             if not isinstance(rel, RelocationSection) or rel["sh_info"] not in rx:
                 continue
@@ -833,8 +815,8 @@ def test_lp015_movw_movt_addends(tmp_path: Path) -> None:
     subprocess.run([BINUTILS["arm"] + "as", "-o", str(obj), str(src)], check=True)
     with open(obj, "rb") as stream:
         elf = ELFFile(stream)
-        text = _section(elf, ".text")
-        rel = _relocs(elf, ".rel.text")
+        text = elf_section(elf, ".text")
+        rel = elf_relocs(elf, ".rel.text")
         moves = {r["r_offset"]: r["r_info_type"] for r in rel.iter_relocations()}
         words = {off: struct.unpack_from("<I", text.data(), off)[0] for off in moves}
     # The implicit addend of MOVW/MOVT is the instruction's imm16 (imm4:imm12).
@@ -928,7 +910,7 @@ def test_lp010_funcs_table_shape(arch: str, tmp_path: Path) -> None:
     src = COMMITTED / arch / "mutual.livepatch"
     ptr = 4 if arch == "arm" else 8
     with open(src, "rb") as stream:
-        funcs = _section(ELFFile(stream), ".livepatch.funcs")
+        funcs = elf_section(ELFFile(stream), ".livepatch.funcs")
         off, size = funcs["sh_offset"], funcs["sh_size"]
     entry = 92 if arch == "arm" else 104
     odd = _set_section_size(src, ".livepatch.funcs", size - 4, tmp_path / "odd.livepatch")
@@ -959,7 +941,7 @@ def test_lp010_version_1_is_an_error_unless_allowed(arch: str, tmp_path: Path) -
     assert [g.rule.id for g in allowed.findings] == ["LP010"] and not allowed.active()
     # The entry allows that one finding: a v1 table of a wrong size still fails.
     with open(payload, "rb") as stream:
-        size = _section(ELFFile(stream), ".livepatch.funcs")["sh_size"]
+        size = elf_section(ELFFile(stream), ".livepatch.funcs")["sh_size"]
     odd = _set_section_size(payload, ".livepatch.funcs", size - 4, tmp_path / "odd.livepatch")
     (left,) = check_payload(odd, CheckOptions(allow=AllowList.build(["LP010:version-1"]))).active()
     assert left.rule.id == "LP010" and "not a multiple of the version-1 entry size" in left.message
@@ -1022,8 +1004,8 @@ def _undecodable_fixup(dst: Path) -> Path:
     src = COMMITTED / "x86_64" / "hello_world.livepatch"
     with open(src, "rb") as stream:
         elf = ELFFile(stream)
-        fixup = _section(elf, ".fixup")
-        rel = _relocs(elf, ".rela.fixup")
+        fixup = elf_section(elf, ".fixup")
+        rel = elf_relocs(elf, ".rela.fixup")
         (field,) = [r["r_offset"] for r in rel.iter_relocations()]
         at = fixup["sh_offset"] + field - 1
     data = bytearray(src.read_bytes())

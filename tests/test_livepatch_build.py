@@ -42,7 +42,6 @@ from typing import Protocol
 
 import pytest
 from elftools.elf.elffile import ELFFile
-from elftools.elf.sections import Section, SymbolTableSection
 
 from lp_rewrite import Policy, rewrite
 from lp_rewrite.absolute import AbsoluteRequest, resolve_addresses
@@ -52,6 +51,7 @@ from lp_rewrite.check.xen import XenImage
 from lp_rewrite.errors import InputError, UsageError
 from lp_rewrite.xensyms import XenSymbol, XenSymbols
 from tests.conftest import ARCHES, COMMITTED, MANIFEST, ROOT, run_cli
+from tests.elf_sections import elf_section, elf_symtab
 from tests.oracle import Payload as Oracle
 
 # scripts/ is not a package: lpbuild_mini is importable only with it on
@@ -146,23 +146,11 @@ def _tail(mini: Mini, out: Path, *, at: str | None = None, **kw: object) -> Path
     return payload
 
 
-def _section(elf: ELFFile, name: str) -> Section:
-    sec = elf.get_section_by_name(name)
-    assert sec is not None, f"no {name}"
-    return sec
-
-
-def _symtab(elf: ELFFile) -> SymbolTableSection:
-    sec = _section(elf, ".symtab")
-    assert isinstance(sec, SymbolTableSection)
-    return sec
-
-
 def _symbols(path: Path) -> list[tuple[str, str, str, object, int]]:
     with open(path, "rb") as f:
         return [
             (s.name, s["st_info"]["bind"], s["st_info"]["type"], s["st_shndx"], s["st_value"])
-            for s in _symtab(ELFFile(f)).iter_symbols()
+            for s in elf_symtab(ELFFile(f)).iter_symbols()
         ]
 
 
@@ -216,7 +204,7 @@ def _with_build_id_of(reference: Path, other: Path, arch: str) -> Path:
 
 def _build_id(path: Path) -> bytes:
     with open(path, "rb") as f:
-        return bytes(_section(ELFFile(f), ".note.gnu.build-id").data())
+        return bytes(elf_section(ELFFile(f), ".note.gnu.build-id").data())
 
 
 def _xen_addresses(mini: Mini) -> dict[str, int]:
@@ -251,7 +239,7 @@ def test_objects_have_create_diff_object_shape(arch: str, resolve: bool, minis: 
     assert by_name["common/a.c#a_count"][1:4] == (bind, "STT_OBJECT", "SHN_UNDEF")
     with open(a_obj, "rb") as f:
         elf = ELFFile(f)
-        funcs, strings = _section(elf, ".livepatch.funcs"), _section(elf, ".livepatch.strings")
+        funcs, strings = elf_section(elf, ".livepatch.funcs"), elf_section(elf, ".livepatch.strings")
         ptr, entsize = (8, 104) if elf.elfclass == 64 else (4, 92)
         assert funcs["sh_entsize"] == entsize and funcs["sh_flags"] == 0x2  # SHF_ALLOC only
         assert strings["sh_entsize"] == 1 and strings.data() == b"common/a.c#foo\0a_init\0"
@@ -725,7 +713,7 @@ def _set_old_addr(payload: Path, entry: int, value: int) -> None:
     data = bytearray(payload.read_bytes())
     with open(payload, "rb") as f:
         elf = ELFFile(f)
-        funcs = _section(elf, ".livepatch.funcs")
+        funcs = elf_section(elf, ".livepatch.funcs")
         ptr, entsize = (8, 104) if elf.elfclass == 64 else (4, 92)
         at = funcs["sh_offset"] + entry * entsize + 2 * ptr
     struct.pack_into("<Q" if ptr == 8 else "<I", data, at, value)

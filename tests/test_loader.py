@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 from elftools.elf.elffile import ELFFile
-from elftools.elf.sections import Section, SymbolTableSection
 
 from lp_rewrite import rewrite
 from lp_rewrite.arch import LoadError
@@ -31,22 +30,11 @@ from lp_rewrite.loader import LoadedPayload, Refused, default_base, load, synthe
 from lp_rewrite.read import read_payload
 from lp_rewrite.xensyms import XenSymbols
 from tests.conftest import BINUTILS, COMMITTED, TESTDATA, Case, case_params, have_binutils
+from tests.elf_sections import elf_section, elf_symtab
 
 CASES = case_params()
 HV = {arch: TESTDATA / "emu" / "build" / arch / "hv.elf" for arch in ("x86_64", "aarch64", "arm")}
 SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR = 0x1, 0x2, 0x4
-
-
-def _section(elf: ELFFile, name: str) -> Section:
-    sec = elf.get_section_by_name(name)
-    assert sec is not None, f"no {name}"
-    return sec
-
-
-def _symtab(elf: ELFFile) -> SymbolTableSection:
-    sec = _section(elf, ".symtab")
-    assert isinstance(sec, SymbolTableSection)
-    return sec
 
 
 def _load(source: Path | bytes, name: str = "p", *, prepare: bool = False) -> LoadedPayload:
@@ -72,7 +60,7 @@ def _link_like_loader(loaded: LoadedPayload, path: Path, arch: str, out: Path) -
         script.append(f'  "{placed.name}" {placed.address:#x} : {{ *("{placed.name}") }}')
     script.append("}")
     with open(path, "rb") as f:
-        undefined = {s.name for s in _symtab(ELFFile(f)).iter_symbols() if s["st_shndx"] == "SHN_UNDEF"}
+        undefined = {s.name for s in elf_symtab(ELFFile(f)).iter_symbols() if s["st_shndx"] == "SHN_UNDEF"}
     for name in sorted(undefined - {""}):
         found = loaded.table.lookup(name)
         assert found is not None
@@ -180,7 +168,7 @@ def test_symbols_resolve_as_xen_resolves_them(case: Case, payload_path: Path) ->
         elf = ELFFile(f)
         names = [s.name for s in elf.iter_sections()]
         flags = [s["sh_flags"] for s in elf.iter_sections()]
-        for i, sym in enumerate(_symtab(elf).iter_symbols()):
+        for i, sym in enumerate(elf_symtab(elf).iter_symbols()):
             if i == 0:
                 continue
             got = loaded.resolved.values[i]
@@ -199,7 +187,7 @@ def test_statics_resolve_by_file_name_against_xen_syms() -> None:
     """A rewritten payload's alias "common/hv.c#hv_local" is hv.elf's static hv_local."""
     arch = "x86_64"
     with open(HV[arch], "rb") as f:
-        symtab = _symtab(ELFFile(f))
+        symtab = elf_symtab(ELFFile(f))
         local = next(s["st_value"] for s in symtab.iter_symbols() if s.name == "hv_local")
     out = rewrite(TESTDATA / "emu" / "build" / arch / "emu_multi.livepatch").output
     loaded = load(out, XenSymbols.from_xen_syms(HV[arch]), 0x4040_0000, name="multi")
@@ -254,7 +242,7 @@ def _symbol(path: Path, name: str) -> tuple[int, int]:
     """(file offset of the Elf_Sym, index) of a symbol."""
     with open(path, "rb") as f:
         elf = ELFFile(f)
-        symtab = _symtab(elf)
+        symtab = elf_symtab(elf)
         for i, s in enumerate(symtab.iter_symbols()):
             if s.name == name:
                 return symtab["sh_offset"] + i * symtab["sh_entsize"], i
@@ -351,20 +339,20 @@ REFUSALS: dict[str, tuple[Callable[[], bytes], str]] = {
 
 def _strtab_size(path: Path) -> int:
     with open(path, "rb") as f:
-        return int(_section(ELFFile(f), ".strtab")["sh_size"])
+        return int(elf_section(ELFFile(f), ".strtab")["sh_size"])
 
 
 def _symbol_in(path: Path, section: str) -> int:
     with open(path, "rb") as f:
         elf = ELFFile(f)
         index = next(i for i, s in enumerate(elf.iter_sections()) if s.name == section)
-        return next(i for i, s in enumerate(_symtab(elf).iter_symbols()) if s["st_shndx"] == index)
+        return next(i for i, s in enumerate(elf_symtab(elf).iter_symbols()) if s["st_shndx"] == index)
 
 
 def _rename_first(path: Path, old: str, new: str) -> Callable[[bytearray], None]:
     with open(path, "rb") as f:
         elf = ELFFile(f)
-        symtab = _symtab(elf)
+        symtab = elf_symtab(elf)
         strtab = elf.get_section(symtab["sh_link"])
         sym = next(s for s in symtab.iter_symbols() if s.name == old)
         at = strtab["sh_offset"] + sym["st_name"]

@@ -13,39 +13,27 @@ from pathlib import Path
 
 import pytest
 from elftools.elf.elffile import ELFFile
-from elftools.elf.sections import Section, SymbolTableSection
 
 from lp_rewrite import Policy, rewrite
 from lp_rewrite.errors import UsageError
 from tests.conftest import BINUTILS, COMMITTED, assert_one_line_error, have_binutils, load_script, run_cli
+from tests.elf_sections import elf_section, elf_symtab
 from tests.oracle import Payload as Oracle
 
 LOCAL = Policy(local_aliases=True)
-
-
-def _section(elf: ELFFile, name: str) -> Section:
-    sec = elf.get_section_by_name(name)
-    assert sec is not None, f"no {name}"
-    return sec
-
-
-def _symtab(elf: ELFFile) -> SymbolTableSection:
-    sec = _section(elf, ".symtab")
-    assert isinstance(sec, SymbolTableSection)
-    return sec
 
 
 def _symbols(path: Path) -> list[tuple[str, str, str, object]]:
     with open(path, "rb") as f:
         elf = ELFFile(f)
         return [
-            (s.name, s["st_info"]["bind"], s["st_info"]["type"], s["st_shndx"]) for s in _symtab(elf).iter_symbols()
+            (s.name, s["st_info"]["bind"], s["st_info"]["type"], s["st_shndx"]) for s in elf_symtab(elf).iter_symbols()
         ]
 
 
 def _sh_info(path: Path, name: str) -> int:
     with open(path, "rb") as f:
-        return int(_section(ELFFile(f), name)["sh_info"])
+        return int(elf_section(ELFFile(f), name)["sh_info"])
 
 
 def _ld_r(arch: str, out: Path, *objs: Path) -> subprocess.CompletedProcess[str]:
@@ -212,8 +200,8 @@ def test_group_signature_is_renumbered(tmp_path: Path) -> None:
     for path in (obj, out):
         with open(path, "rb") as f:
             elf = ELFFile(f)
-            group = _section(elf, ".group")
-            sig = _symtab(elf).get_symbol(group["sh_info"])
+            group = elf_section(elf, ".group")
+            sig = elf_symtab(elf).get_symbol(group["sh_info"])
             assert sig.name == "keep_me"
     proc = _ld_r("x86_64", tmp_path / "l.o", out)
     assert proc.returncode == 0, proc.stderr
@@ -231,8 +219,8 @@ def _raw_symbols(path: Path) -> tuple[list[tuple[str, int, int]], list[str]]:
     data = path.read_bytes()
     with open(path, "rb") as f:
         elf = ELFFile(f)
-        symtab = _symtab(elf)
-        ext_sec = _section(elf, ".symtab_shndx")
+        symtab = elf_symtab(elf)
+        ext_sec = elf_section(elf, ".symtab_shndx")
         ext = struct.unpack_from(f"<{ext_sec['sh_size'] // 4}I", data, ext_sec["sh_offset"])
         assert len(ext) == symtab.num_symbols()
         out = []

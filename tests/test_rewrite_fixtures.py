@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
-from elftools.elf.sections import Section, SymbolTableSection
 
 from lp_rewrite import Policy, analyse, rewrite
 from lp_rewrite.errors import InputError
@@ -34,28 +33,11 @@ from tests.conftest import (
     have_binutils,
     run_cli,
 )
+from tests.elf_sections import elf_relocs, elf_section, elf_symtab
 from tests.oracle import Payload as Oracle
 from tests.oracle import arm_addend
 
 CASES = case_params()
-
-
-def _section(elf: ELFFile, name: str) -> Section:
-    sec = elf.get_section_by_name(name)
-    assert sec is not None, f"no {name}"
-    return sec
-
-
-def _symtab(elf: ELFFile) -> SymbolTableSection:
-    sec = _section(elf, ".symtab")
-    assert isinstance(sec, SymbolTableSection)
-    return sec
-
-
-def _reloc_section(elf: ELFFile, name: str) -> RelocationSection:
-    sec = _section(elf, name)
-    assert isinstance(sec, RelocationSection), name
-    return sec
 
 
 def _retarget_set(result: object) -> set[tuple[str, int, int]]:
@@ -154,7 +136,7 @@ def _assert_lief_agrees(path: Path) -> None:
     theirs = [(s.name, s.value, s.size, s.shndx) for s in binary.symtab_symbols]
     mine = [
         (s.name, s["st_value"], s["st_size"], s["st_shndx"] if isinstance(s["st_shndx"], int) else None)
-        for s in _symtab(ours).iter_symbols()
+        for s in elf_symtab(ours).iter_symbols()
     ]
     assert len(theirs) == len(mine)
     for t, m in zip(theirs, mine, strict=True):
@@ -325,7 +307,7 @@ def _arm_rel_to_rela(data: bytes) -> bytes:
 
 def _section_symbol(elf: ELFFile, name: str) -> int:
     index = next(i for i, sec in enumerate(elf.iter_sections()) if sec.name == name)
-    symbols = _symtab(elf).iter_symbols()
+    symbols = elf_symtab(elf).iter_symbols()
     return next(i for i, s in enumerate(symbols) if s["st_info"]["type"] == "STT_SECTION" and s["st_shndx"] == index)
 
 
@@ -376,7 +358,7 @@ def test_arm_rela_payload_is_rewritten_like_its_rel_twin(tmp_path: Path) -> None
     assert through_section == 4  # ABS32, REL32, CALL, JUMP24
     # RELA: the places themselves are untouched, only r_addend and the symbol change.
     for sec in (".text.install_second", ".data.rel.ro.offset_table"):
-        assert _section(elf, sec).data() == _section(ELFFile(io.BytesIO(out.read_bytes())), sec).data()
+        assert elf_section(elf, sec).data() == elf_section(ELFFile(io.BytesIO(out.read_bytes())), sec).data()
     cert = certify(rela, out.read_bytes())
     assert len(cert.sites) == len(result.plan.retargets)
 
@@ -388,7 +370,7 @@ def _movw_with_addend(tmp_path: Path, addend: int) -> Path:
     """
     data = bytearray(ARM_NONZERO.read_bytes())
     elf = ELFFile(io.BytesIO(bytes(data)))
-    rel, text = _reloc_section(elf, ".rel.text.install_second"), _section(elf, ".text.install_second")
+    rel, text = elf_relocs(elf, ".rel.text.install_second"), elf_section(elf, ".text.install_second")
     text_sym = _section_symbol(elf, ".text")
     for i, r in enumerate(rel.iter_relocations()):
         if r["r_info_type"] in (43, 44):
@@ -432,7 +414,7 @@ def test_arm_movw_movt_with_an_implicit_addend_is_refused(tmp_path: Path) -> Non
 def test_arm_movw_movt_with_an_explicit_addend_is_refused(tmp_path: Path) -> None:
     rela = bytearray(_arm_rel_to_rela(ARM_NONZERO.read_bytes()))
     elf = ELFFile(io.BytesIO(bytes(rela)))
-    sec = _reloc_section(elf, ".rela.text.install_second")
+    sec = elf_relocs(elf, ".rela.text.install_second")
     movt = next(i for i, r in enumerate(sec.iter_relocations()) if r["r_info_type"] == 44)
     struct.pack_into("<i", rela, sec["sh_offset"] + 12 * movt + 8, 0x10000)
     src = tmp_path / "rela.livepatch"
@@ -442,7 +424,7 @@ def test_arm_movw_movt_with_an_explicit_addend_is_refused(tmp_path: Path) -> Non
     )
     # r_addend 0 with immediate bits left in the place: Xen ORs its result into them.
     rela = bytearray(_arm_rel_to_rela(ARM_NONZERO.read_bytes()))
-    place = _section(elf, ".text.install_second")["sh_offset"] + 4
+    place = elf_section(elf, ".text.install_second")["sh_offset"] + 4
     struct.pack_into("<I", rela, place, struct.unpack_from("<I", rela, place)[0] | 0x10)
     src.write_bytes(bytes(rela))
     _assert_refused_misapplied(src, tmp_path, ".text.install_second+0x4: R_ARM_MOVW_ABS_NC", "OR its result")

@@ -30,7 +30,6 @@ from pathlib import Path
 
 import pytest
 from elftools.elf.elffile import ELFFile
-from elftools.elf.sections import SymbolTableSection
 from typer.testing import CliRunner
 
 from lp_rewrite.cli import app
@@ -39,6 +38,7 @@ from lp_rewrite.pipeline import rewrite
 from lp_rewrite.policy import Policy
 from lp_rewrite.read import read_payload
 from tests.conftest import BINUTILS, COMMITTED, assert_one_line_error, load_script, run_cli
+from tests.elf_sections import elf_symtab
 
 X86 = COMMITTED / "x86_64" / "global_refs.livepatch"
 ARM = COMMITTED / "arm" / "global_refs.livepatch"
@@ -87,7 +87,7 @@ class Fixture:
             self.index: dict[str, int] = {}
             for i, s in enumerate(elf.iter_sections()):
                 self.index.setdefault(s.name, i)
-            symtab = _symtab(elf)
+            symtab = elf_symtab(elf)
             self.symbols = {s.name: i for i, s in enumerate(symtab.iter_symbols()) if s.name}
             self.nsyms = symtab.num_symbols()
 
@@ -117,12 +117,6 @@ class Fixture:
         for (off, width), value in changes:
             buf[off : off + width] = (value % (1 << (8 * width))).to_bytes(width, "little")
         return bytes(buf)
-
-
-def _symtab(elf: ELFFile) -> SymbolTableSection:
-    symtab = elf.get_section_by_name(".symtab")
-    assert isinstance(symtab, SymbolTableSection), "a fixture without .symtab"
-    return symtab
 
 
 @cache
@@ -626,7 +620,7 @@ def _many(n_funcs: int, n_data: int, n_code: int, n_alias: int = 0) -> str:
 def _rename_all_to(data: bytes, prefix: str, target: str) -> bytes:
     """Give every symbol whose name starts with ``prefix`` the name ``target``."""
     buf = bytearray(data)
-    symtab = _symtab(ELFFile(BytesIO(data)))
+    symtab = elf_symtab(ELFFile(BytesIO(data)))
     name_of = {s.name: s["st_name"] for s in symtab.iter_symbols()}
     for i, s in enumerate(symtab.iter_symbols()):
         if s.name.startswith(prefix):

@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
-from elftools.elf.sections import Section, SymbolTableSection
 
 from lp_rewrite import Policy, rewrite
 from lp_rewrite.certificate import certify
@@ -28,23 +27,12 @@ from lp_rewrite.cli.verify import CertificateHook
 from lp_rewrite.errors import VerificationError
 from lp_rewrite.xensyms import XenSymbols
 from tests.conftest import COMMITTED, TESTDATA, Case, assert_one_line_error, case_params, run_cli
+from tests.elf_sections import elf_section, elf_symtab
 
 CASES = case_params()
 GOOD = COMMITTED / "x86_64" / "global_refs.livepatch"
 GOOD_ARM = COMMITTED / "arm" / "nonzero_offset.livepatch"
 EMU = TESTDATA / "emu" / "build" / "x86_64"
-
-
-def _section(elf: ELFFile, name: str) -> Section:
-    sec = elf.get_section_by_name(name)
-    assert sec is not None, f"no {name}"
-    return sec
-
-
-def _symtab(elf: ELFFile) -> SymbolTableSection:
-    sec = _section(elf, ".symtab")
-    assert isinstance(sec, SymbolTableSection)
-    return sec
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -83,7 +71,7 @@ def test_a_payload_is_not_its_own_rewrite(case: Case, payload_path: Path) -> Non
 def _reloc_entries(data: bytes, section: str) -> list[tuple[int, int, int, int]]:
     """(file offset, r_info symbol, type, addend-or-0) of every entry, via pyelftools."""
     elf = ELFFile(io.BytesIO(data))
-    sec = _section(elf, section)
+    sec = elf_section(elf, section)
     assert isinstance(sec, RelocationSection), section
     size = sec["sh_entsize"]
     out = []
@@ -93,7 +81,7 @@ def _reloc_entries(data: bytes, section: str) -> list[tuple[int, int, int, int]]
 
 
 def _symbol_index(data: bytes, name: str, undefined: bool) -> int:
-    symtab = _symtab(ELFFile(io.BytesIO(data)))
+    symtab = elf_symtab(ELFFile(io.BytesIO(data)))
     for i, s in enumerate(symtab.iter_symbols()):
         if s.name == name and (s["st_shndx"] == "SHN_UNDEF") == undefined:
             return i
@@ -143,7 +131,7 @@ def _arm_rel_addend_wrong() -> tuple[bytes, str]:
     out = _rewritten(GOOD_ARM)
     alias = _symbol_index(bytes(out), "common/nonzero_offset.c#second_fn", undefined=True)
     elf = ELFFile(io.BytesIO(bytes(out)))
-    text = _section(elf, ".text.install_second")
+    text = elf_section(elf, ".text.install_second")
     entries = _reloc_entries(bytes(out), ".rel.text.install_second")
     at, _s, _t, _a = next(e for e in entries if e[1] == alias and e[2] == 28)  # R_ARM_CALL
     offset = struct.unpack_from("<I", out, at)[0]
@@ -184,7 +172,7 @@ def test_an_alias_xen_cannot_resolve_fails_the_load() -> None:
     original = EMU / "emu_hook.livepatch"
     out = _rewritten(original)
     elf = ELFFile(io.BytesIO(bytes(out)))
-    symtab = _symtab(elf)
+    symtab = elf_symtab(elf)
     alias = next(s for s in symtab.iter_symbols() if s.name == "hv_original" and s["st_shndx"] == "SHN_UNDEF")
     at = elf.get_section(symtab["sh_link"])["sh_offset"] + alias["st_name"]
     out[at : at + 11] = b"hv_originaX"
@@ -206,7 +194,7 @@ def _funcs_edited(*, new_addr_type: int | None = None, old_literal: int | None =
         at, sym, _t, _a = next(e for e in _reloc_entries(bytes(data), ".rela.livepatch.funcs") if _offset(data, e) == 8)
         struct.pack_into("<Q", data, at + 8, (sym << 32) | new_addr_type)
     if old_literal is not None:
-        funcs = _section(ELFFile(io.BytesIO(bytes(data))), ".livepatch.funcs")
+        funcs = elf_section(ELFFile(io.BytesIO(bytes(data))), ".livepatch.funcs")
         struct.pack_into("<Q", data, funcs["sh_offset"] + 16, old_literal)
     return bytes(data)
 
@@ -257,7 +245,7 @@ def test_a_payload_xen_refuses_anyway_is_certified_as_such(tmp_path: Path) -> No
     # Not so for a file that differs elsewhere: with no loaded image to compare, the
     # rewritten file must be exactly what the rewrite makes of the original.
     wrong = bytearray(out.read_bytes())
-    text = _section(ELFFile(io.BytesIO(bytes(wrong))), ".text.caller")
+    text = elf_section(ELFFile(io.BytesIO(bytes(wrong))), ".text.caller")
     wrong[text["sh_offset"]] ^= 0x40  # the first opcode byte: no relocation's place
     at = text["sh_offset"]
     expect = f"not the rewrite of the original with these options (byte {at:#x} differs)"
@@ -291,7 +279,7 @@ def test_cli_verify_against_xen_syms(tmp_path: Path) -> None:
     doc = json.loads(proc.stdout)
     assert doc["symbols"] == str(EMU / "hv.elf")
     with open(EMU / "hv.elf", "rb") as f:
-        hv = {s.name: s["st_value"] for s in _symtab(ELFFile(f)).iter_symbols()}
+        hv = {s.name: s["st_value"] for s in elf_symtab(ELFFile(f)).iter_symbols()}
     got = {r["original"]: r["original_address"] for r in doc["retargeted"]}
     assert got == {
         "hv_original": hv["hv_original"],
