@@ -12,6 +12,7 @@ starts; Xen's vmalloc picks a page-aligned address in the livepatch area.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Final
 
@@ -119,7 +120,13 @@ def overlap(elf: ElfFile, name: str) -> tuple[int, int, int] | None:
     makes every later section of the region land over earlier ones.
     """
     offsets, _sizes = section_offsets(elf, name)
-    taken: dict[str, list[tuple[int, int, int]]] = {}  # region -> [(start, end, index)] of non-empty sections
+    # Per region, the non-empty sections placed so far: disjoint (the first
+    # overlap ends the search), sorted by start, so a new one can only meet
+    # its two neighbours. Placement is in increasing order but for the jumps
+    # back, so the inserts are appends: linear work however many sections.
+    starts: dict[str, list[int]] = {}
+    stops: dict[str, list[int]] = {}
+    owners: dict[str, list[int]] = {}
     unaligned: dict[str, int] = {}  # region -> the last section of alignment 0 placed there
     secs = elf.sections
     for index, (kind, off) in offsets.items():
@@ -128,10 +135,14 @@ def overlap(elf: ElfFile, name: str) -> tuple[int, int, int] | None:
         end = off + secs.size[index]
         if end == off:
             continue
-        for start, stop, other in taken.get(kind, ()):
-            if off < stop and start < end:
-                return index, other, unaligned[kind]
-        taken.setdefault(kind, []).append((off, end, index))
+        s, e, o = starts.setdefault(kind, []), stops.setdefault(kind, []), owners.setdefault(kind, [])
+        k = bisect_right(s, off)
+        for j in (k - 1, k):
+            if 0 <= j < len(s) and off < e[j] and s[j] < end:
+                return index, o[j], unaligned.get(kind, index)
+        s.insert(k, off)
+        e.insert(k, end)
+        o.insert(k, index)
     return None
 
 
