@@ -3,13 +3,13 @@
 # No `from __future__ import annotations`: typer would eval() every string
 # annotation of every command on each start (~10 ms of a build hook's budget).
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from lp_rewrite.cli.shared import (
+    AbsoluteOpt,
     Format,
     FormatOpt,
     KeepOpt,
@@ -40,14 +40,7 @@ def rewrite(
     local_aliases: LocalOpt = False,
     rename_template: TemplateOpt = None,
     ignore_xen_limits: LimitsOpt = False,
-    absolute: Annotated[
-        bool,
-        typer.Option(
-            "--absolute",
-            help="Make every alias SHN_ABS, holding the original's address (prelinked payloads; automatic "
-            "where old_addr holds a literal). Needs --xen-syms unless every old_addr is a literal.",
-        ),
-    ] = False,
+    absolute: AbsoluteOpt = False,
     xen_syms: Annotated[
         Path | None,
         typer.Option(
@@ -81,8 +74,12 @@ def rewrite(
         raise UsageError(f"{output} is the input file; use --in-place to rewrite it")
     if xen_syms is not None and not xen_syms.is_file():
         raise InputError(f"--xen-syms {xen_syms}: no such file")
-    policy = replace(
-        make_policy(keep_section, no_default_keep, local_aliases, rename_template, ignore_limits=ignore_xen_limits),
+    policy = make_policy(
+        keep_section,
+        no_default_keep,
+        local_aliases,
+        rename_template,
+        ignore_limits=ignore_xen_limits,
         absolute=absolute,
         xen_syms=xen_syms,
     )

@@ -14,6 +14,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -125,9 +126,27 @@ LimitsOpt = Annotated[
 ]
 
 
+AbsoluteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--absolute",
+        help="Make every alias SHN_ABS, holding the original's address (prelinked payloads; automatic "
+        "where old_addr holds a literal). Needs --xen-syms unless every old_addr is a literal.",
+    ),
+]
+
+
 def make_policy(
-    keep: list[str] | None, no_default_keep: bool, local: bool, template: str | None, *, ignore_limits: bool = False
+    keep: list[str] | None,
+    no_default_keep: bool,
+    local: bool,
+    template: str | None,
+    *,
+    ignore_limits: bool = False,
+    absolute: bool = False,
+    xen_syms: Path | None = None,
 ) -> Any:
+    """The Policy of the rewrite options (every command that rewrites, or judges a rewrite, takes them)."""
     from lp_rewrite.policy import DEFAULT_RENAME_TEMPLATE, Policy
 
     return Policy(
@@ -136,6 +155,8 @@ def make_policy(
         local_aliases=local,
         rename_template=template or DEFAULT_RENAME_TEMPLATE,
         xen_limits=not ignore_limits,
+        absolute=absolute,
+        xen_syms=xen_syms,
     )
 
 

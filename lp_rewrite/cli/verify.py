@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from lp_rewrite.cli.shared import (
+    AbsoluteOpt,
     Format,
     FormatOpt,
     KeepOpt,
@@ -96,7 +97,7 @@ def verify(
     no_default_keep: NoDefaultKeepOpt = False,
     local_aliases: LocalOpt = False,
     rename_template: TemplateOpt = None,
-    absolute: Annotated[bool, typer.Option("--absolute", help="REWRITTEN was made with `rewrite --absolute`.")] = False,
+    absolute: AbsoluteOpt = False,
     ignore_xen_limits: LimitsOpt = False,
     fmt: FormatOpt = Format.text,
 ) -> None:
@@ -106,13 +107,15 @@ def verify(
     must be retargeted, and a payload Xen refuses both before and after the
     rewrite is proven by being byte for byte the rewrite of ORIGINAL.
     """
-    from dataclasses import replace
-
     from lp_rewrite import report
     from lp_rewrite.certificate import certify
 
-    policy = replace(
-        make_policy(keep_section, no_default_keep, local_aliases, rename_template, ignore_limits=ignore_xen_limits),
+    policy = make_policy(
+        keep_section,
+        no_default_keep,
+        local_aliases,
+        rename_template,
+        ignore_limits=ignore_xen_limits,
         absolute=absolute,
         xen_syms=xen_syms,
     )
