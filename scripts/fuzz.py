@@ -522,8 +522,8 @@ class Target:
             return "unchanged payload is not byte-identical"
         self.cli_rewrite.summary_text(result)
         self.cli_rewrite.summary_record(result, True)
-        unreadable = _independent_reader_refuses(result.output)
-        if unreadable and unreadable != _independent_reader_refuses(data):
+        unreadable = independent_reader_refuses(result.output)
+        if unreadable and unreadable != independent_reader_refuses(data):
             return f"pyelftools cannot read the output, but reads the input: {unreadable.partition(':')[0]}"
         again = self.pipeline.rewrite(result.output, policy=policy)
         if again.changed or again.output != result.output:
@@ -593,8 +593,9 @@ class Target:
         return certified
 
 
-def _independent_reader_refuses(output: bytes) -> str:
-    """Why pyelftools (a second, independent ELF reader) cannot build every section of ``output``, or ''.
+def independent_reader_refuses(output: bytes) -> str:
+    """Why pyelftools (a second, independent ELF reader) cannot build every non-empty section of ``output``,
+    or '' (tests/test_fuzz.py holds accepted rewrites to this too).
 
     An accepted rewrite must be as whole to any reader as its input was
     (whose contents we carry over, e.g. a damaged .ARM.attributes that Xen

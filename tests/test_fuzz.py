@@ -45,8 +45,6 @@ from pathlib import Path
 from types import FrameType
 
 import pytest
-from elftools.common.exceptions import ELFError
-from elftools.construct import ConstructError
 from elftools.elf.elffile import ELFFile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -57,9 +55,10 @@ from lp_rewrite.cli import app
 from lp_rewrite.errors import InputError, VerificationError
 from lp_rewrite.pipeline import rewrite
 from lp_rewrite.read import read_payload
-from tests.conftest import COMMITTED, ROOT
+from tests.conftest import COMMITTED, ROOT, load_script
 
 FIXTURES = sorted(COMMITTED.glob("*/*.livepatch"))
+independent_reader_refuses = load_script("fuzz").independent_reader_refuses
 EXAMPLES = int(os.environ.get("LP_REWRITE_FUZZ_EXAMPLES", "250"))
 # The bounded run is the same every time (a landing is not a lottery); a run
 # with LP_REWRITE_FUZZ_EXAMPLES set draws new examples each time.
@@ -225,23 +224,6 @@ def assert_certified(data: bytes, written: bytes) -> None:
         with pytest.raises(InputError) as alone:
             certify(data, data)
         assert str(alone.value) == str(exc), f"the certificate refuses the output, not the original: {exc}"
-
-
-def independent_reader_refuses(data: bytes) -> str:
-    """Why pyelftools cannot build every non-empty section of ``data``, or ''.
-
-    An empty one is left out: pyelftools parses some types (.ARM.attributes)
-    from the section's offset without looking at its size, so it reads
-    whatever the next section holds.
-    """
-    try:
-        elf = ELFFile(BytesIO(data))
-        for i in range(elf.num_sections()):
-            if elf._get_section_header(i)["sh_size"]:
-                assert elf.get_section(i).header is not None
-    except (ELFError, ConstructError, ValueError) as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return ""
 
 
 def check_rewrite(src: Path, data: bytes, out_dir: Path) -> int:
