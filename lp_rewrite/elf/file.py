@@ -590,14 +590,16 @@ class ElfFile:
             out[size] = self.view[:n].cast(fmt)  # type: ignore[call-overload]
         return out
 
+    # Every REL/RELA section past section 0 has its type's entry size and a
+    # whole number of entries (_parse_sections refuses any other): the
+    # strided reads below need only alignment and file data.
+
     def _reloc_view(self, index: int, fmt: str) -> memoryview | None:
         secs = self.sections
-        ent = self.layout.reloc_entsize(secs.type[index])
-        size = secs.size[index]
-        if not _NATIVE_LE or secs.entsize[index] != ent or size % ent or not secs.has_file_data(index):
+        if not _NATIVE_LE or not secs.has_file_data(index):
             return None
         off = secs.offset[index]
-        view: memoryview = self.view[off : off + size].cast(fmt)  # type: ignore[call-overload]
+        view: memoryview = self.view[off : off + secs.size[index]].cast(fmt)  # type: ignore[call-overload]
         return view
 
     def relocation_syms(self, index: int) -> Iterable[int]:
@@ -607,10 +609,8 @@ class ElfFile:
         if lay.rel_sym is not None and _NATIVE_LE:
             # A slice of the file-wide word view: no cast per section.
             off, size, ent = secs.offset[index], secs.size[index], secs.entsize[index]
-            if not off % 4 and ent and not ent % 4 and not size % ent and secs.has_file_data(index):
-                expect = lay.reloc_entsize(secs.type[index])
-                if ent == expect:
-                    return self._words[4][(off + lay.rel_sym[1]) // 4 : (off + size) // 4 : ent // 4]
+            if not off % 4 and secs.has_file_data(index):
+                return self._words[4][(off + lay.rel_sym[1]) // 4 : (off + size) // 4 : ent // 4]
         if lay.rel_sym is not None:
             view = self._reloc_view(index, "I")
             if view is not None:
@@ -624,10 +624,8 @@ class ElfFile:
         fmt, off = lay.rel_type
         secs = self.sections
         start, size, ent = secs.offset[index], secs.size[index], secs.entsize[index]
-        if fmt == "I" and _NATIVE_LE and not start % 4 and ent and not ent % 4 and not size % ent:
-            expect = lay.reloc_entsize(secs.type[index])
-            if ent == expect and secs.has_file_data(index):  # a slice of the file-wide view
-                return set(self._words[4][(start + off) // 4 : (start + size) // 4 : ent // 4])
+        if fmt == "I" and _NATIVE_LE and not start % 4 and secs.has_file_data(index):  # a slice of the file view
+            return set(self._words[4][(start + off) // 4 : (start + size) // 4 : ent // 4])
         view = self._reloc_view(index, fmt)
         if view is None:
             return set(self.relocations(index).types)
@@ -647,7 +645,7 @@ class ElfFile:
             return
         lay = self.layout
         secs = self.sections
-        types, sizes, starts, entsizes, targets = secs.type, secs.size, secs.offset, secs.entsize, secs.info
+        sizes, starts, entsizes, targets = secs.size, secs.offset, secs.entsize, secs.info
         nsym = self.symbols.count
         view = self.view
         word = lay.ptr_size
@@ -655,9 +653,8 @@ class ElfFile:
         shift = lay.r_sym_shift
         file_words = self._words[word]
         for i in indices:
-            size = sizes[i]
-            ent = lay.reloc_entsize(types[i])
-            if entsizes[i] != ent or size % ent or not size or not secs.has_file_data(i) or targets[i] >= len(sizes):
+            size, ent = sizes[i], entsizes[i]
+            if not size or not secs.has_file_data(i) or targets[i] >= len(sizes):
                 self.relocations(i)
                 continue
             start = starts[i]
