@@ -172,6 +172,11 @@ class Arch(ABC):
     # names (32-bit Arm: ``& 0x00FFFFFE``); branch_landing() says where.
     misencodes_branches: bool = False
 
+    # How the hypervisor checks alignment, where it does: a 32-bit read at an
+    # address that is not 4-aligned (a note header, lp_rewrite/notes.py) is
+    # then a Data Abort in the hypervisor. None: the CPU reads it as is.
+    alignment_checking: str | None = None
+
     # Where the hypervisor is linked (its functions' addresses), for synthetic symbol tables.
     hypervisor_base: int
 

@@ -69,6 +69,7 @@ class Arm(Arch):
     types = _TYPES
     livepatch_range = _RANGE
     misencodes_branches = True
+    alignment_checking = "arm32 Xen runs with alignment checking on (HSCTLR.A)"
     mapping_symbol_code = "a"
     hypervisor_base = 0x0020_0000
     pointer_type = R_ARM_ABS32

@@ -214,6 +214,36 @@ RULES: tuple[Rule, ...] = (
         "rewrite refuses such a payload too. Build with -mword-relocations (addresses come from literal "
         "pools, R_ARM_ABS32, whose addend Xen applies), or take the address of the symbol itself.",
     ),
+    Rule(
+        "LP016",
+        "misaligned-note",
+        Severity.ERROR,
+        "Xen reads a build-id note from an address that is not 4-aligned (32-bit Arm, AArch64).",
+        "Xen parses .livepatch.xen_depends, .livepatch.depends and .note.gnu.build-id with "
+        "xen_build_id_check(), which reads the note header's 32-bit words. move_payload() copies each "
+        "SHF_ALLOC section to ROUNDUP(offset, sh_addralign) of its region, and regions start on a page, so "
+        "a note of sh_addralign 1 (what objcopy --add-section gives, as livepatch-build and Xen's own test "
+        "payloads add the depends notes) lands wherever the previous section ended; Xen 4.20 and later "
+        "also parse .livepatch.xen_depends in the uploaded file, at its file offset. The check computes "
+        "that placement. On 32-bit Arm the hypervisor runs with alignment checking (HSCTLR.A) and takes a "
+        "Data Abort at upload (seen on the real hypervisor with xen_hello_world); AArch64 Xen sets "
+        "SCTLR_EL2.A too, so the same read faults there (from Xen's source). x86-64 checks alignment only "
+        "in user mode and reads the note as is: no finding there. Fix: lp-rewrite rewrite --align-notes "
+        "(sh_addralign 4, contents unchanged), objcopy --set-section-alignment NAME=4, or .balign 4 in "
+        "the note's source.",
+    ),
+    Rule(
+        "LP017",
+        "signed-before-rewrite",
+        Severity.ERROR,
+        "The payload is signed but still needs a rewrite.",
+        "A livepatch signature (.note.Xen.signature: note name Xen, type 0, as posted to xen-devel in 2025 "
+        "and made by XenServer's livepatch-sign) is computed over the whole file. This payload has one and "
+        "still has findings whose fix is a rewrite (LP001, or LP016 with --align-notes): any rewrite changes "
+        "the signed bytes, so the rewritten payload fails the signature check, and lp-rewrite rewrite "
+        "refuses it. Rewrite the unsigned payload, then sign the result. A signed payload with nothing to "
+        "rewrite is fine and gets no finding.",
+    ),
 )
 
 RULE_BY_ID: dict[str, Rule] = {r.id: r for r in RULES}
