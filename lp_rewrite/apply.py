@@ -71,10 +71,12 @@ class Plan:
     appended: list[NewSymbol] = field(default_factory=list)
     new_addends: dict[tuple[int, int], int] = field(default_factory=dict)  # (reloc sec, entry) -> addend
     alias_for_replacement: dict[int, str] = field(default_factory=dict)
+    # Section index -> new sh_addralign (--align-notes: the notes Xen reads, lp_rewrite/notes.py).
+    addralign: dict[int, int] = field(default_factory=dict)
 
     @property
     def changes(self) -> bool:
-        return bool(self.retargets)
+        return bool(self.retargets) or bool(self.addralign)
 
     def inserted_count(self) -> int:
         return sum(len(s) for _p, s in self.inserts)
@@ -113,6 +115,10 @@ def plan(payload: Payload, funcs: FuncsTable, decisions: Decisions, policy: Poli
     """Decide the symbol-level edits for the retarget decisions."""
     syms = payload.elf.symbols
     out = Plan(retargets=decisions.retargets)
+    if policy.align_notes:
+        from lp_rewrite.notes import alignment_edits
+
+        out.addralign = alignment_edits(payload.elf)
     if not out.retargets:
         return out
     reps = sorted({d.replacement for d in out.retargets if d.replacement is not None})
@@ -286,8 +292,9 @@ def _check_places_unshared(payload: Payload, retargets: list[Decision]) -> None:
 
 def apply(payload: Payload, funcs: FuncsTable, out: Plan) -> bytes:
     """The rewritten object's bytes (the input's bytes when nothing changes)."""
-    if not out.changes:
-        return payload.data
+    if not out.retargets:
+        # Nothing to retarget: at most section headers change (--align-notes).
+        return serialize(payload.elf, {}, new_addralign=out.addralign) if out.addralign else payload.data
     elf, arch = payload.elf, payload.arch
     lay = elf.layout
     syms = elf.symbols
@@ -420,4 +427,4 @@ def apply(payload: Payload, funcs: FuncsTable, out: Plan) -> bytes:
         for i, t in enumerate(secs.type):
             if t == C.SHT_GROUP and secs.link[i] == elf.symtab_index:
                 new_info[i] = remap(secs.info[i])
-    return serialize(elf, new_data, new_info)
+    return serialize(elf, new_data, new_info, new_addralign=out.addralign)

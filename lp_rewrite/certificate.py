@@ -98,6 +98,9 @@ class Certificate:
     prepare: str = ""  # what prepare_payload() made of both
     # Xen refuses both payloads at this placement (nothing else was compared).
     refused_both: bool = False
+    # Notes whose sh_addralign the rewrite raised (--align-notes): the ORIGINAL is
+    # loaded with them aligned too, so that placement is what is compared.
+    aligned_notes: list[str] = field(default_factory=list)
 
     @property
     def bytes_compared(self) -> int:
@@ -112,6 +115,7 @@ class Certificate:
         return {
             "verified": True,
             "refused_both": self.refused_both,
+            "aligned_notes": self.aligned_notes,
             "original": self.original,
             "rewritten": self.rewritten,
             "arch": self.arch,
@@ -177,6 +181,8 @@ class Certificate:
                 f"{len(self.blind)} site(s) encode the same bytes for the entry and the original in every "
                 "placement tried: they cannot tell the two apart (marked 'same')",
             ]
+        if self.aligned_notes:
+            lines += ["", f"aligned to 4 (--align-notes), contents unchanged: {', '.join(self.aligned_notes)}"]
         lines += [
             "",
             f"verified: {self.bytes_compared} loaded bytes in {len(self.sections)} sections identical but for "
@@ -281,7 +287,8 @@ _BASE_SHIFTS: Final = (0, 0x3000, 0x17000, 0x2B000)
 def _certify_at(
     o: Payload, r: Payload, table: XenSymbols, base: int, funcs: FuncsTable, decisions: Decisions, policy: Policy
 ) -> Certificate:
-    lo = load(o, table, base, prepare=False)
+    aligned, notes = _notes_aligned(o, policy)
+    lo = load(aligned, table, base, prepare=False)
     try:
         lr = load(r, table, base, prepare=False)
     except Refused as exc:
@@ -297,7 +304,7 @@ def _certify_at(
         cert.prepare = f"the original by prepare_payload() ({before}), this one when relocated ({exc.xen_message})"
         return cert
     _same_layout(lo, lr)
-    cert = Certificate(o.name, r.name, o.arch.name, table.source, base)
+    cert = Certificate(o.name, r.name, o.arch.name, table.source, base, aligned_notes=notes)
     applied = {(a.reloc_section, a.index): a for a in lo.relocations}
     covered: dict[int, list[tuple[int, int]]] = {}
     for d in decisions.retargets:
@@ -315,6 +322,24 @@ def _certify_at(
         cert.sections.append(SectionCount(placed.name, placed.address, placed.size, per_section[index], moved[index]))
     cert.prepare = _same_preparation(lo, lr)
     return cert
+
+
+def _notes_aligned(o: Payload, policy: Policy) -> tuple[Payload, list[str]]:
+    """ORIGINAL as ``rewrite --align-notes`` lays it out (the notes' sh_addralign raised), and those notes.
+
+    Only section headers differ, and section indices do not: the decisions
+    made on ORIGINAL hold for it, and every loaded byte is still compared.
+    """
+    if not policy.align_notes:
+        return o, []
+    from lp_rewrite.elf.writer import serialize
+    from lp_rewrite.notes import alignment_edits
+
+    edits = alignment_edits(o.elf)
+    if not edits:
+        return o, []
+    data = serialize(o.elf, {}, new_addralign=edits)
+    return read_payload(data, name=o.name), [o.elf.sections.name(i) for i in sorted(edits)]
 
 
 def _original_address(rep: Replacement, table: XenSymbols, rewritten: str) -> int:

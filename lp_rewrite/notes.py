@@ -49,8 +49,6 @@ from typing import Final
 
 from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.file import ElfFile, Section
-from lp_rewrite.loader.layout import section_offsets
-from lp_rewrite.loader.refusal import Refused
 from lp_rewrite.payload import BUILD_ID_SECTION, DEPENDS_SECTION, XEN_DEPENDS_SECTION
 
 # The alignment xen_build_id_check() needs: Elf_Note is three 32-bit words.
@@ -117,6 +115,10 @@ def misaligned_notes(elf: ElfFile, name: str) -> list[MisalignedNote]:
     Empty when Xen refuses the placement itself (a section both writable and
     executable: ``move_payload()`` stops before any note is read).
     """
+    # The loader model is imported here: a rewrite asks only for signature() and alignment_edits().
+    from lp_rewrite.loader.layout import section_offsets
+    from lp_rewrite.loader.refusal import Refused
+
     try:
         offsets, _sizes = section_offsets(elf, name)
     except Refused:

@@ -144,6 +144,19 @@ def _refuse_misplaced_sections(payload: Payload) -> None:
         )
 
 
+def _refuse_signed(payload: Payload) -> None:
+    """A signature covers the whole file (lp_rewrite/notes.py): a rewrite that changes it breaks it.
+
+    Only a rewrite that would change the file is refused: a signed payload
+    with nothing to do passes through byte-identical, signature intact.
+    """
+    from lp_rewrite.notes import signature
+
+    found = signature(payload.elf)
+    if found is not None:
+        raise InputError(f"payload is signed ({found.describe()}): rewrite before signing")
+
+
 def _rewrite(
     source: str | os.PathLike[str] | bytes,
     output: str | os.PathLike[str] | None,
@@ -162,6 +175,8 @@ def _rewrite(
         raise InputError(f"{payload.name}: {bad[0].describe()}{more}")
     try:
         edits = plan(payload, analysis.funcs, analysis.decisions, policy)
+        if edits.changes:
+            _refuse_signed(payload)
         data = apply(payload, analysis.funcs, edits)
     except InputError as exc:  # names read late, tables Xen would load: still about this input
         raise InputError(f"{payload.name}: {exc}") from None

@@ -33,6 +33,9 @@ class Policy:
     # intermediate objects and stress tests.
     xen_limits: bool = True
     xen_syms: Path | None = None  # resolves and cross-checks absolute aliases
+    # Raise sh_addralign of the notes Xen reads to 4 (lp_rewrite/notes.py): a
+    # header edit the self-check and `verify` expect with the same option.
+    align_notes: bool = False
 
     def __post_init__(self) -> None:
         t = self.rename_template

@@ -56,6 +56,8 @@ def check_rewrite(
     except Exception as exc:  # the output must parse; anything else is our bug
         raise _fail(f"the output does not parse: {exc}") from exc
     _check_sections(inp, out, plan)
+    if plan.addralign:
+        _check_notes_aligned(out, plan)
     _check_symbols(inp, out, plan)
     _check_relocations(inp, out, plan)
     out_funcs = identify(out)
@@ -66,6 +68,15 @@ def check_rewrite(
         d = left[0]
         raise _fail(f"{out.elf.sections[d.section].name}+{d.offset:#x} still references a replacement's entry")
     return out
+
+
+def _check_notes_aligned(out: Payload, plan: Plan) -> None:
+    """Every note the plan aligned is read by Xen from a 4-aligned address, loaded and in the file."""
+    from lp_rewrite.notes import misaligned_notes
+
+    for note in misaligned_notes(out.elf, out.name):
+        if note.section.index in plan.addralign:
+            raise _fail(f"section [{note.section.index}] {note.section.name!r} is still misaligned: {note.describe()}")
 
 
 def _check_sections(inp: Payload, out: Payload, plan: Plan) -> None:
@@ -79,10 +90,17 @@ def _check_sections(inp: Payload, out: Payload, plan: Plan) -> None:
         shared = a.symbols.strtab_index == a.shstrndx
         if not (shared and sb.names.data.startswith(sa.names.data)):
             raise _fail("the section name table changed")
-    for column in ("name_off", "type", "flags", "link", "addralign", "entsize"):
+    for column in ("name_off", "type", "flags", "link", "entsize"):
         if getattr(sa, column) != getattr(sb, column):
             k = next(i for i, (x, y) in enumerate(zip(getattr(sa, column), getattr(sb, column), strict=True)) if x != y)
             raise _fail(f"section [{k}] {sa.name(k)!r}: header field {column} changed")
+    # sh_addralign: the input's, but for the planned edits (--align-notes).
+    want_align = array(sa.addralign.typecode, sa.addralign)
+    for k, value in plan.addralign.items():
+        want_align[k] = value
+    if sb.addralign != want_align:
+        k = next(i for i, (x, y) in enumerate(zip(want_align, sb.addralign, strict=True)) if x != y)
+        raise _fail(f"section [{k}] {sa.name(k)!r}: sh_addralign is {sb.addralign[k]}, the plan says {want_align[k]}")
     syms = a.symbols
     grown = {a.symtab_index, syms.strtab_index}
     if syms.shndx_section is not None:

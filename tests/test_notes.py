@@ -16,11 +16,17 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 
+from lp_rewrite.apply import apply, plan
+from lp_rewrite.certificate import certify
 from lp_rewrite.check import CheckOptions, check_payload
 from lp_rewrite.check.allow import AllowList
 from lp_rewrite.check.findings import Finding, PayloadReport
+from lp_rewrite.errors import VerificationError
+from lp_rewrite.loader.layout import section_offsets
+from lp_rewrite.pipeline import analyse, prove_edit, rewrite
+from lp_rewrite.policy import Policy
 from lp_rewrite.read import read_payload
-from tests.conftest import ARCHES, COMMITTED, ROOT, build_fresh, load_script
+from tests.conftest import ARCHES, COMMITTED, ROOT, build_fresh, load_script, run_cli
 
 NOTES = ROOT / "testdata" / "notes"
 DEPENDS = (".livepatch.depends", ".livepatch.xen_depends")
@@ -167,3 +173,97 @@ def test_signature_found_by_note_name_and_type() -> None:
     assert [f.rule.id for f in check_payload(bytes(data)).findings] == ["LP001", "LP017"]
     # Not signed: no note named Xen of type 0 anywhere.
     assert signature(read_payload((COMMITTED / "x86_64" / "keyhandler.livepatch").read_bytes()).elf) is None
+
+
+# -- rewrite --align-notes ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+@pytest.mark.parametrize("name", ["keyhandler_misaligned", "hello_world_misaligned"])
+def test_align_notes(notes_dir: Path, arch: str, name: str) -> None:
+    src = (notes_dir / arch / f"{name}.livepatch").read_bytes()
+    policy = Policy(align_notes=True)
+    result = rewrite(src, policy=policy)
+    out = result.output
+    # Rewritten even when nothing else is to do (hello_world has nothing to retarget).
+    assert result.changed and out != src
+    assert bool(result.plan.retargets) == name.startswith("keyhandler")
+    for sec in DEPENDS:
+        align_in, _off_in, data_in = section(src, sec)
+        align_out, off_out, data_out = section(out, sec)
+        assert (align_in, align_out) == (1, 4) and data_out == data_in and off_out % 4 == 0
+    # Where Xen puts them now: independently, and by the project's loader model.
+    assert all(ro_offsets(out)[sec] % 4 == 0 for sec in DEPENDS)
+    elf = read_payload(out).elf
+    offsets, _sizes = section_offsets(elf, "out")
+    for sec in DEPENDS:
+        s = elf.section_by_name(sec)
+        assert s is not None and offsets[s.index][1] % 4 == 0
+    report = check_payload(out)
+    assert not by_rule(report, "LP016") and not by_rule(report, "LP001")
+    # The certificate, with the same option, and a second run that changes nothing.
+    cert = certify(src, out, policy=policy)
+    assert sorted(cert.aligned_notes) == sorted(DEPENDS)
+    again = rewrite(out, policy=policy)
+    assert not again.changed and again.output == out
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_notes_untouched_without_the_option(arch: str) -> None:
+    src = (NOTES / arch / "hello_world_misaligned.livepatch").read_bytes()
+    result = rewrite(src)
+    assert not result.changed and result.output == src
+    kept = rewrite((NOTES / arch / "keyhandler_misaligned.livepatch").read_bytes()).output
+    assert {section(kept, s)[0] for s in DEPENDS} == {1}
+    assert bool(by_rule(check_payload(kept), "LP016")) == (arch in ALIGNMENT_CHECKED)
+
+
+def test_self_check_proves_the_alignment_plan() -> None:
+    """The header change is a planned edit: the self-check refuses one the plan does not name."""
+    src = (NOTES / "arm" / "keyhandler_misaligned.livepatch").read_bytes()
+    policy = Policy(align_notes=True)
+    analysis = analyse(src, policy)
+    edits = plan(analysis.payload, analysis.funcs, analysis.decisions, policy)
+    data = apply(analysis.payload, analysis.funcs, edits)
+    prove_edit(analysis, edits, data, policy)  # as planned: proven
+    edits.addralign = {}
+    with pytest.raises(VerificationError, match="sh_addralign is 4, the plan says 1"):
+        prove_edit(analysis, edits, data, policy)
+
+
+def test_verify_needs_the_option(tmp_path: Path) -> None:
+    src = NOTES / "arm" / "keyhandler_misaligned.livepatch"
+    out = tmp_path / "out.livepatch"
+    done = run_cli("rewrite", "--align-notes", "--verify", src, "-o", out)
+    assert done.returncode == 0, done.stderr
+    assert "aligned .livepatch.depends: sh_addralign 1 -> 4" in done.stdout
+    ok = run_cli("verify", "--align-notes", src, out)
+    assert ok.returncode == 0, ok.stderr
+    assert "aligned to 4 (--align-notes), contents unchanged: .livepatch.depends, .livepatch.xen_depends" in ok.stdout
+    bad = run_cli("verify", src, out)
+    assert bad.returncode == 1 and "loaded section" in bad.stderr and ".livepatch.depends" in bad.stderr
+
+
+# -- rewrite refuses a signed payload it would change ----------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_rewrite_refuses_signed_payload(tmp_path: Path, arch: str) -> None:
+    out = tmp_path / "out.livepatch"
+    done = run_cli("rewrite", NOTES / arch / "keyhandler_signed.livepatch", "-o", out)
+    assert done.returncode == 2 and not out.exists()
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and "payload is signed (section [" in lines[0]
+    assert lines[0].endswith(".note.Xen.signature): rewrite before signing")
+    # Alignment alone is a change too.
+    done = run_cli("rewrite", "--align-notes", NOTES / arch / "hello_world_misaligned_signed.livepatch", "-o", out)
+    assert done.returncode == 2 and "rewrite before signing" in done.stderr and not out.exists()
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_signed_payload_with_nothing_to_do_passes_through(tmp_path: Path, arch: str) -> None:
+    src = NOTES / arch / "hello_world_signed.livepatch"
+    out = tmp_path / "out.livepatch"
+    done = run_cli("rewrite", "--align-notes", src, "-o", out)
+    assert done.returncode == 0, done.stderr
+    assert out.read_bytes() == src.read_bytes()

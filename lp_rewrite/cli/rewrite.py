@@ -10,6 +10,7 @@ import typer
 
 from lp_rewrite.cli.shared import (
     AbsoluteOpt,
+    AlignNotesOpt,
     Format,
     FormatOpt,
     KeepOpt,
@@ -41,6 +42,7 @@ def rewrite(
     rename_template: TemplateOpt = None,
     ignore_xen_limits: LimitsOpt = False,
     absolute: AbsoluteOpt = False,
+    align_notes: AlignNotesOpt = False,
     xen_syms: Annotated[
         Path | None,
         typer.Option(
@@ -82,6 +84,7 @@ def rewrite(
         ignore_limits=ignore_xen_limits,
         absolute=absolute,
         xen_syms=xen_syms,
+        align_notes=align_notes,
     )
     certify = None
     if verify:
@@ -125,6 +128,7 @@ def summary_record(result: Any, with_decisions: bool) -> dict[str, Any]:
             for a in result.plan.aliases.values()
         ],
         "renamed": {result.payload.elf.symbols.name(i): new for i, new in sorted(result.plan.renames.items())},
+        "aligned_notes": {result.payload.elf.sections.name(i): a for i, a in sorted(result.plan.addralign.items())},
         "retargeted": dict(sorted(result.retargets_per_section().items())),
         "counts": {r.value: n for r, n in sorted(result.decisions.counts.items(), key=lambda kv: kv[0].value)},
     }
@@ -159,4 +163,7 @@ def summary_text(result: Any) -> str:
         lines.append(f"  renamed {syms.name(i)} -> {new}")
     for sec, n in sorted(per.items()):
         lines.append(f"  {n:5d}  {sec}")
+    secs = p.elf.sections
+    for i, align in sorted(result.plan.addralign.items()):
+        lines.append(f"  aligned {secs.name(i)}: sh_addralign {secs.addralign[i]} -> {align} (--align-notes)")
     return "\n".join(lines)

@@ -136,6 +136,17 @@ AbsoluteOpt = Annotated[
 ]
 
 
+AlignNotesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--align-notes",
+        help="Raise sh_addralign of the notes Xen reads (.livepatch.depends, .livepatch.xen_depends, "
+        ".note.gnu.build-id) to 4, contents unchanged: objcopy --add-section makes them 1, and 32-bit Arm "
+        "Xen faults reading a misaligned one (check rule LP016).",
+    ),
+]
+
+
 def make_policy(
     keep: list[str] | None,
     no_default_keep: bool,
@@ -145,6 +156,7 @@ def make_policy(
     ignore_limits: bool = False,
     absolute: bool = False,
     xen_syms: Path | None = None,
+    align_notes: bool = False,
 ) -> Any:
     """The Policy of the rewrite options (every command that rewrites, or judges a rewrite, takes them)."""
     from lp_rewrite.policy import DEFAULT_RENAME_TEMPLATE, Policy
@@ -157,6 +169,7 @@ def make_policy(
         xen_limits=not ignore_limits,
         absolute=absolute,
         xen_syms=xen_syms,
+        align_notes=align_notes,
     )
 
 

@@ -16,6 +16,7 @@ import typer
 
 from lp_rewrite.cli.shared import (
     AbsoluteOpt,
+    AlignNotesOpt,
     Format,
     FormatOpt,
     KeepOpt,
@@ -98,6 +99,7 @@ def verify(
     local_aliases: LocalOpt = False,
     rename_template: TemplateOpt = None,
     absolute: AbsoluteOpt = False,
+    align_notes: AlignNotesOpt = False,
     ignore_xen_limits: LimitsOpt = False,
     fmt: FormatOpt = Format.text,
 ) -> None:
@@ -118,6 +120,7 @@ def verify(
         ignore_limits=ignore_xen_limits,
         absolute=absolute,
         xen_syms=xen_syms,
+        align_notes=align_notes,
     )
     table = symbol_table(xen_syms)
     try:

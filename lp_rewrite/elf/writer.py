@@ -35,16 +35,23 @@ def serialize(
     new_data: Mapping[int, bytes | bytearray],
     new_info: Mapping[int, int] | None = None,
     new_entsize: Mapping[int, int] | None = None,
+    new_addralign: Mapping[int, int] | None = None,
 ) -> bytes:
     """The bytes of ``elf`` with section ``i``'s data replaced by ``new_data[i]``.
 
     ``new_info`` replaces ``sh_info`` of the given sections (the symbol table's
     first-global index moves when local symbols are inserted); ``new_entsize``
-    replaces ``sh_entsize``. Every other header field is the input's.
+    replaces ``sh_entsize``; ``new_addralign`` replaces ``sh_addralign``, and
+    the section's file offset follows the new alignment too. Every other
+    header field is the input's.
     """
     lay = elf.layout
     secs = elf.sections
     starts, aligns = secs.offset, secs.addralign
+    if new_addralign:
+        aligns = array(aligns.typecode, aligns)
+        for i, value in new_addralign.items():
+            aligns[i] = value
     new_off = list(starts)
     new_size = list(secs.size)
     chunks: list[bytes | bytearray | memoryview] = [b""]  # placeholder for the ELF header
@@ -101,7 +108,7 @@ def serialize(
         words: memoryview = memoryview(headers).cast(fmt)  # type: ignore[call-overload]
         step = lay.shdr.size // words.itemsize
         words[byte // words.itemsize :: step] = memoryview(array(fmt, values))
-    for field_index, updates in ((7, new_info), (9, new_entsize)):
+    for field_index, updates in ((7, new_info), (8, new_addralign), (9, new_entsize)):
         fmt, byte = lay.shdr_fields[field_index]
         for i, value in (updates or {}).items():
             struct.pack_into("<" + fmt, headers, i * lay.shdr.size + byte, value)
