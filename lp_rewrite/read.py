@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
 
 from lp_rewrite.arch import Arch, arch_for
 from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.file import ElfFile
 from lp_rewrite.errors import InputError
-from lp_rewrite.payload import MAX_SECTIONS
+from lp_rewrite.inputs import MAX_INPUT_SIZE, Snapshot, read_input
+from lp_rewrite.payload import MAX_PAYLOAD_SIZE, MAX_SECTIONS
 
 
 @dataclass
@@ -23,6 +23,7 @@ class Payload:
     name: str
     elf: ElfFile
     arch: Arch
+    source: Snapshot | None = None  # the file it was read from, as it was then (None: from bytes)
 
     @property
     def data(self) -> bytes:
@@ -65,13 +66,9 @@ class MisappliedRelocation(NamedTuple):
         )
 
 
-def read_file(path: str | os.PathLike[str]) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except IsADirectoryError as exc:
-        raise InputError(f"{path}: is a directory") from exc
-    except OSError as exc:
-        raise InputError(f"{path}: {exc.strerror or exc}") from exc
+def read_file(path: str | os.PathLike[str], limit: int = MAX_INPUT_SIZE) -> bytes:
+    """A regular file of at most ``limit`` bytes, read whole and consistently (:mod:`lp_rewrite.inputs`)."""
+    return read_input(path, limit)[0]
 
 
 def read_payload(
@@ -86,15 +83,18 @@ def read_payload(
     ``xen_limits=False`` accepts objects beyond what Xen's loader takes (1024
     sections): intermediate objects and stress tests.
     """
+    snapshot = None
     if isinstance(source, bytes):
         data, label = source, name or "<bytes>"
     else:
-        data, label = read_file(source), name or os.fspath(source)
+        # Xen's upload limit is checked on the file's size, before it is read.
+        data, snapshot = read_input(source, MAX_PAYLOAD_SIZE if xen_limits else MAX_INPUT_SIZE)
+        label = name or os.fspath(source)
     try:
         elf = ElfFile(data, label, MAX_SECTIONS if xen_limits else None)
         arch = arch_for(elf)
         _check_xen_header(elf)
-        payload = Payload(label, elf, arch)
+        payload = Payload(label, elf, arch, snapshot)
         _check_relocation_sections(payload, check_relocations)
     except InputError as exc:
         raise InputError(f"{label}: {exc}") from None

@@ -13,6 +13,7 @@ from typing import Any
 from lp_rewrite.decide import Decision, Reason
 from lp_rewrite.identify import FuncsTable
 from lp_rewrite.read import Payload, symbol_label
+from lp_rewrite.textsafe import for_json, shown
 
 
 def _target(payload: Payload, funcs: FuncsTable, d: Decision) -> str:
@@ -62,7 +63,8 @@ def replacement_records(payload: Payload, funcs: FuncsTable) -> list[dict[str, A
 
 
 def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
-    """A plain aligned text table (no colour: it is read in logs too)."""
+    """A plain aligned text table (no colour: it is read in logs too); cells are shown escaped."""
+    rows = [[shown(c) for c in row] for row in rows]
     widths = [len(h) for h in header]
     for row in rows:
         widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
@@ -96,4 +98,5 @@ def reason_legend(reasons: Iterable[Reason]) -> str:
 def dumps(obj: Any) -> str:
     import json  # only JSON output needs it: kept off the start-up path of every other run
 
-    return json.dumps(obj, indent=2, sort_keys=False)
+    # Valid UTF-8 whatever the names hold (see lp_rewrite.textsafe).
+    return json.dumps(for_json(obj), indent=2, sort_keys=False)

@@ -10,10 +10,20 @@ raise :class:`Interrupted` and get the same cleanup; only SIGKILL (or a
 power cut) can leave a stray ``.tmp`` file, and never a partial destination.
 With a backup suffix the backup is written the same way and is whole before
 the destination is replaced.
+
+An in-place rewrite passes ``expect``, the :class:`~lp_rewrite.inputs.Snapshot`
+of the file as it was read: the destination is replaced only while it still
+is that file, unchanged (checked under an exclusive ``flock`` on it, which
+other lp-rewrite processes also take, just before the rename; a file that
+changed, vanished or is being replaced is an InputError naming it), the new
+file and the backup get its mode and owner, and the backup is written from
+``original``, the bytes that were read, never copied from whatever the
+destination holds by then.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -26,6 +36,7 @@ from pathlib import Path
 from types import FrameType
 
 from lp_rewrite.errors import InputError
+from lp_rewrite.inputs import Snapshot
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -98,22 +109,86 @@ def write_atomic(
     dest: Path,
     data: bytes,
     *,
-    mode_from: Path | None = None,
+    mode_from: Path | Snapshot | None = None,
     backup_suffix: str | None = None,
     before_rename: Callable[[Path], None] | None = None,
+    expect: Snapshot | None = None,
+    original: bytes | None = None,
 ) -> None:
-    """Write ``data`` to ``dest`` so that ``dest`` is always whole."""
+    """Write ``data`` to ``dest`` so that ``dest`` is always whole.
+
+    ``expect``: replace ``dest`` only while it is still this file (an in-place
+    rewrite), giving the output its mode and owner; ``original``: the bytes the
+    backup holds (default: a copy of ``dest`` as it is when the backup is made).
+    """
     directory = dest.parent if str(dest.parent) else Path(".")
     if not directory.is_dir():
         raise InputError(f"{dest}: directory {directory} does not exist")
     if dest.is_dir():
         raise InputError(f"{dest}: is a directory")
     mode = None
-    if mode_from is not None:
-        mode = stat.S_IMODE(mode_from.stat().st_mode)
+    if isinstance(mode_from, Snapshot):
+        mode = mode_from.mode
+    elif mode_from is not None:
+        try:
+            mode = stat.S_IMODE(mode_from.stat().st_mode)
+        except OSError as exc:
+            raise InputError(f"{mode_from}: {exc.strerror or exc}") from None
+    if expect is not None:
+        mode = expect.mode
+    target = _Target(dest, expect, original)
     with _signals_raise():
-        _replace_via_temporary(dest, directory, data, mode, backup_suffix, before_rename)
+        _replace_via_temporary(dest, directory, data, mode, backup_suffix, before_rename, target)
     _fsync_dir(directory)
+
+
+class _Target:
+    """The destination of an in-place rewrite: locked and compared with what was read, just before the rename."""
+
+    def __init__(self, dest: Path, expect: Snapshot | None, original: bytes | None) -> None:
+        self.dest = dest
+        self.expect = expect
+        self.original = original
+        self.fd = -1
+
+    def own(self, fd: int) -> None:
+        """Give a new file (the output, the backup) the owner and group of the file it replaces, where we can."""
+        if self.expect is None:
+            return
+        try:
+            os.fchown(fd, self.expect.uid, self.expect.gid)
+            os.fchmod(fd, self.expect.mode)  # a chown may clear set-id bits
+        except PermissionError:
+            pass  # not root: the file is ours, as any file we create
+
+    def lock(self) -> None:
+        """Take the destination's flock and check it still is the file that was read."""
+        if self.expect is None:
+            return
+        try:
+            self.fd = os.open(self.dest, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise InputError(f"{self.dest}: removed since it was read; not replaced") from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(f"{self.dest}: being replaced by another process; not replaced") from None
+        self.check()
+
+    def check(self) -> None:
+        """The locked file is still the one that was read, and the path still names it."""
+        assert self.expect is not None and self.fd >= 0
+        try:
+            same = self.expect.same(os.fstat(self.fd)) and self.expect.same(os.stat(self.dest))
+        except FileNotFoundError:
+            same = False
+        if not same:
+            raise InputError(f"{self.dest}: changed since it was read (another writer?); not replaced")
+
+    def unlock(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # releases the flock
+            self.fd = -1
 
 
 def _replace_via_temporary(
@@ -123,6 +198,7 @@ def _replace_via_temporary(
     mode: int | None,
     backup_suffix: str | None,
     before_rename: Callable[[Path], None] | None,
+    target: _Target,
 ) -> None:
     tmp: Path | None = None  # set exactly while a temporary file of ours exists
     fd = -1
@@ -134,6 +210,7 @@ def _replace_via_temporary(
                 raise InputError(f"{dest}: cannot create a file in {directory}: {exc.strerror}") from None
             tmp = Path(tmp_name)
         _write_all(fd, data)
+        target.own(fd)
         os.fsync(fd)
         with _signals_held():
             os.close(fd)
@@ -142,9 +219,14 @@ def _replace_via_temporary(
             os.chmod(tmp, mode)
         if before_rename is not None:
             before_rename(tmp)
-        if backup_suffix and dest.exists():
+        target.lock()
+        if backup_suffix and target.original is not None:
+            _write_backup(target, Path(str(dest) + backup_suffix))
+        elif backup_suffix and dest.exists():
             _backup(dest, Path(str(dest) + backup_suffix))
         with _signals_held():
+            if target.expect is not None:
+                target.check()
             os.replace(tmp, dest)
             tmp = None
     except BaseException as exc:
@@ -155,6 +237,39 @@ def _replace_via_temporary(
                 tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError):
             raise InputError(f"{dest}: cannot write: {exc.strerror or exc}") from None
+        raise
+    finally:
+        target.unlock()
+
+
+def _write_backup(target: _Target, dst: Path) -> None:
+    """Write the bytes that were read to ``dst`` atomically, with the original's mode, owner and times."""
+    assert target.original is not None and target.expect is not None
+    tmp: Path | None = None
+    fd = -1
+    try:
+        with _signals_held():
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+            tmp = Path(tmp_name)
+        _write_all(fd, target.original)
+        os.fchmod(fd, target.expect.mode)
+        target.own(fd)
+        os.fsync(fd)
+        with _signals_held():
+            os.close(fd)
+            fd = -1
+        os.utime(tmp, ns=(target.expect.atime_ns, target.expect.mtime_ns))
+        with _signals_held():
+            os.replace(tmp, dst)
+            tmp = None
+    except BaseException as exc:
+        with _signals_held():
+            if fd >= 0:
+                os.close(fd)
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise InputError(f"{dst}: cannot write the backup: {exc.strerror or exc}") from None
         raise
 
 

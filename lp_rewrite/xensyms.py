@@ -24,6 +24,7 @@ from functools import cached_property
 from pathlib import Path
 
 from lp_rewrite.errors import InputError
+from lp_rewrite.inputs import open_binary
 
 # How far back function_containing() looks for a function that spans an address.
 _LONGEST_FUNCTION = 1 << 20
@@ -154,7 +155,7 @@ class XenSymbols:
         p = Path(path)
         table = cls(source=str(p), elf_path=p)
         try:
-            with open(p, "rb") as f:
+            with open_binary(p) as f:
                 elf = ELFFile(f)
                 symtab = elf.get_section_by_name(".symtab")
                 if not isinstance(symtab, SymbolTableSection):
@@ -196,7 +197,7 @@ class XenSymbols:
             return None
         from elftools.elf.elffile import ELFFile
 
-        with open(self.elf_path, "rb") as f:
+        with open_binary(self.elf_path) as f:
             elf = ELFFile(f)
             for seg in elf.iter_segments():
                 if seg["p_type"] == "PT_LOAD" and seg["p_vaddr"] <= address < seg["p_vaddr"] + seg["p_filesz"]:

@@ -119,9 +119,17 @@ class AllowList:
         return None
 
 
+_MAX_ALLOW_FILE = 16 * 1024 * 1024
+
+
 def _read_file(path: Path) -> list[AllowEntry]:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # Bounded (a FIFO from a process substitution is fine; /dev/zero is not read forever).
+        with open(path, "rb") as f:
+            raw = f.read(_MAX_ALLOW_FILE + 1)
+        if len(raw) > _MAX_ALLOW_FILE:
+            raise UsageError(f"--allow-file {path}: longer than {_MAX_ALLOW_FILE} bytes")
+        lines = raw.decode("utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise UsageError(f"--allow-file {path}: {why}") from None

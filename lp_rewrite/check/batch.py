@@ -32,6 +32,7 @@ from typing import TextIO
 from lp_rewrite.check.findings import UNREADABLE, Finding, PayloadReport, Severity, counts, make
 from lp_rewrite.check.run import CheckOptions, check_payload
 from lp_rewrite.errors import LpRewriteError, UsageError
+from lp_rewrite.textsafe import shown
 
 PAYLOAD_SUFFIX = ".livepatch"
 
@@ -82,22 +83,48 @@ def incomplete_parts(report: PayloadReport) -> list[Finding]:
 def note_incomplete(report: PayloadReport, stream: TextIO) -> None:
     """One stderr line per part of a payload that could not be analysed (as for unreadable files)."""
     for f in incomplete_parts(report):
-        stream.write(f"lp-rewrite: error: {report.path}: {f.message}\n")
+        stream.write(f"lp-rewrite: error: {shown(report.path)}: {shown(f.message)}\n")
 
 
-def expand(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """Files as given; directories replaced by the payloads below them."""
+def expand(paths: Iterable[str | os.PathLike[str]], unreadable: list[str] | None = None) -> list[Path]:
+    """Files as given; directories replaced by every ``*.livepatch`` below them that is not a directory.
+
+    A FIFO, device or dangling link named ``*.livepatch`` is listed too (reading it then fails with
+    its reason). A directory the walk cannot read is appended to ``unreadable`` as a one-line reason
+    (or, without that list, refused): what the gate cannot see must not pass silently.
+    """
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(q for q in p.rglob(f"*{PAYLOAD_SUFFIX}") if q.is_file())
-            if not found:
+            found, errors = _walk(p)
+            if errors and unreadable is None:
+                raise UsageError(errors[0])
+            unreadable_here = sorted(errors)
+            if not found and not unreadable_here:
                 # An empty build directory must not pass the gate silently.
                 raise UsageError(f"{p}: no *{PAYLOAD_SUFFIX} files below this directory")
             out.extend(found)
+            if unreadable is not None:
+                unreadable.extend(unreadable_here)
         else:
             out.append(p)
     return out
+
+
+def _walk(top: Path) -> tuple[list[Path], list[str]]:
+    """The non-directories named ``*.livepatch`` below ``top`` (sorted), and why a directory could not be listed."""
+    errors: list[str] = []
+
+    def note(exc: OSError) -> None:
+        errors.append(f"{exc.filename}: cannot list the directory: {exc.strerror or exc}")
+
+    found = sorted(
+        Path(where, name)
+        for where, dirs, files in os.walk(top, onerror=note)
+        for name in [*files, *dirs]
+        if name.endswith(PAYLOAD_SUFFIX) and not os.path.isdir(os.path.join(where, name))
+    )
+    return found, errors
 
 
 class Progress:
@@ -119,7 +146,7 @@ class Progress:
             return
         self.last = now
         filled = 30 * done // max(self.total, 1)
-        line = f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{self.total} {label[-40:]}"
+        line = f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{self.total} {shown(label)[-40:]}"
         self.width = max(self.width, len(line))
         self.stream.write(line.ljust(self.width))
         self.stream.flush()
@@ -139,10 +166,15 @@ def run(
 ) -> BatchResult:
     """Check every payload; unreadable ones become LP012 findings (and a line on ``stream``)."""
     stream = stream or sys.stderr
-    files = expand(paths)
+    walk_errors: list[str] = []
+    files = expand(paths, walk_errors)
     bar = Progress(len(files), stream) if (Progress.wanted(stream) if progress is None else progress) else None
     start = time.perf_counter()
     reports = []
+    for message in walk_errors:  # a directory the walk could not read: LP012, exit 2, never a silent PASS
+        stream.write(f"lp-rewrite: error: {shown(message)}\n")
+        where = message.split(": cannot list", 1)[0]
+        reports.append(PayloadReport(where, error=message, findings=[make(UNREADABLE, message)]))
     for n, path in enumerate(files, 1):
         try:
             report = check_payload(path, options, name=os.fspath(path))
@@ -150,7 +182,7 @@ def run(
             message = str(exc)
             if bar is not None:
                 bar.close()
-            stream.write(f"lp-rewrite: error: {message}\n")
+            stream.write(f"lp-rewrite: error: {shown(message)}\n")
             report = PayloadReport(os.fspath(path), error=message, findings=[make(UNREADABLE, message)])
         else:
             if bar is not None and incomplete_parts(report):

@@ -16,20 +16,22 @@ from lp_rewrite import __version__
 from lp_rewrite.check.batch import BatchResult
 from lp_rewrite.check.findings import RULES, PayloadReport, Severity, counts
 from lp_rewrite.report import dumps
+from lp_rewrite.textsafe import shown
 
 _HEADER = ("rule", "severity", "where", "symbol")
 
 
 def _table(report: PayloadReport) -> str:
-    """Aligned rule/severity/where/symbol rows, each followed by its wrapped message."""
+    """Aligned rule/severity/where/symbol rows, each followed by its wrapped message (names shown escaped)."""
     rows = [
-        (f.rule.id, "allowed" if f.suppressed else f.severity.value, f.where, f.symbol or "-") for f in report.findings
+        (f.rule.id, "allowed" if f.suppressed else f.severity.value, shown(f.where), shown(f.symbol or "-"))
+        for f in report.findings
     ]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(_HEADER)]
     lines = ["  " + "  ".join(h.ljust(w) for h, w in zip(_HEADER, widths, strict=True)).rstrip()]
     for row, f in zip(rows, report.findings, strict=True):
         lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-        message = f.message + (f" [{f.suppressed}]" if f.suppressed else "")
+        message = shown(f.message + (f" [{f.suppressed}]" if f.suppressed else ""))
         lines += textwrap.wrap(message, _WRAP, initial_indent=" " * 6, subsequent_indent=" " * 6)
     return "\n".join(lines)
 
@@ -42,14 +44,14 @@ def text(result: BatchResult, fail_on: Severity) -> str:
     for rep in result.reports:
         if rep.error is not None:
             reason = rep.error.removeprefix(f"{rep.path}: ")
-            blocks.append(f"{rep.path}: not checked: {reason}")
+            blocks.append(f"{shown(rep.path)}: not checked: {shown(reason)}")
             continue
         if not rep.findings:
             if len(result.reports) == 1:
-                blocks.append(f"{rep.path} ({rep.arch}): no findings")
+                blocks.append(f"{shown(rep.path)} ({rep.arch or 'not read'}): no findings")
             continue
         active = len(rep.active())
-        head = f"{rep.path} ({rep.arch}): {active} finding(s)"
+        head = f"{shown(rep.path)} ({rep.arch or 'not read'}): {active} finding(s)"
         if active != len(rep.findings):
             head += f", {len(rep.findings) - active} allowed"
         blocks.append(head + "\n" + _table(rep))

@@ -21,6 +21,7 @@ from lp_rewrite.check.findings import UNREADABLE, Finding, PayloadReport, make
 from lp_rewrite.check.xen import XenImage
 from lp_rewrite.decide import Decisions, decide
 from lp_rewrite.errors import InputError
+from lp_rewrite.inputs import MAX_INPUT_SIZE, TooLarge
 from lp_rewrite.policy import Policy
 from lp_rewrite.read import Payload, read_file, read_payload
 
@@ -49,7 +50,12 @@ def check_payload(
     if isinstance(source, bytes):
         data, label = source, name or "<bytes>"
     else:
-        data, label = read_file(source), name or os.fspath(source)
+        label = name or os.fspath(source)
+        try:
+            data = read_file(source, MAX_INPUT_SIZE)
+        except TooLarge as exc:
+            # Xen refuses the upload on its size; the file is not read (a sparse 8 GiB file costs a stat).
+            return PayloadReport(label, findings=[structure.size_limit(exc.size, unread=MAX_INPUT_SIZE)], size=exc.size)
     limits = structure.limits(data)
     try:
         payload = read_payload(data, label)

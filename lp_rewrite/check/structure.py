@@ -52,18 +52,21 @@ def _section_count(data: bytes) -> int | None:
     return shnum
 
 
+def size_limit(size: int, unread: int | None = None) -> Finding:
+    """LP011 for a file over Xen's upload limit; ``unread``: the read bound it exceeds, so nothing else was checked."""
+    more = f"; not read further (over the {unread}-byte bound lp-rewrite reads)" if unread is not None else ""
+    return make(
+        "LP011",
+        f"the file is {size} bytes, over Xen's {MAX_PAYLOAD_SIZE}-byte limit (LIVEPATCH_MAX_SIZE): "
+        f"the upload is refused; strip debug sections or split the payload{more}",
+    )
+
+
 def limits(data: bytes) -> list[Finding]:
     """The upload and header limits, from the raw bytes: Xen checks them before anything else."""
     out = []
-    size = len(data)
-    if size > MAX_PAYLOAD_SIZE:
-        out.append(
-            make(
-                "LP011",
-                f"the file is {size} bytes, over Xen's {MAX_PAYLOAD_SIZE}-byte limit (LIVEPATCH_MAX_SIZE): "
-                "the upload is refused; strip debug sections or split the payload",
-            )
-        )
+    if len(data) > MAX_PAYLOAD_SIZE:
+        out.append(size_limit(len(data)))
     shnum = _section_count(data)
     if shnum is not None and shnum >= MAX_SECTIONS:
         out.append(

@@ -32,6 +32,7 @@ from lp_rewrite.check.relocs import access_of
 from lp_rewrite.decide import Decisions
 from lp_rewrite.elf import consts as C
 from lp_rewrite.errors import InputError, UsageError
+from lp_rewrite.inputs import open_binary
 from lp_rewrite.payload import FUNCS_SECTION
 from lp_rewrite.xensyms import XenSymbols, scoped_names
 
@@ -63,7 +64,7 @@ class XenImage:
     def load(cls, path: str | os.PathLike[str]) -> XenImage:
         p = Path(path)
         try:
-            with open(p, "rb") as f:
+            with open_binary(p, f"--xen-syms {p}") as f:  # a FIFO or a device is refused, not read
                 head = f.read(20)
         except OSError as exc:
             raise InputError(f"--xen-syms {p}: {exc.strerror or exc}") from None

@@ -32,20 +32,24 @@ class FailOn(enum.StrEnum):
 def check(
     payloads: Annotated[
         list[Path],
-        typer.Argument(help="Payloads to check; a directory means every *.livepatch below it.", show_default=False),
+        typer.Argument(
+            help="Payloads to check; a directory means every *.livepatch below it.", show_default=False, readable=False
+        ),
     ],
     xen_syms: Annotated[
         Path | None,
         typer.Option(
             "--xen-syms",
             metavar="FILE",
+            readable=False,
             help="The hypervisor's unstripped xen-syms: also check symbol resolution, trampoline room and "
             "CET-IBT landing pads.",
         ),
     ] = None,
     fmt: Annotated[CheckFormat, typer.Option("--format", help="Report format.")] = CheckFormat.text,
     output: Annotated[
-        Path | None, typer.Option("-o", "--output", help="Write the report here (atomically) instead of stdout.")
+        Path | None,
+        typer.Option("-o", "--output", readable=False, help="Write the report here (atomically) instead of stdout."),
     ] = None,
     fail_on: Annotated[
         FailOn, typer.Option("--fail-on", help="Exit 1 when a finding at or above this severity is not allowed.")
@@ -60,7 +64,12 @@ def check(
     ] = None,
     allow_file: Annotated[
         list[Path] | None,
-        typer.Option("--allow-file", metavar="FILE", help="Reviewed exceptions, one [RULE:]SYMBOL [reason] a line."),
+        typer.Option(
+            "--allow-file",
+            metavar="FILE",
+            readable=False,
+            help="Reviewed exceptions, one [RULE:]SYMBOL [reason] a line.",
+        ),
     ] = None,
     keep_section: KeepOpt = None,
     no_default_keep: NoDefaultKeepOpt = False,

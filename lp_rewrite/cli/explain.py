@@ -25,7 +25,9 @@ from lp_rewrite.cli.shared import (
 @app.command()
 @one_line_errors
 def explain(
-    payload: Annotated[Path, typer.Argument(help="The livepatch payload to explain.", show_default=False)],
+    payload: Annotated[
+        Path, typer.Argument(help="The livepatch payload to explain.", show_default=False, readable=False)
+    ],
     keep_section: KeepOpt = None,
     no_default_keep: NoDefaultKeepOpt = False,
     local_aliases: LocalOpt = False,
@@ -39,6 +41,7 @@ def explain(
     """Print the decision for every relocation, with its reason code."""
     from lp_rewrite import report
     from lp_rewrite.pipeline import analyse
+    from lp_rewrite.textsafe import shown
 
     policy = make_policy(keep_section, no_default_keep, local_aliases, rename_template, ignore_limits=ignore_xen_limits)
     a = analyse(payload, policy, everything=not relevant)
@@ -54,7 +57,7 @@ def explain(
             )
         )
         return
-    typer.echo(f"{a.payload.name}: {a.payload.arch.name}, {len(a.funcs.replacements)} replaced function(s)")
+    typer.echo(f"{shown(a.payload.name)}: {a.payload.arch.name}, {len(a.funcs.replacements)} replaced function(s)")
     if a.funcs.replacements:
         typer.echo(report.replacements_table(a.payload, a.funcs))
     typer.echo("")
