@@ -139,16 +139,18 @@ class Certificate:
 
     def text(self) -> str:
         from lp_rewrite.report import table
+        from lp_rewrite.textsafe import shown
 
+        original, rewritten, symbols, prepare = map(shown, (self.original, self.rewritten, self.symbols, self.prepare))
         if self.refused_both:
             return (
-                f"certificate: Xen refuses {self.original} at every placement tried, and {self.rewritten} with it "
-                f"({self.arch}, symbols from {self.symbols}, payload loaded at {self.base:#x}):\n  {self.prepare}\n"
+                f"certificate: Xen refuses {original} at every placement tried, and {rewritten} with it "
+                f"({self.arch}, symbols from {symbols}, payload loaded at {self.base:#x}):\n  {prepare}\n"
                 "equivalent: the rewrite does not change whether the payload loads"
             )
         lines = [
-            f"certificate: {self.rewritten} is {self.original} with {len(self.sites)} site(s) retargeted",
-            f"  {self.arch}, symbols from {self.symbols}, payload loaded at {self.base:#x}",
+            f"certificate: {rewritten} is {original} with {len(self.sites)} site(s) retargeted",
+            f"  {self.arch}, symbols from {symbols}, payload loaded at {self.base:#x}",
             "",
             table(
                 [
@@ -186,7 +188,7 @@ class Certificate:
         lines += [
             "",
             f"verified: {self.bytes_compared} loaded bytes in {len(self.sections)} sections identical but for "
-            f"{len(self.sites)} retargeted site(s); prepare_payload: {self.prepare}",
+            f"{len(self.sites)} retargeted site(s); prepare_payload: {prepare}",
         ]
         return "\n".join(lines)
 
@@ -229,6 +231,10 @@ def certify(
     """
     policy = policy or Policy()
     o = _read(original, None)
+    if not isinstance(rewritten, bytes | Payload):
+        # A file that cannot be read at all (missing, a FIFO, no permission) is bad input, not a failed proof.
+        rewritten_name = rewritten_name or os.fspath(rewritten)
+        rewritten = read_file(rewritten)
     try:
         r = _read(rewritten, rewritten_name)
     except InputError as exc:

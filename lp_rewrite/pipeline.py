@@ -112,6 +112,8 @@ def rewrite(
         raise UsageError("give either an output path or in-place, not both")
     if in_place and isinstance(source, bytes):
         raise UsageError("in-place needs a file path")
+    if backup_suffix is not None and (not backup_suffix or "/" in backup_suffix):
+        raise UsageError(f"--backup {backup_suffix!r}: the backup suffix must be a non-empty file-name suffix")
     if backup_suffix and not in_place:
         raise UsageError("a backup is only made for an in-place rewrite")
     with _no_cyclic_gc():
@@ -199,8 +201,18 @@ def _rewrite(
         if hook_fn is not None:
             hook_fn(payload, tmp)
 
-    mode_from = None if isinstance(source, bytes) else Path(source)
-    write_atomic(dest, data, mode_from=mode_from, backup_suffix=backup_suffix, before_rename=check_written)
+    # The input as it was read: its mode for the output; in place, the file that must still be
+    # there to be replaced (with its owner kept), and the bytes the backup holds.
+    snap = payload.source
+    write_atomic(
+        dest,
+        data,
+        mode_from=snap,
+        backup_suffix=backup_suffix,
+        before_rename=check_written,
+        expect=snap if in_place else None,
+        original=payload.data if in_place and backup_suffix else None,
+    )
     return RewriteResult(payload, analysis.funcs, analysis.decisions, edits, data, dest)
 
 

@@ -24,13 +24,18 @@ from lp_rewrite.cli.shared import (
 )
 from lp_rewrite.elf.consts import SHN_ABS
 from lp_rewrite.errors import InputError, UsageError
+from lp_rewrite.textsafe import shown
 
 
 @app.command()
 @one_line_errors
 def rewrite(
-    payload: Annotated[Path, typer.Argument(help="The livepatch payload to rewrite.", show_default=False)],
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="Where to write the result.")] = None,
+    payload: Annotated[
+        Path, typer.Argument(help="The livepatch payload to rewrite.", show_default=False, readable=False)
+    ],
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", readable=False, help="Where to write the result.")
+    ] = None,
     in_place: Annotated[bool, typer.Option("--in-place", help="Replace the input file.")] = False,
     backup: Annotated[
         str | None,
@@ -48,6 +53,7 @@ def rewrite(
         typer.Option(
             "--xen-syms",
             metavar="FILE",
+            readable=False,
             help="The hypervisor's xen-syms: looks up absolute aliases and cross-checks literal old_addr values; "
             "with --verify, the symbol table both payloads are loaded against.",
         ),
@@ -144,7 +150,7 @@ def summary_text(result: Any) -> str:
         where = (
             f"; {result.written} is a byte-identical copy" if result.written and result.written != Path(p.name) else ""
         )
-        return (
+        return shown(  # one line: every name in it is shown escaped (lp_rewrite.textsafe)
             f"{p.name}: {p.arch.name}, {nrep} replaced function(s): nothing to retarget, "
             f"the payload is unchanged{where}"
         )
@@ -166,4 +172,4 @@ def summary_text(result: Any) -> str:
     secs = p.elf.sections
     for i, align in sorted(result.plan.addralign.items()):
         lines.append(f"  aligned {secs.name(i)}: sh_addralign {secs.addralign[i]} -> {align} (--align-notes)")
-    return "\n".join(lines)
+    return "\n".join(map(shown, lines))  # each line's names shown escaped

@@ -38,10 +38,17 @@ class Format(enum.StrEnum):
 
 
 def one_line(msg: str) -> str:
-    """``msg`` with control characters escaped: names in a payload may hold a newline."""
-    if msg.isprintable():
-        return msg
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in msg)
+    """``msg`` safe for a terminal, on one line: names in a payload may hold a newline or an
+    escape sequence (:func:`lp_rewrite.textsafe.shown`, the escaping every renderer uses)."""
+    from lp_rewrite.textsafe import shown
+
+    return shown(msg)
+
+
+def _os_error(exc: OSError) -> str:
+    """An OS error as its file and reason (the file may be gone, or changing, under the tool)."""
+    where = f"{exc.filename}: " if exc.filename is not None else ""
+    return f"{where}{exc.strerror or exc}"
 
 
 def _fail(msg: str, code: int) -> typer.Exit:
@@ -75,6 +82,8 @@ def one_line_errors(fn: F) -> F:
             # SIGINT, or SIGTERM/SIGHUP caught while writing (write.Interrupted): 128 + signal.
             signum = getattr(exc, "signum", 2)
             raise _fail(f"interrupted ({str(exc) or 'SIGINT'})", 128 + signum) from None
+        except OSError as exc:  # the system refused, or a file changed under the tool: never a bug (exit 70)
+            raise _fail(_os_error(exc), 2) from None
         except Exception as exc:
             if os.environ.get("LP_REWRITE_DEBUG"):
                 raise
@@ -199,11 +208,38 @@ def register(names: Iterable[str] | None = None) -> typer.Typer:
     return app
 
 
+def _click_exceptions() -> Any:
+    """click's exception module, wherever this typer takes click from (0.28 vendors it as typer._click)."""
+    import importlib
+
+    try:
+        return importlib.import_module("typer._click.exceptions")
+    except ImportError:
+        return importlib.import_module("click.exceptions")
+
+
 def main() -> None:
     first = sys.argv[1:2]
     register(first if first and first[0] in COMMANDS else None)  # --help, typos: every command
+    clicks = _click_exceptions()
+    no_args = getattr(clicks, "NoArgsIsHelpError", ())
     try:
-        app()
+        code = app(standalone_mode=False)
     except BrokenPipeError:  # e.g. `lp-rewrite explain x | head`
         sys.stderr.close()
         sys.exit(0)
+    except no_args as exc:  # bare `lp-rewrite`: the help, as before
+        exc.show()
+        sys.exit(exc.exit_code)
+    except clicks.ClickException as exc:
+        # Unknown option, missing argument, bad choice: one line and exit 2, like every other
+        # bad input (click would print a box of usage and help, before the tool could say anything).
+        _tolerant_streams()
+        ctx = getattr(exc, "ctx", None)
+        where = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+        typer.echo(f"lp-rewrite: error: {one_line(exc.format_message())}{where}", err=True)
+        sys.exit(2)
+    except typer.Abort:
+        typer.echo("lp-rewrite: error: aborted", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

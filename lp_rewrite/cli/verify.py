@@ -35,6 +35,7 @@ XenSymsOpt = Annotated[
     typer.Option(
         "--xen-syms",
         metavar="FILE",
+        readable=False,
         help="Resolve symbols against this xen-syms (globals by name, statics as path/file.c#name); "
         "default: a synthetic table giving every name its own address.",
     ),
@@ -90,8 +91,10 @@ def parse_base(text: str | None) -> int | None:
 @app.command()
 @one_line_errors
 def verify(
-    original: Annotated[Path, typer.Argument(help="The payload as built.", show_default=False)],
-    rewritten: Annotated[Path, typer.Argument(help="The rewritten payload to prove.", show_default=False)],
+    original: Annotated[Path, typer.Argument(help="The payload as built.", show_default=False, readable=False)],
+    rewritten: Annotated[
+        Path, typer.Argument(help="The rewritten payload to prove.", show_default=False, readable=False)
+    ],
     xen_syms: XenSymsOpt = None,
     base: BaseOpt = None,
     keep_section: KeepOpt = None,
