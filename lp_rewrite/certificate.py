@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from lp_rewrite.arch import LoadError
-from lp_rewrite.decide import Decisions, decide
+from lp_rewrite.decide import Decisions, decide, nothing_to_retarget
 from lp_rewrite.errors import InputError, VerificationError
 from lp_rewrite.identify import FuncsTable, Replacement, identify
 from lp_rewrite.loader import LoadedPayload, Refused, default_base, load, prepare_payload, synthetic_table
@@ -101,6 +101,9 @@ class Certificate:
     # Notes whose sh_addralign the rewrite raised (--align-notes): the ORIGINAL is
     # loaded with them aligned too, so that placement is what is compared.
     aligned_notes: list[str] = field(default_factory=list)
+    # Why no site must be retargeted (a hooks-only payload, say); None when one must.
+    nothing_to_retarget: str | None = None
+    identical_files: bool = False
 
     @property
     def bytes_compared(self) -> int:
@@ -116,6 +119,8 @@ class Certificate:
             "verified": True,
             "refused_both": self.refused_both,
             "aligned_notes": self.aligned_notes,
+            "nothing_to_retarget": self.nothing_to_retarget,
+            "identical_files": self.identical_files,
             "original": self.original,
             "rewritten": self.rewritten,
             "arch": self.arch,
@@ -148,8 +153,14 @@ class Certificate:
                 f"({self.arch}, symbols from {symbols}, payload loaded at {self.base:#x}):\n  {prepare}\n"
                 "equivalent: the rewrite does not change whether the payload loads"
             )
+        if self.nothing_to_retarget is not None:
+            same = "the files are byte-identical" if self.identical_files else "the files differ, not where Xen loads"
+            head = f"certificate: {rewritten} is {original} unchanged: nothing to retarget "
+            head += f"({self.nothing_to_retarget}); {same}"
+        else:
+            head = f"certificate: {rewritten} is {original} with {len(self.sites)} site(s) retargeted"
         lines = [
-            f"certificate: {rewritten} is {original} with {len(self.sites)} site(s) retargeted",
+            head,
             f"  {self.arch}, symbols from {symbols}, payload loaded at {self.base:#x}",
             "",
             table(
@@ -242,7 +253,7 @@ def certify(
     if (o.arch.name, o.elf.elfclass) != (r.arch.name, r.elf.elfclass):
         raise _fail(r.name, f"it is a {r.arch.name} object, the original is {o.arch.name}")
     try:
-        funcs = identify(o)
+        funcs = identify(o, absent_ok=True)
     except InputError as exc:
         raise InputError(f"{o.name}: {exc}") from None
     decisions = decide(o, funcs, policy)
@@ -258,6 +269,8 @@ def certify(
         if _weakness(best) == (False, 0):
             break
     assert best is not None
+    best.nothing_to_retarget = nothing_to_retarget(funcs, decisions)
+    best.identical_files = o.data == r.data
     return best
 
 
@@ -269,7 +282,7 @@ def _same_file_but_for_the_edits(o: Payload, r: Payload, policy: Policy, refusal
     """
     from lp_rewrite.pipeline import rewrite
 
-    why = f"Xen refuses it when relocating ({refusal}), and it is not the rewrite of the original with these options"
+    why = f"Xen refuses it ({refusal}), and it is not the rewrite of the original with these options"
     try:
         expected = rewrite(o.data, policy=policy).output
     except (InputError, VerificationError) as exc:
@@ -278,6 +291,27 @@ def _same_file_but_for_the_edits(o: Payload, r: Payload, policy: Policy, refusal
         at = next((i for i, (x, y) in enumerate(zip(expected, r.data, strict=False)) if x != y), None)
         where = f"byte {at:#x} differs" if at is not None else f"{len(r.data)} bytes, not {len(expected)}"
         raise _fail(r.name, f"{why} ({where})")
+
+
+def _refused_when_loaded(
+    o: Payload, r: Payload, table: XenSymbols, base: int, policy: Policy, refused: Refused
+) -> Certificate:
+    """Xen's loader refuses ORIGINAL itself here (an undefined ``.LC1`` that create-diff-object
+    left behind is an "Unknown symbol", say): REWRITTEN must be refused here too, and be
+    byte for byte the rewrite of ORIGINAL, since no loaded image can be compared."""
+    try:
+        load(r, table, base, prepare=False)
+    except Refused as exc:
+        after = exc.xen_message
+    else:
+        raise _fail(r.name, f"Xen would load it where it refuses the original ({refused.xen_message})")
+    _same_file_but_for_the_edits(o, r, policy, after)
+    cert = Certificate(o.name, r.name, o.arch.name, table.source, base, refused_both=True)
+    before = refused.xen_message
+    cert.prepare = f"both when loaded ({before})"
+    if after != before:
+        cert.prepare = f"the original when loaded ({before}), this one ({after})"
+    return cert
 
 
 def _weakness(cert: Certificate) -> tuple[bool, int]:
@@ -294,7 +328,10 @@ def _certify_at(
     o: Payload, r: Payload, table: XenSymbols, base: int, funcs: FuncsTable, decisions: Decisions, policy: Policy
 ) -> Certificate:
     aligned, notes = _notes_aligned(o, policy)
-    lo = load(aligned, table, base, prepare=False)
+    try:
+        lo = load(aligned, table, base, prepare=False)
+    except Refused as exc:
+        return _refused_when_loaded(o, r, table, base, policy, exc)
     try:
         lr = load(r, table, base, prepare=False)
     except Refused as exc:

@@ -99,6 +99,18 @@ class Decisions:
         return iter(self.items)
 
 
+def nothing_to_retarget(funcs: FuncsTable, decisions: Decisions) -> str | None:
+    """Why no relocation is to be retargeted (None when one is): what a summary says of an unchanged payload."""
+    if decisions.counts[Reason.RETARGET]:
+        return None
+    nothing = funcs.replaces_nothing()
+    if nothing is not None:
+        return nothing
+    kept = [(r.value, decisions.counts[r]) for r in (Reason.KEEP_EXEMPT, Reason.KEEP_OUT_OF_REACH)]
+    how = ", ".join(f"{n} {reason}" for reason, n in kept if n)
+    return f"every reference to a replaced function's entry must stay: {how or 'there are none'}"
+
+
 class ExemptSections:
     """The keep list, matched by name (shell-style patterns).
 

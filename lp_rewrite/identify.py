@@ -11,6 +11,9 @@ section of that name, as Xen uses):
   original, already imported; it is reused as the alias.
 
 Entries without a ``new_addr`` (NOP patches) replace nothing and are skipped.
+A payload without ``.livepatch.funcs`` that runs hooks (Xen's
+``xen_action_hooks_nofunc``) replaces nothing either: with ``absent_ok`` it
+gets an empty table (:attr:`FuncsTable.present` false).
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ from lp_rewrite.elf.file import Section
 from lp_rewrite.errors import InputError
 from lp_rewrite.payload import (
     FUNCS_SECTION,
+    HOOK_SECTIONS,
     MAX_NAME_LEN,
     SUPPORTED_VERSIONS,
+    XEN_PAYLOAD_VERSION,
     FuncLayout,
     func_layout,
     version_offset,
@@ -64,10 +69,21 @@ class FuncsTable:
     layout: FuncLayout
     replacements: list[Replacement]
     nop_entries: list[int]
+    # False: the payload has no .livepatch.funcs (hooks only); ``section`` is then the null section.
+    present: bool = True
 
     @property
     def count(self) -> int:
         return self.section.sh_size // self.layout.entry_size
+
+    def replaces_nothing(self) -> str | None:
+        """Why this table replaces no function (None when it replaces one)."""
+        if not self.present:
+            return f"no {FUNCS_SECTION} section: a hooks-only payload replaces no function"
+        if not self.replacements:
+            n = len(self.nop_entries)
+            return f"its {n} {FUNCS_SECTION} entr{'y is a NOP entry' if n == 1 else 'ies are NOP entries'}, no new_addr"
+        return None
 
 
 def _field_relocations(payload: Payload, funcs: Section) -> dict[int, FieldReloc]:
@@ -201,12 +217,24 @@ class _RelocatedPlaces:
                 )
 
 
-def identify(payload: Payload) -> FuncsTable:
-    """Read .livepatch.funcs; raise InputError when it cannot be understood."""
+def identify(payload: Payload, *, absent_ok: bool = False) -> FuncsTable:
+    """Read .livepatch.funcs; raise InputError when it cannot be understood.
+
+    With ``absent_ok``, a payload with no such section but a hook section is
+    an empty table; one with neither is refused, as Xen refuses it.
+    """
     elf = payload.elf
     funcs = elf.section_by_name(FUNCS_SECTION)
     if funcs is None:
-        raise InputError(f"no {FUNCS_SECTION} section: the payload replaces no function")
+        if not absent_ok:
+            raise InputError(f"no {FUNCS_SECTION} section: the payload replaces no function")
+        if not any(elf.section_by_name(h) is not None for h in HOOK_SECTIONS):
+            raise InputError(
+                f"neither {FUNCS_SECTION} nor a .livepatch.hooks.* section: Xen refuses the payload "
+                "('Nothing to patch')"
+            )
+        layout = func_layout(XEN_PAYLOAD_VERSION, elf.layout.ptr_size)
+        return FuncsTable(elf.sections[0], layout, [], [], present=False)
     if not funcs.has_file_data or funcs.sh_size == 0:  # NOBITS, or an inactive SHT_NULL header
         raise InputError(f"{FUNCS_SECTION} is empty")
     if not funcs.alloc:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lp_rewrite.apply import Plan, apply, plan
-from lp_rewrite.decide import Decisions, decide
+from lp_rewrite.decide import Decisions, decide, nothing_to_retarget
 from lp_rewrite.errors import InputError, UsageError, VerificationError
 from lp_rewrite.identify import FuncsTable, identify
 from lp_rewrite.policy import Policy
@@ -39,6 +39,13 @@ class RewriteResult(Analysis):
     def changed(self) -> bool:
         return self.plan.changes
 
+    @property
+    def why_unchanged(self) -> str | None:
+        """Why the rewrite changed nothing (None when it changed the payload)."""
+        if self.changed:
+            return None
+        return nothing_to_retarget(self.funcs, self.decisions)
+
     def retargets_per_section(self) -> Counter[str]:
         names = self.payload.elf.sections
         return Counter(names[d.section].name for d in self.plan.retargets)
@@ -57,7 +64,7 @@ def analyse(
     payload = read_payload(source, xen_limits=policy.xen_limits)
     try:
         _refuse_misapplied(payload)
-        funcs = identify(payload)
+        funcs = identify(payload, absent_ok=True)  # hooks only: nothing to rewrite, not an error
     except InputError as exc:
         raise InputError(f"{payload.name}: {exc}") from None
     return Analysis(payload, funcs, decide(payload, funcs, policy, everything=everything))

@@ -150,7 +150,9 @@ class Payload:
         return out
 
     def replacements(self) -> dict[tuple[str, int], str]:
-        """(section name, entry offset) -> original name, from .livepatch.funcs."""
+        """(section name, entry offset) -> original name, from .livepatch.funcs (none without it: hooks only)."""
+        if self.elf.get_section_by_name(".livepatch.funcs") is None:
+            return {}
         funcs = self._section(".livepatch.funcs")
         ptr = 8 if self.elf.elfclass == 64 else 4
         data = bytes(funcs.data())

@@ -425,8 +425,8 @@ from lp_rewrite.cli import main
 real = identify_module.identify
 
 
-def swapped(payload):
-    table = real(payload)
+def swapped(payload, **options):
+    table = real(payload, **options)
     a, b = table.replacements[0], table.replacements[1]
     table.replacements[0:2] = [a._replace(original=b.original), b._replace(original=a.original)]
     return table

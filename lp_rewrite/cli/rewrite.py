@@ -112,7 +112,11 @@ def rewrite(
         return
     if quiet:
         return
-    typer.echo(summary_text(result))
+    if verbose:
+        from lp_rewrite import __version__
+
+        typer.echo(f"lp-rewrite {__version__}")
+    typer.echo(summary_text(result, everything=verbose))
     if proof is not None:
         typer.echo(proof.text().splitlines()[-1])
     if verbose:
@@ -120,13 +124,16 @@ def rewrite(
 
 
 def summary_record(result: Any, with_decisions: bool) -> dict[str, Any]:
-    from lp_rewrite import report
+    from lp_rewrite import __version__, report
 
     rec: dict[str, Any] = {
+        "tool": "lp-rewrite rewrite",
+        "version": __version__,
         "payload": result.payload.name,
         "arch": result.payload.arch.name,
         "output": str(result.written) if result.written else None,
         "changed": result.changed,
+        "why_unchanged": result.why_unchanged,
         "replacements": report.replacement_records(result.payload, result.funcs),
         "aliases": [
             {"name": a.name, "index": a.index, "reused": a.existing is not None}
@@ -143,7 +150,20 @@ def summary_record(result: Any, with_decisions: bool) -> dict[str, Any]:
     return rec
 
 
-def summary_text(result: Any) -> str:
+# Lines of each kind (aliases, renames, sections) the default summary shows; -v shows every one.
+SUMMARY_EXAMPLES = 5
+
+
+def _bounded(lines: list[str], noun: str, limit: int | None) -> list[str]:
+    """``lines``, or the first ``limit`` of them and a line counting the rest."""
+    if limit is None or len(lines) <= limit:
+        return lines
+    return [*lines[:limit], f"  ... and {len(lines) - limit} more {noun} (-v for all)"]
+
+
+def summary_text(result: Any, everything: bool = False) -> str:
+    """The summary: counts, then a few examples of each kind of edit (``everything``: every one)."""
+    limit = None if everything else SUMMARY_EXAMPLES
     p = result.payload
     nrep = len(result.funcs.replacements)
     if not result.changed:
@@ -151,24 +171,29 @@ def summary_text(result: Any) -> str:
             f"; {result.written} is a byte-identical copy" if result.written and result.written != Path(p.name) else ""
         )
         return shown(  # one line: every name in it is shown escaped (lp_rewrite.textsafe)
-            f"{p.name}: {p.arch.name}, {nrep} replaced function(s): nothing to retarget, "
-            f"the payload is unchanged{where}"
+            f"{p.name}: {p.arch.name}, {nrep} replaced function(s): nothing to retarget "
+            f"({result.why_unchanged}), the payload is unchanged{where}"
         )
     per = result.retargets_per_section()
+    aliases = list(result.plan.aliases.values())
     lines = [
         f"{p.name}: {p.arch.name}, {nrep} replaced function(s), "
-        f"{len(result.plan.retargets)} relocation(s) retargeted -> {result.written}",
+        f"{len(result.plan.retargets)} relocation(s) retargeted in {len(per)} section(s), "
+        f"{len(aliases)} alias(es), {len(result.plan.renames)} symbol(s) renamed -> {result.written}",
     ]
-    for alias in result.plan.aliases.values():
+    alias_lines = []
+    for alias in aliases:
         how = "reused" if alias.existing is not None else "added"
         if alias.shndx == SHN_ABS:
             how += f", absolute {alias.value:#x}"
-        lines.append(f"  alias {alias.name} ({how}, symbol {alias.index})")
+        alias_lines.append(f"  alias {alias.name} ({how}, symbol {alias.index})")
+    lines += _bounded(alias_lines, "alias(es)", limit)
     syms = p.elf.symbols
-    for i, new in sorted(result.plan.renames.items()):
-        lines.append(f"  renamed {syms.name(i)} -> {new}")
-    for sec, n in sorted(per.items()):
-        lines.append(f"  {n:5d}  {sec}")
+    renames = [f"  renamed {syms.name(i)} -> {new}" for i, new in sorted(result.plan.renames.items())]
+    lines += _bounded(renames, "renamed symbol(s)", limit)
+    # By name with -v; else the sections with the most retargets first.
+    order = sorted(per.items()) if everything else sorted(per.items(), key=lambda kv: (-kv[1], kv[0]))
+    lines += _bounded([f"  {n:5d}  {sec}" for sec, n in order], "section(s)", limit)
     secs = p.elf.sections
     for i, align in sorted(result.plan.addralign.items()):
         lines.append(f"  aligned {secs.name(i)}: sh_addralign {secs.addralign[i]} -> {align} (--align-notes)")

@@ -68,6 +68,17 @@ typedef void (*hook_fn)(void);
 #define LIVEPATCH_UNLOAD_HOOK(fn) \
     static const hook_fn __used_section(".livepatch.hooks.unload") fn##_unload_hook_ptr = (fn)
 
+/*
+ * Action hooks (xen/include/xen/livepatch_payload.h): one function pointer
+ * per section, called with the payload instead of Xen's default action.
+ */
+struct payload;
+typedef int action_fn(struct payload *);
+typedef void post_fn(struct payload *);
+#define LIVEPATCH_ACTION_HOOK(kind, type, fn) \
+    type *__attribute__((weak, used)) const livepatch_##kind##_data_##fn \
+        __attribute__((__section__(".livepatch.hooks." #kind))) = (fn)
+
 /* Hypervisor services a payload calls (resolved by name at load). */
 extern void printk(const char *fmt, ...);
 extern void register_callback(void (*fn)(int));
