@@ -113,9 +113,15 @@ def _et_dyn(tmp: Path) -> Path:
     return _patched(true, tmp / "true", lambda d: None)
 
 
-@bad("missing-funcs", "no .livepatch.funcs section")
-def _missing_funcs(tmp: Path) -> Path:
-    return _patched(COMMITTED / "x86_64" / "no_funcs.livepatch", tmp / "nf.livepatch", lambda d: None)
+@bad("nothing-to-patch", "Nothing to patch")
+def _nothing_to_patch(tmp: Path) -> Path:
+    """Neither .livepatch.funcs nor a hook section (a hooks-only payload is fine: tests/test_nothing_to_do.py)."""
+
+    def unhook(d: bytearray) -> None:
+        assert b".livepatch.hooks.load\0" in d
+        d[:] = d.replace(b".livepatch.hooks.load\0", b".livepatch.hooks.loaX\0")  # same length: no offset moves
+
+    return _patched(COMMITTED / "x86_64" / "no_funcs.livepatch", tmp / "nf.livepatch", unhook)
 
 
 @bad("wrong-version", "payload version 3 is not supported")
@@ -286,7 +292,7 @@ def test_rewrite_verbose_prints_every_decision_as_explain_does(src: Path, tmp_pa
     assert proc.returncode == 0, proc.stderr
     rows = _decision_table(proc.stdout)
     assert len(rows) == _relocation_count(src)
-    assert rows == _decision_table(run_cli("explain", src).stdout)
+    assert rows == _decision_table(run_cli("explain", "--all", src).stdout)
     doc = json.loads(run_cli("rewrite", "-v", "--format", "json", src, "-o", tmp_path / "p").stdout)
     assert len(doc["decisions"]) == _relocation_count(src)
     assert "decisions" not in json.loads(run_cli("rewrite", "--format", "json", src, "-o", tmp_path / "q").stdout)

@@ -117,6 +117,7 @@ def sarif_log(result: BatchResult, root: Path | None = None) -> dict[str, Any]:
                 "tool": {
                     "driver": {
                         "name": "lp-rewrite",
+                        "version": __version__,
                         "semanticVersion": __version__,
                         "rules": _rules(),
                     }

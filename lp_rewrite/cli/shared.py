@@ -192,8 +192,21 @@ COMMANDS = {
 }
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from lp_rewrite import __version__
+
+        typer.echo(f"lp-rewrite {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _commands() -> None:
+def _commands(
+    version: Annotated[
+        bool,
+        typer.Option("--version", is_eager=True, callback=_print_version, help="Print the version and exit."),
+    ] = False,
+) -> None:
     # A group even when one command is registered: typer would otherwise run
     # a lone command without its name.
     pass

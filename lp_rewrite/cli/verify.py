@@ -112,9 +112,10 @@ def verify(
     must be retargeted, and a payload Xen refuses both before and after the
     rewrite is proven by being byte for byte the rewrite of ORIGINAL.
     """
-    from lp_rewrite import report
+    from lp_rewrite import __version__, report
     from lp_rewrite.certificate import certify
 
+    tool = {"tool": "lp-rewrite verify", "version": __version__}
     policy = make_policy(
         keep_section,
         no_default_keep,
@@ -132,12 +133,13 @@ def verify(
         if fmt is Format.json:
             typer.echo(
                 report.dumps(
-                    {"verified": False, "original": str(original), "rewritten": str(rewritten), "error": str(exc)}
+                    tool
+                    | {"verified": False, "original": str(original), "rewritten": str(rewritten), "error": str(exc)}
                 )
             )
             raise typer.Exit(exc.exit_code) from None
         raise
     if fmt is Format.json:
-        typer.echo(report.dumps(cert.record()))
+        typer.echo(report.dumps(tool | cert.record()))
     else:
         typer.echo(cert.text())
