@@ -1,4 +1,4 @@
-"""The code base stays ruff-clean and mypy --strict clean."""
+"""The code base stays ruff-clean, mypy --strict clean and shellcheck-clean."""
 
 from __future__ import annotations
 
@@ -20,4 +20,11 @@ def test_ruff() -> None:
 
 def test_mypy_strict() -> None:
     proc = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_e2e_scripts_are_shellcheck_clean() -> None:
+    """scripts/e2e/ runs as root on CI machines; shellcheck (scripts/test.sh installs it) finds what bash -n misses."""
+    scripts = sorted(str(p) for p in (ROOT / "scripts" / "e2e").rglob("*") if p.is_file() and p.suffix != ".md")
+    proc = subprocess.run(["shellcheck", "-x", *scripts], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr

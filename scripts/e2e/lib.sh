@@ -1,12 +1,13 @@
 # shellcheck shell=bash disable=SC2034  # the variables are for the sourcing scripts
 # Common helpers for the lp_rewrite end-to-end test (sourced, not executed).
 #
-# Layout of the per-arch cache ($E2E_DIR, default /tmp/lp-rewrite-e2e/<arch>,
+# Layout of the per-target cache ($E2E_DIR, default /tmp/lp-rewrite-e2e/<target>,
 # base overridable with LP_REWRITE_E2E_CACHE):
 #   debs/        downloaded .debs (apt-get download, never installed)
 #   root/        all debs unpacked with dpkg -x (hypervisor, xen-syms, dom0
 #                kernel, xen-utils, libraries, busybox)
-#   xen-lp/      arm64 only: hypervisor rebuilt with CONFIG_LIVEPATCH=y
+#   xen-lp/      Arm only: hypervisor rebuilt with CONFIG_LIVEPATCH=y (+ Xen's
+#                in-tree test payloads, tests/)
 #   build/       payloads (raw), sendkey, prepared.env (rebuilt by each prepare)
 #   boots/       initramfs images and serial logs of run.sh
 #   pytest/      the same for tests/test_e2e.py (+ rewritten payloads)
@@ -24,51 +25,112 @@ log() { printf '[lp-e2e %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 skip() { log "SKIP: $*"; exit "$E2E_SKIP"; }
 
-# e2e_arch ARCH: set the per-architecture variables used by every script.
+# e2e_arch TARGET: set the per-target variables used by every script.  A
+# target is an architecture, optionally with a Xen version: x86_64, arm64 and
+# arm32 boot Debian bookworm's Xen 4.17; x86_64-4.20 boots Debian trixie's
+# Xen 4.20 (hypervisor, xen-utils and their libraries from trixie; dom0
+# kernel and busybox from bookworm, whose modules are plain .ko files).
+E2E_TARGETS="x86_64 arm64 arm32 x86_64-4.20"
 e2e_arch() {
-  E2E_ARCH=$1
+  E2E_TARGET=$1
+  E2E_ARCH=${E2E_TARGET%%-*}
+  XEN_VER=4.17
+  case $E2E_TARGET in *-*) XEN_VER=${E2E_TARGET#*-} ;; esac
+  case $XEN_VER in
+    4.17) XEN_SUITE=bookworm ;;
+    4.20) XEN_SUITE=trixie ;;
+    *) die "unknown Xen version '$XEN_VER' in target '$E2E_TARGET' (want one of: $E2E_TARGETS)" ;;
+  esac
   case $E2E_ARCH in
     x86_64)
       DEB_ARCH=amd64; CROSS=; QEMU=qemu-system-x86_64; QEMU_PKG=qemu-system-x86
-      LIB_DIR=lib/x86_64-linux-gnu; LD_SO=lib64/ld-linux-x86-64.so.2 ;;
+      LIB_DIR=lib/x86_64-linux-gnu; LD_SO=lib64/ld-linux-x86-64.so.2; KFLAVOUR=amd64 ;;
     arm64)
       DEB_ARCH=arm64; CROSS=aarch64-linux-gnu-; QEMU=qemu-system-aarch64; QEMU_PKG=qemu-system-arm
-      LIB_DIR=lib/aarch64-linux-gnu; LD_SO=lib/ld-linux-aarch64.so.1 ;;
-    *) die "unknown arch '$E2E_ARCH' (want x86_64 or arm64)" ;;
+      LIB_DIR=lib/aarch64-linux-gnu; LD_SO=lib/ld-linux-aarch64.so.1; KFLAVOUR=arm64 ;;
+    arm32)
+      DEB_ARCH=armhf; CROSS=arm-linux-gnueabihf-; QEMU=qemu-system-arm; QEMU_PKG=qemu-system-arm
+      LIB_DIR=lib/arm-linux-gnueabihf; LD_SO=lib/ld-linux-armhf.so.3; KFLAVOUR=armmp-lpae ;;
+    *) die "unknown target '$E2E_TARGET' (want one of: $E2E_TARGETS)" ;;
   esac
-  E2E_DIR=${LP_REWRITE_E2E_CACHE:-/tmp/lp-rewrite-e2e}/$E2E_ARCH
+  case " $E2E_TARGETS " in *" $E2E_TARGET "*) ;; *) die "unknown target '$E2E_TARGET' (want one of: $E2E_TARGETS)" ;; esac
+  E2E_DIR=${LP_REWRITE_E2E_CACHE:-/tmp/lp-rewrite-e2e}/$E2E_TARGET
   ROOT=$E2E_DIR/root
   BUILD=$E2E_DIR/build
   BOOTS=$E2E_DIR/boots
   mkdir -p "$E2E_DIR"
 }
 
+# Only x86 boots Debian's own hypervisor binary: Debian builds its Arm
+# hypervisors without CONFIG_LIVEPATCH, so build-xen.sh rebuilds them.
+e2e_rebuilds_xen() { [ "$E2E_ARCH" != x86_64 ]; }
+
 # The hypervisor image that QEMU boots and the xen-syms that matches it
-# (same build-id).  arm64 uses the rebuilt, livepatch-enabled hypervisor.
+# (same build-id).
 e2e_xen_paths() {
-  if [ "$E2E_ARCH" = x86_64 ]; then
-    XEN_IMAGE=$E2E_DIR/xen                       # gunzipped multiboot ELF
-    XEN_SYMS=$ROOT/usr/lib/debug/boot/xen-syms-4.17-amd64
-  else
-    XEN_IMAGE=$E2E_DIR/xen-lp/xen                # arm64 Image
+  if e2e_rebuilds_xen; then
+    XEN_IMAGE=$E2E_DIR/xen-lp/xen                # Arm Image / zImage
     XEN_SYMS=$E2E_DIR/xen-lp/xen-syms
+  else
+    XEN_IMAGE=$E2E_DIR/xen                       # gunzipped multiboot ELF
+    XEN_SYMS=$ROOT/usr/lib/debug/boot/xen-syms-$XEN_VER-$DEB_ARCH
   fi
 }
 
 # Versions: XEN_DEB_VERSION of Debian's xen binary packages (the unpacked
 # hypervisor deb: xen-utils and the libraries come from the same source), and
 # XEN_BOOTED_VERSION of the hypervisor QEMU boots, with XEN_BOOTED_FROM saying
-# what that is.  On arm64 it is rebuilt from the xen *source* package
-# (build-xen-arm64.sh records its version), which may be another version.
+# what that is.  On Arm it is rebuilt from the xen *source* package
+# (build-xen.sh records its version), which may be another version.
 e2e_xen_versions() {
-  XEN_DEB_VERSION=$(dpkg-deb -f "$E2E_DIR"/debs/xen-hypervisor-4.17-"$DEB_ARCH"_*.deb Version)
-  if [ "$E2E_ARCH" = x86_64 ]; then
-    XEN_BOOTED_VERSION=$XEN_DEB_VERSION
-    XEN_BOOTED_FROM="Debian binary package xen-hypervisor-4.17-$DEB_ARCH"
-  else
+  XEN_DEB_VERSION=$(dpkg-deb -f "$E2E_DIR/debs/xen-hypervisor-$XEN_VER-${DEB_ARCH}_"*.deb Version)
+  if e2e_rebuilds_xen; then
     XEN_BOOTED_VERSION=$(cat "$E2E_DIR/xen-lp/source-version" 2>/dev/null || echo unknown)
-    XEN_BOOTED_FROM="rebuilt from Debian's xen source package with CONFIG_LIVEPATCH=y"
+    XEN_BOOTED_FROM="rebuilt from Debian $XEN_SUITE's xen source package with CONFIG_LIVEPATCH=y"
+  else
+    XEN_BOOTED_VERSION=$XEN_DEB_VERSION
+    XEN_BOOTED_FROM="Debian $XEN_SUITE binary package xen-hypervisor-$XEN_VER-$DEB_ARCH"
   fi
+}
+
+# A private apt configuration under $1 for Debian suite $2 (Types $3: deb or
+# deb-src), derived from the host's enabled Debian bookworm entries (same
+# mirror, same keyring), so the host's apt configuration is left alone and no
+# mirror is hard-coded.  Sets APTO to the apt options that select it.
+private_apt() {
+  local dir=$1 suite=$2 types=$3 f
+  rm -rf "$dir"
+  mkdir -p "$dir/lists/partial" "$dir/parts"
+  {
+    for f in /etc/apt/sources.list.d/*.sources; do
+      [ -e "$f" ] || continue
+      # deb822 stanzas: the enabled "deb" ones for bookworm suites, renamed to
+      # $suite (plain POSIX awk: Debian's default mawk has no \< \> anchors)
+      awk -v suite="$suite" -v types="$types" 'BEGIN { RS = ""; ORS = "\n" }
+           { n = split($0, L, "\n"); deb = 0; bw = 0; off = 0; out = ""
+             for (i = 1; i <= n; i++) {
+               line = L[i]
+               if (line ~ /^Types:/) {
+                 m = split(line, w, /[ \t]+/); for (j = 2; j <= m; j++) if (w[j] == "deb") deb = 1
+                 line = "Types: " types
+               } else if (line ~ /^Suites:/) {
+                 m = split(line, w, /[ \t]+/); keep = ""
+                 for (j = 2; j <= m; j++) if (w[j] ~ /^bookworm(-security|-updates)?$/) {
+                   bw = 1; sub(/^bookworm/, suite, w[j]); keep = keep " " w[j] }
+                 line = "Suites:" keep
+               } else if (line ~ /^Enabled:[ \t]*[Nn]o/) off = 1
+               out = out line "\n"
+             }
+             if (deb && bw && !off) print out }' "$f"
+    done
+  } >"$dir/parts/$suite.sources"
+  if [ -e /etc/apt/sources.list ]; then
+    awk -v suite="$suite" -v types="$types" '$1 == "deb" && / bookworm(-security|-updates)? / {
+        $1 = types; for (i = 2; i <= NF; i++) sub(/^bookworm/, suite, $i); print }' \
+      /etc/apt/sources.list >"$dir/parts/$suite.list"
+  fi
+  grep -q "$suite" "$dir"/parts/* || die "no Debian bookworm entries in the host apt sources"
+  APTO=(-o Dir::Etc::SourceList=/dev/null -o "Dir::Etc::SourceParts=$dir/parts" -o "Dir::State::Lists=$dir/lists")
 }
 
 require_root() {
