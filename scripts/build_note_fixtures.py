@@ -21,7 +21,8 @@ produce such payloads change them:
     scripts/build_note_fixtures.py --out /tmp/notes # elsewhere
 
 Sources: the committed testdata/build/ fixtures (keyhandler: references to
-retarget; hello_world: nothing to retarget). Toolchains: binutils for
+retarget; hello_world: nothing to retarget; action_hooks_nofunc: hooks only,
+no .livepatch.funcs). Toolchains: binutils for
 x86-64, aarch64-linux-gnu and arm-linux-gnueabihf.
 """
 
@@ -47,6 +48,7 @@ SIGNATURE_SECTION = ".note.Xen.signature"
 PAYLOADS = (
     ("keyhandler_misaligned", "keyhandler", ("misalign",)),
     ("hello_world_misaligned", "hello_world", ("misalign",)),
+    ("action_hooks_nofunc_misaligned", "action_hooks_nofunc", ("misalign",)),
     ("keyhandler_signed", "keyhandler", ("sign",)),
     ("hello_world_signed", "hello_world", ("sign",)),
     ("hello_world_misaligned_signed", "hello_world", ("misalign", "sign")),
