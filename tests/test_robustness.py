@@ -410,7 +410,7 @@ BAD: dict[str, Bad] = {
             ((_f().header(".rodata.lp_do_work_name")["sh_offset"], 8), 0x4141414141414141),
             ((_f().header(".shstrtab")["sh_offset"] + _f().header(".rodata.lp_do_work_name")["sh_name"] + 8, 1), 10),
         ),
-        "name string at .rodata.\\np_do_work_name+0x0 has no NUL terminator",
+        "name string at .rodata.\\x0ap_do_work_name+0x0 has no NUL terminator",  # escaped (textsafe)
     ),
     # Sections the rewrite must change but Xen would load (fuzz regression, found by the certificate).
     "alloc-string-table": Bad(
