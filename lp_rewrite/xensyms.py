@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from lp_rewrite.elf import consts as C
 from lp_rewrite.errors import InputError
 from lp_rewrite.inputs import open_binary
 
@@ -68,6 +69,8 @@ class XenSymbols:
     candidates: dict[str, list[XenSymbol]] = field(default_factory=dict)  # every symbol of an ambiguous name
     synthetic: bool = False
     elf_path: Path | None = None
+    # The image's SHF_ALLOC sections, (name, start, end), by address: where an address lies.
+    sections: list[tuple[str, int, int]] = field(default_factory=list)
 
     def lookup(self, name: str) -> XenSymbol | None:
         """What ``symbols_lookup_by_name()`` returns (None for "Unknown symbol")."""
@@ -118,6 +121,13 @@ class XenSymbols:
         top = max((s.address + max(s.size, 1) for s in self.symbols.values() if s.address), default=0)
         return (top + gap + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
 
+    def section_at(self, address: int) -> str | None:
+        """The name of the loaded section of the image that holds ``address`` (None when none does)."""
+        for name, start, end in self.sections:
+            if start <= address < end:
+                return name
+        return None
+
     def function_containing(self, address: int) -> XenSymbol | None:
         """The function whose bytes hold ``address`` (for messages; None when none does)."""
         funcs = self._functions
@@ -161,6 +171,14 @@ class XenSymbols:
                 if not isinstance(symtab, SymbolTableSection):
                     raise InputError(f"{p}: no .symtab (a stripped image? use the unstripped xen-syms)")
                 names = {i: s.name for i, s in enumerate(elf.iter_sections())}
+                table.sections = sorted(
+                    (
+                        (s.name, s["sh_addr"], s["sh_addr"] + s["sh_size"])
+                        for s in elf.iter_sections()
+                        if s["sh_flags"] & C.SHF_ALLOC and s["sh_size"]
+                    ),
+                    key=lambda t: t[1],
+                )
                 syms = list(symtab.iter_symbols())
                 scoped = scoped_names(
                     (s.name, s["st_info"]["type"] == "STT_FILE", s["st_info"]["bind"] == "STB_LOCAL") for s in syms
