@@ -13,7 +13,10 @@ the checker can tell:
 * the linker script brackets ``.init.data.cf_clobber`` and
   ``.init.rodata.cf_clobber`` with ``__initdata_cf_clobber_start``/``_end``
   and ``.text`` with ``_stext``/``_etext``, as xen/arch/x86/xen.lds.S does
-  (kernel.c seals one function through each of the two tables).
+  (kernel.c seals one function through each of the two tables);
+* ``__init`` code and ``__initdata`` go to the output sections
+  ``.init.text`` and ``.init.data``, outside ``[_stext, _etext)``, as in
+  Xen's xen-syms (memory Xen frees at the end of boot).
 
 It also builds the payloads that only make sense against these images,
 testdata/check/payloads/*.c, into testdata/check/<arch>/<name>.livepatch,
@@ -83,6 +86,7 @@ SECTIONS
     .rodata : {{ *(.rodata .rodata.*) }}
     .note.gnu.build-id : {{ *(.note.gnu.build-id) }}
     .data : {{ *(.data .data.*) }}
+    .init.text : {{ *(.init.text) }}
     .init.data : {{
         . = ALIGN({ptr});
         __initdata_cf_clobber_start = .;

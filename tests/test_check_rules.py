@@ -299,6 +299,7 @@ def test_lp004_to_lp007_against_the_hypervisor_image(
     assert not by_rule(after, "LP001")
     assert symbols(after, "LP007") == ibt
     assert symbols(after, "LP004") == symbols(report, "LP004")
+    assert not by_rule(report, "LP018") and not by_rule(after, "LP018")  # nothing there is in .init.*
 
 
 @pytest.mark.parametrize("case", params("check_xen_refs", arches=("x86_64",)))
@@ -445,6 +446,7 @@ def test_lp004_lp005_through_the_aliases_a_rewrite_adds(
         assert alias.offset in at
     if case.arch == "x86_64":
         assert symbols(after, "LP007") == {"common/dup.c#twice", "sealed_data_fn"}
+    assert not by_rule(raw, "LP018") and not by_rule(after, "LP018")
 
 
 def test_lp007_not_without_ibt(tmp_path: Path) -> None:
@@ -526,6 +528,115 @@ def test_xen_syms_file_scope_as_xen_tools_symbols_c(tmp_path: Path) -> None:
         "common/kernel.c#boot_data_ops",
         "common/kernel.c#boot_ops",
     }
+
+
+# -- LP018 init sections ------------------------------------------------------------
+
+# kernel.c's boot-time symbols and the output section xen-syms has them in.
+INIT = {"init_only_fn": ".init.text", "init_setup_fn": ".init.text", "init_only_data": ".init.data"}
+
+
+def _relocations_to(path: Path, name: str) -> list[tuple[str, int]]:
+    """(section, offset) of every relocation against ``name`` in a loaded section, in file order (pyelftools)."""
+    from elftools.elf.constants import SH_FLAGS
+
+    out = []
+    with open(path, "rb") as stream:
+        elf = ELFFile(stream)
+        symtab = elf_symtab(elf)
+        for sec in elf.iter_sections():
+            if not isinstance(sec, RelocationSection):
+                continue
+            target = elf.get_section(sec["sh_info"])
+            if not target["sh_flags"] & SH_FLAGS.SHF_ALLOC:
+                continue
+            for r in sec.iter_relocations():
+                if symtab.get_symbol(r["r_info_sym"]).name == name:
+                    out.append((target.name, r["r_offset"]))
+    return out
+
+
+@pytest.mark.parametrize("case", check_params("check_init"))
+def test_lp018_init_code_and_data_against_the_image(case: Case, check_payload_path: Path, xen: XenImage) -> None:
+    """Calls, reads and pointers to .init.text/.init.data symbols, and originals there; .text ones are fine."""
+    with open(xen.path, "rb") as stream:  # the image's facts, read independently
+        elf = ELFFile(stream)
+        section_of = {
+            s.name: elf.get_section(s["st_shndx"]).name
+            for s in elf_symtab(elf).iter_symbols()
+            if s.name and isinstance(s["st_shndx"], int)
+        }
+    assert {n: section_of[n] for n in INIT} == INIT
+    assert section_of["register_keyhandler"] == section_of["printk"] == ".text"
+    assert {n: getattr(xen.symbols.lookup(n), "section", None) for n in INIT} == INIT
+
+    report = check_payload(check_payload_path, CheckOptions(xen=xen))
+    assert symbols(report, "LP018") == set(INIT)  # not printk, register_keyhandler or dump_runq
+    assert not [f for f in report.findings if f.rule.id not in ("LP018", "LP014")]
+    assert case.arch == "arm" or not by_rule(report, "LP014")
+    found = by_rule(report, "LP018")
+    uses = {str(f.symbol): f for f in found if f.section != ".livepatch.funcs"}
+    assert set(uses) == set(INIT)
+    for name, f in uses.items():
+        refs = [r for r in _relocations_to(check_payload_path, name) if r[0] != ".livepatch.funcs"]
+        assert (f.section, f.offset) == refs[0], name  # the first, as LP004 and LP013 place theirs
+        assert f"the hypervisor's {name}, which Xen frees after boot ({INIT[name]})" in f.message
+        assert f.file_offset is not None and f.length == 4
+        more = len(refs) - 1
+        assert (f"({more} more reference" in f.message) == bool(more), f.message
+    assert {n: f.symbol_kind for n, f in uses.items()} == {
+        "init_only_fn": "function",
+        "init_setup_fn": "function",
+        "init_only_data": "variable",
+    }
+    assert uses["init_only_fn"].message.startswith("uses_init_code+")
+    assert "calls the hypervisor's init_only_fn" in uses["init_only_fn"].message
+    assert "the call jumps into freed memory" in uses["init_only_fn"].message
+    # A load on x86 (mov foo(%rip)) and AArch64 (adrp+ldr); Arm builds the address (movw+movt), then loads.
+    data = "takes the address of" if case.arch == "arm" else "reads or writes"
+    assert f"{data} the hypervisor's init_only_data" in uses["init_only_data"].message
+    assert str(uses["init_setup_fn"].section).startswith(".data")
+    assert "takes the address of the hypervisor's init_setup_fn" in uses["init_setup_fn"].message
+    # The two entries: init_setup_fn through old_addr's relocation, init_only_fn by its name string.
+    ptr, entry = (4, 92) if case.arch == "arm" else (8, 104)
+    patched = {f.symbol: f for f in found if f.section == ".livepatch.funcs"}
+    assert set(patched) == {"init_setup_fn", "init_only_fn"}
+    old_addr = [r for r in _relocations_to(check_payload_path, "init_setup_fn") if r[0] == ".livepatch.funcs"]
+    assert [(".livepatch.funcs", patched["init_setup_fn"].offset)] == old_addr
+    assert old_addr[0][1] % entry == 2 * ptr
+    assert "(old_addr's symbol, resolved by name), which is in .init.text" in patched["init_setup_fn"].message
+    only = patched["init_only_fn"]
+    assert only.offset is not None and only.offset % entry == 0 and only.length == ptr
+    assert "(its name string, old_addr 0), which is in .init.text" in only.message
+    assert "writes its jump into freed memory" in only.message
+
+
+@pytest.mark.parametrize("case", params("check_xen_refs"))
+def test_lp018_prelinked_literals_and_absolute_symbols(
+    case: Case, payload_path: Path, xen: XenImage, tmp_path: Path
+) -> None:
+    """A literal old_addr, or an SHN_ABS value, in .init.text is judged by the address, whatever the name."""
+    options = CheckOptions(xen=xen)
+    init_fn, plain_fn = xen.symbols.lookup("init_setup_fn"), xen.symbols.lookup("plain_fn")
+    assert init_fn is not None and plain_fn is not None
+    right = _literal_old_addr(payload_path, "plain_fn", plain_fn.address, tmp_path / "right.livepatch")
+    assert not by_rule(check_payload(right, options), "LP018")
+    into_init = _literal_old_addr(payload_path, "plain_fn", init_fn.address, tmp_path / "init.livepatch")
+    report = check_payload(into_init, options)
+    (f,) = by_rule(report, "LP018")
+    assert f.symbol == "plain_fn" and f.section == ".livepatch.funcs"
+    assert f"(old_addr {init_fn.address:#x}), which is in .init.text" in f.message
+    assert {(g.section, g.offset) for g in by_rule(report, "LP013")} == {(f.section, f.offset)}
+    # rewrite --absolute: the reference to plain_fn goes through an SHN_ABS alias; moved into .init.text.
+    absolute = tmp_path / "absolute.livepatch"
+    rewrite(payload_path, absolute, policy=Policy(absolute=True, xen_syms=xen.path))
+    assert not by_rule(check_payload(absolute, options), "LP018")
+    moved = _abs_value(absolute, "plain_fn", init_fn.address - plain_fn.address, tmp_path / "moved.livepatch")
+    report = check_payload(moved, options)
+    (f,) = by_rule(report, "LP018")
+    assert f.symbol == "plain_fn" and f.section == ".text.install_all"
+    assert f"the hypervisor's plain_fn (absolute {init_fn.address:#x}), which Xen frees after boot" in f.message
+    assert {(g.section, g.offset) for g in by_rule(report, "LP013")} == {(f.section, f.offset)}
 
 
 # -- LP008 hidden references -------------------------------------------------------

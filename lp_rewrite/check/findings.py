@@ -244,6 +244,24 @@ RULES: tuple[Rule, ...] = (
         "refuses it. Rewrite the unsigned payload, then sign the result. A signed payload with nothing to "
         "rewrite is fine and gets no finding.",
     ),
+    Rule(
+        "LP018",
+        "init-symbol",
+        Severity.ERROR,
+        "The payload uses hypervisor code or data that Xen frees after boot.",
+        "Xen frees its init sections (.init.text, .init.data: __init functions, __initdata, __initconst) at "
+        "the end of boot (init_done() on x86, free_init_memory() on Arm): they are unmapped and the pages "
+        "reused. Its symbol table keeps their names, so a payload that calls such a function, reads or "
+        "writes such data, or takes its address loads without complaint, and faults (or hits whatever "
+        "reuses the memory) when that code runs; a .livepatch.funcs entry whose original is init code "
+        "patches memory that no longer holds it. Seen on Xen 4.20, which made register_keyhandler() "
+        "__init: a payload built against 4.17 that registers a debug key from its load hook takes a "
+        "FATAL PAGE FAULT in register_keyhandler at apply. Reported once per symbol, at its first "
+        "relocation in a section Xen loads, and once per .livepatch.funcs entry. Use an interface the "
+        "running hypervisor keeps after boot (build and test the payload against the xen-syms of the "
+        "hypervisor it will be loaded on), or drop the entry.",
+        needs_xen_syms=True,
+    ),
 )
 
 RULE_BY_ID: dict[str, Rule] = {r.id: r for r in RULES}

@@ -94,6 +94,7 @@ def check_loaded(payload: Payload, options: CheckOptions) -> PayloadReport:
         findings += _guarded("symbol", lambda: xen_rules.check_names(ctx, xen))
         findings += _guarded("IBT", lambda: xen_rules.check_ibt(ctx, xen, decisions))
         findings += _guarded("address", lambda: xen_rules.check_addresses(ctx, xen))
+        findings += _guarded("init-symbol", lambda: xen_rules.check_init(ctx, xen))
     allow = _allow_list(payload, options.allow)
     for f in findings:
         entry = allow.match(f)

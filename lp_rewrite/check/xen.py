@@ -1,4 +1,4 @@
-"""Rules that need the hypervisor image (``--xen-syms``): LP004, LP005, LP007, LP013.
+"""Rules that need the hypervisor image (``--xen-syms``): LP004, LP005, LP007, LP013, LP018.
 
 :class:`XenImage` is read once per run (a batch shares it): the runtime
 symbol table (:class:`lp_rewrite.xensyms.XenSymbols`) and, on x86-64, what
@@ -15,6 +15,11 @@ CET-IBT makes of it:
   word points into ``[_stext, _etext)`` at an ENDBR64, overwrites that
   ENDBR64. This module reads the same words from the image and computes
   the same set. When those symbols are missing, nothing counts as sealed.
+* **Init sections** (LP018): a symbol or address in an output section of the
+  image whose name starts with ``.init`` (``.init.text``, ``.init.data``:
+  xen.lds.S gathers ``__init``, ``__initdata``, ``__initconst``,
+  ``.init.setup`` and the initcall tables there) is memory that Xen unmaps
+  and frees at the end of boot.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from functools import cached_property
 from pathlib import Path
 
 from lp_rewrite.arch import Arch, arch_for_machine
-from lp_rewrite.check.context import Access, Context
+from lp_rewrite.check.context import Access, Context, Reference
 from lp_rewrite.check.findings import Finding, Place, make, symbol_kind
 from lp_rewrite.check.relocs import access_of
 from lp_rewrite.decide import Decisions
@@ -34,7 +39,7 @@ from lp_rewrite.elf import consts as C
 from lp_rewrite.errors import InputError, UsageError
 from lp_rewrite.inputs import open_binary
 from lp_rewrite.payload import FUNCS_SECTION
-from lp_rewrite.xensyms import XenSymbols, scoped_names
+from lp_rewrite.xensyms import XenSymbol, XenSymbols, scoped_names
 
 _CLOBBER = ("__initdata_cf_clobber_start", "__initdata_cf_clobber_end")
 _TEXT = ("_stext", "_etext")
@@ -401,4 +406,144 @@ def check_ibt(ctx: Context, xen: XenImage, decisions: Decisions | None) -> list[
                         symbol=rep.original,
                     )
                 )
+    return out
+
+
+# -- LP018 -----------------------------------------------------------------------
+
+
+def is_init_section(name: str | None) -> bool:
+    """Whether an output section of the image is one Xen frees after boot (``.init.text``, ``.init.data``...)."""
+    return name is not None and name.startswith(".init")
+
+
+def _init_symbol(xen: XenImage, name: str) -> XenSymbol | None:
+    """The symbol in an init section that ``name`` resolves to (for an ambiguous name, any of them)."""
+    return next((s for s in xen.symbols.matches(name) if is_init_section(s.section)), None)
+
+
+_FREED = (
+    "Xen unmaps and frees its init sections at the end of boot, and its symbol table keeps the name, so the payload "
+    "loads and the fault comes when this code runs; use what the running hypervisor keeps after boot, or build and "
+    "test the payload against this xen-syms"
+)
+
+
+def _use_message(ctx: Context, ref: Reference, access: Access, what: str, section: str, more: int) -> str:
+    where = ctx.where(ref.section.index, ref.offset)
+    head = f"which Xen frees after boot ({section})"
+    if access is Access.CALL:
+        text = f"{where} calls {what}, {head}: the call jumps into freed memory"
+    elif access is Access.LOAD:
+        text = f"{where} reads or writes {what}, {head}: the access reaches freed memory"
+    else:
+        text = (
+            f"{where} takes the address of {what}, {head}: whatever calls, reads or writes through it reaches "
+            "freed memory"
+        )
+    also = f" ({more} more reference{'s' if more > 1 else ''} in the payload)" if more else ""
+    return f"{text}{also}. {_FREED}"
+
+
+def check_init(ctx: Context, xen: XenImage) -> list[Finding]:
+    """LP018: references to hypervisor code and data in the init sections, and originals there.
+
+    A symbol reaches the hypervisor undefined (resolved by name at load, to
+    Xen's own symbol first) or SHN_ABS (its value is the address). One
+    finding per such symbol, at its first relocation in a section Xen loads
+    outside .livepatch.funcs (the place LP004 and LP013 report), saying what
+    the code does there; a symbol no loaded section refers to harms nothing.
+    Then one finding per .livepatch.funcs entry whose original is in an init
+    section.
+    """
+    syms = ctx.syms
+    # payload symbol -> (Xen's name, how to say it, the init section, what the name names)
+    targets: dict[int, tuple[str, str, str, str | None]] = {}
+    for i in range(1, syms.count):
+        if syms.shndx[i] == C.SHN_UNDEF and syms.name(i):
+            found = _init_symbol(xen, syms.name(i))
+            if found is not None:
+                names = "function" if found.is_function else "variable"
+                targets[i] = (syms.name(i), f"the hypervisor's {syms.name(i)}", found.section, names)
+    for i, name in _xen_names(ctx).items():
+        held = xen.symbols.section_at(syms.value[i])
+        if held is not None and is_init_section(held):
+            what = f"the hypervisor's {name} (absolute {syms.value[i]:#x})"
+            targets[i] = (name, what, held, symbol_kind(syms.type(i)))
+    out = []
+    for i, (ref, access, n) in _init_references(ctx, set(targets)).items():
+        name, what, section, kind = targets[i]
+        place = Place(ref.section.name, ref.offset, ctx.file_offset(ref.section.index, ref.offset), 4)
+        out.append(
+            make(
+                "LP018",
+                _use_message(ctx, ref, access, what, section, n - 1),
+                place,
+                symbol=name,
+                symbol_kind=kind,
+            )
+        )
+    if ctx.funcs is not None:
+        out += _init_originals(ctx, xen)
+    return out
+
+
+def _init_references(ctx: Context, symbols: set[int]) -> dict[int, tuple[Reference, Access, int]]:
+    """Symbol -> its first reference in a loaded section other than .livepatch.funcs, what is done with the
+    address (the first reference that is not the leading half of an address pair says), and how many there are."""
+    out: dict[int, tuple[Reference, Access, int]] = {}
+    if not symbols:
+        return out
+    elf = ctx.elf
+    secs = elf.sections
+    for ridx in elf.relocation_sections:
+        sec = secs[secs.info[ridx]]
+        if not sec.alloc or sec.name == FUNCS_SECTION or symbols.isdisjoint(elf.relocation_syms(ridx)):
+            continue
+        table = elf.relocations(ridx)
+        for i, s in enumerate(table.syms):
+            if s not in symbols:
+                continue
+            ref = ctx.reference(ridx, i)
+            if ref is None:
+                continue  # a type Xen refuses: LP003
+            first, access, n = out.get(s, (ref, ref.access, 0))
+            if access is Access.PARTIAL:
+                access = ref.access
+            out[s] = (first, access, n + 1)
+    return out
+
+
+def _init_originals(ctx: Context, xen: XenImage) -> list[Finding]:
+    funcs = ctx.funcs
+    assert funcs is not None
+    out = []
+    for rep in funcs.replacements:
+        field = funcs.layout.old_addr
+        if rep.old_literal:
+            section = xen.symbols.section_at(rep.old_literal)
+            how = f"old_addr {rep.old_literal:#x}"
+        else:
+            found = _init_symbol(xen, rep.original)
+            section = found.section if found is not None else None
+            if rep.old_symbol is not None:
+                how = "old_addr's symbol, resolved by name"
+            else:
+                how = "its name string, old_addr 0"
+                field = funcs.layout.name
+        if section is None or not is_init_section(section):
+            continue
+        off = rep.entry * funcs.layout.entry_size + field
+        place = Place(FUNCS_SECTION, off, funcs.section.sh_offset + off, funcs.layout.ptr_size)
+        out.append(
+            make(
+                "LP018",
+                f"entry {rep.entry} patches {rep.original} ({how}), which is in {section}: Xen frees it after boot, "
+                "so the code it replaces no longer exists, and at apply Xen writes its jump into freed memory (a "
+                "fault, or whatever reuses the page is corrupted); drop the entry, or patch what the running "
+                "hypervisor still has",
+                place,
+                symbol=rep.original,
+            )
+        )
     return out

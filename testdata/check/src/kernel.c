@@ -6,7 +6,9 @@
  * is built with -fcf-protection=branch -mmanual-endbr on x86 (CONFIG_XEN_IBT:
  * only `cf_check` functions start with ENDBR64), and the linker script puts
  * .init.{ro,}data.cf_clobber between __initdata_cf_clobber_start and
- * __initdata_cf_clobber_end, whose pointers seal_endbr64() walks at boot.
+ * __initdata_cf_clobber_end, whose pointers seal_endbr64() walks at boot,
+ * and __init code and __initdata data in .init.text and .init.data, which
+ * Xen frees at the end of boot.
  *
  * Each function exists for one question the checker asks.
  */
@@ -22,6 +24,8 @@
 #define __initconst_cf_clobber __attribute__((__section__(".init.rodata.cf_clobber"), __used__))
 #define __initdata_cf_clobber __attribute__((__section__(".init.data.cf_clobber"), __used__))
 #define __used __attribute__((__used__))
+#define __init __attribute__((__section__(".init.text")))
+#define __initdata __attribute__((__section__(".init.data")))
 
 int counter;
 void (*hv_callback)(int);
@@ -120,6 +124,23 @@ static struct boot_ops __initdata_cf_clobber boot_data_ops = { .hook = sealed_da
 /* Ordinary data: ibt_fn and do_work stay legal targets. */
 void (*const __used live_ops[])(int) = { ibt_fn, do_work, on_event };
 
+/* Boot-time only, like register_keyhandler() since Xen 4.20: freed after boot. */
+noinline __init void init_only_fn(int x)
+{
+    counter += x;
+    printk("init_only_fn %d\n", x);
+}
+
+/* Another: a payload patches it, and keeps a pointer to it. */
+noinline __init void init_setup_fn(int x)
+{
+    counter -= x;
+    printk("init_setup_fn %d\n", x);
+}
+
+/* Boot-time data (__initdata): freed with it. */
+int __initdata init_only_data = 42;
+
 extern void dup_entry1(void);
 extern void dup_entry2(void);
 
@@ -131,6 +152,8 @@ void start(void)
     plain_fn(3);
     sink = tiny() + tiny_endbr();
     register_keyhandler('Z', dump_runq, "runq", 1);
+    init_only_fn(init_only_data);
+    init_setup_fn(4);
     dup_entry1();
     dup_entry2();
     for ( ;; )
