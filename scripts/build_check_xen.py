@@ -22,6 +22,7 @@ It also builds the payloads that only make sense against these images,
 testdata/check/payloads/*.c, into testdata/check/<arch>/<name>.livepatch,
 exactly as scripts/build_fixtures.py builds its fixtures (same flags, FILE
 symbol ``common/<name>.c``, ``ld -r --build-id`` with the depends notes).
+Flags and link addresses: scripts/toolchain.py.
 
     scripts/build_check_xen.py                  # rebuild testdata/check/<arch>/
     scripts/build_check_xen.py --out /tmp/xen   # elsewhere
@@ -39,33 +40,14 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from build_fixtures import PREFIX, build_fixture, toolchain_available  # the same directory
+from build_fixtures import build_fixture, toolchain_available  # the same directory
+from toolchain import IMAGE_ARCH_CFLAGS, IMAGE_CFLAGS, PREFIX, XEN_TEXT
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "testdata" / "check" / "src"
 PAYLOADS = ROOT / "testdata" / "check" / "payloads"
 DEFAULT_OUT = ROOT / "testdata" / "check"
 
-# Where each image's text starts (Xen's own link addresses, roughly).
-BASE = {"x86_64": 0xFFFF82D040200000, "aarch64": 0x00000A0000200000, "arm": 0x00200000}
-COMMON = [
-    "-O2",
-    "-ffunction-sections",
-    "-fdata-sections",
-    "-fvisibility=hidden",
-    "-fno-stack-protector",
-    "-fno-common",
-    "-fno-builtin",
-    "-ffreestanding",
-    "-nostdinc",
-    "-fno-asynchronous-unwind-tables",
-    "-fno-unwind-tables",
-]
-ARCH_FLAGS = {
-    "x86_64": ["-fpic", "-mno-red-zone", "-fno-jump-tables", "-fcf-protection=branch", "-mmanual-endbr", "-mno-sse"],
-    "aarch64": ["-mgeneral-regs-only"],
-    "arm": ["-marm", "-march=armv7-a", "-mfloat-abi=soft"],
-}
 # (source, output object stem, FILE symbol, extra flags)
 UNITS = [
     ("kernel.c", "kernel", "common/kernel.c", []),
@@ -113,7 +95,7 @@ def build(arch: str, out: Path, work: Path) -> Path:
     prefix = PREFIX[arch]
     gcc = prefix + "gcc"
     include = subprocess.run([gcc, "-print-file-name=include"], capture_output=True, text=True, check=True)
-    flags = [*COMMON, *ARCH_FLAGS[arch], "-isystem", include.stdout.strip(), f"-ffile-prefix-map={SRC}=."]
+    flags = [*IMAGE_CFLAGS, *IMAGE_ARCH_CFLAGS[arch], "-isystem", include.stdout.strip(), f"-ffile-prefix-map={SRC}=."]
     objs = []
     for source, stem, file_name, extra in UNITS:
         obj = work / f"{arch}.{stem}.o"
@@ -121,7 +103,7 @@ def build(arch: str, out: Path, work: Path) -> Path:
         run([prefix + "objcopy", f"--redefine-sym={source}={file_name}", str(obj)], cwd=SRC)
         objs.append(str(obj))
     script = work / f"{arch}.lds"
-    script.write_text(LINKER_SCRIPT.format(base=BASE[arch], ptr=4 if arch == "arm" else 8))
+    script.write_text(LINKER_SCRIPT.format(base=XEN_TEXT[arch], ptr=4 if arch == "arm" else 8))
     dest = out / arch / "xen-syms"
     dest.parent.mkdir(parents=True, exist_ok=True)
     ld = [

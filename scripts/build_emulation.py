@@ -10,6 +10,8 @@ Per architecture (x86-64, AArch64, 32-bit Arm):
 * ``emu_*.livepatch``: each emu_*.c built exactly like the fixture payloads
   (scripts/build_fixtures.py's flags), ``ld -r`` with the dependency notes.
 
+Flags and link addresses (EMULATION_TEXT): scripts/toolchain.py.
+
     scripts/build_emulation.py                  # rebuild testdata/emu/build/
     scripts/build_emulation.py --out /tmp/emu   # a fresh copy elsewhere
 """
@@ -26,10 +28,11 @@ from typing import Final
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import build_fixtures as fixtures  # the same directory
+import toolchain
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 EMU: Final = ROOT / "testdata" / "emu"
-ARCHES: Final = ("x86_64", "aarch64", "arm")
+ARCHES: Final = toolchain.ARCHES
 PAYLOADS: Final = ("emu_hook", "emu_multi", "emu_equal", "emu_cold")
 FILE_SYMBOL: Final = "common/hv.c"
 # GCC splits hot/cold by default only on x86; ask for it everywhere (GCC
@@ -46,32 +49,13 @@ ARCH_CFLAGS: Final = {"arm": ["-mlong-calls"]}
 EXTRA: Final = {"arm": ("emu_bl",)}
 PAYLOAD_SOURCE_EXTRA: Final = {"emu_bl": "emu_cold.c"}
 
-# Where each hypervisor is linked: Xen's own link addresses on Arm. On x86-64
-# the low bits of Xen's 0xffff82d040200000: unicorn runs without paging, so
-# addresses must fit its 52-bit physical address space.
-HV_BASE: Final = {"x86_64": 0x0000_0000_4020_0000, "aarch64": 0x0000_0A00_0020_0000, "arm": 0x0020_0000}
-
-HV_FLAGS: Final = {
-    "x86_64": ["-fpic", "-fvisibility=hidden", "-mno-red-zone", "-fcf-protection=none", "-mno-sse", "-mno-mmx"],
-    "aarch64": ["-mgeneral-regs-only"],
-    "arm": ["-marm", "-march=armv7-a", "-mfloat-abi=soft", "-fno-pic", "-fno-unwind-tables"],
-}
-HV_COMMON: Final = [
-    "-O2",
-    "-ffreestanding",
-    "-fno-builtin",
-    "-fno-stack-protector",
-    "-fno-common",
-    "-fno-asynchronous-unwind-tables",
-    "-fno-ipa-icf",
-    "-nostdinc",
-]
-
 
 def build_hypervisor(arch: str, out: Path, work: Path) -> Path:
-    prefix = fixtures.PREFIX[arch]
+    prefix = toolchain.PREFIX[arch]
     obj = work / f"hv.{arch}.o"
-    fixtures.run([prefix + "gcc", *HV_COMMON, *HV_FLAGS[arch], "-c", "hv.c", "-o", str(obj)], cwd=EMU)
+    fixtures.run(
+        [prefix + "gcc", *toolchain.HV_CFLAGS, *toolchain.HV_ARCH_CFLAGS[arch], "-c", "hv.c", "-o", str(obj)], cwd=EMU
+    )
     fixtures.run([prefix + "objcopy", f"--redefine-sym=hv.c={FILE_SYMBOL}", str(obj)], cwd=EMU)
     dest = out / arch / "hv.elf"
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -83,7 +67,7 @@ def build_hypervisor(arch: str, out: Path, work: Path) -> Path:
             "--no-warn-rwx-segments",
             "-z",
             "max-page-size=0x1000",
-            f"--defsym=HV_BASE={HV_BASE[arch]:#x}",
+            f"--defsym=HV_BASE={toolchain.EMULATION_TEXT[arch]:#x}",
             "-T",
             "hv.ld",
             "-o",
@@ -96,10 +80,10 @@ def build_hypervisor(arch: str, out: Path, work: Path) -> Path:
 
 
 def build_payload(name: str, arch: str, out: Path, work: Path) -> Path:
-    prefix = fixtures.PREFIX[arch]
+    prefix = toolchain.PREFIX[arch]
     gcc = prefix + "gcc"
     include = subprocess.run([gcc, "-print-file-name=include"], capture_output=True, text=True, check=True)
-    flags = [*fixtures.COMMON, *fixtures.ARCH_FLAGS[arch], "-isystem", include.stdout.strip()]
+    flags = [*toolchain.PAYLOAD_CFLAGS, *toolchain.PAYLOAD_ARCH_CFLAGS[arch], "-isystem", include.stdout.strip()]
     flags += ["-I../include", "-I.", f"-ffile-prefix-map={EMU}=."]
     if name in PAYLOAD_SOURCE_EXTRA:
         source = PAYLOAD_SOURCE_EXTRA[name]

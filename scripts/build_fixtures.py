@@ -11,59 +11,31 @@ xen/ as Xen's CONFIG_ENFORCE_UNIQUE_SYMBOLS does, and linked with
     scripts/build_fixtures.py --out /tmp/fresh # build a fresh copy elsewhere
 
 Output is deterministic for a given toolchain (relative paths, prefix maps).
-Toolchains: gcc (x86-64), gcc-aarch64-linux-gnu, gcc-arm-linux-gnueabihf.
+Toolchains: gcc (x86-64), gcc-aarch64-linux-gnu, gcc-arm-linux-gnueabihf; the
+prefixes and flags are scripts/toolchain.py's.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import tomllib
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from toolchain import PAYLOAD_ARCH_CFLAGS, PAYLOAD_CFLAGS, PREFIX, have  # the same directory
+
 ROOT = Path(__file__).resolve().parent.parent
 TESTDATA = ROOT / "testdata"
 SRC = TESTDATA / "src"
 MANIFEST = TESTDATA / "fixtures.toml"
 
-PREFIX = {"x86_64": "x86_64-linux-gnu-", "aarch64": "aarch64-linux-gnu-", "arm": "arm-linux-gnueabihf-"}
-
-COMMON = [
-    "-O2",
-    "-ffunction-sections",
-    "-fdata-sections",
-    "-fvisibility=hidden",
-    "-fno-stack-protector",
-    "-fno-common",
-    "-fno-builtin",
-    "-nostdinc",
-    "-fno-asynchronous-unwind-tables",
-]
-# Per-architecture flags, after Xen's arch.mk / Config.mk.
-ARCH_FLAGS = {
-    "x86_64": [
-        "-fpic",
-        "-mno-red-zone",
-        "-fcf-protection=none",
-        "-fno-jump-tables",
-        "-mno-sse",
-        "-mno-mmx",
-        "-mno-sse2",
-        "-mno-3dnow",
-        "-mno-avx",
-    ],
-    # Xen's arm64 build keeps synchronous unwind tables: .eh_frame with PREL32.
-    "aarch64": ["-fpic", "-mgeneral-regs-only"],
-    "arm": ["-marm", "-march=armv7-a", "-mfloat-abi=soft", "-mno-unaligned-access", "-fno-pic", "-fno-unwind-tables"],
-}
-
 
 def toolchain_available(arch: str) -> bool:
-    return shutil.which(PREFIX[arch] + "gcc") is not None and shutil.which(PREFIX[arch] + "ld") is not None
+    return have(arch, "gcc", "ld")
 
 
 def run(cmd: list[str], cwd: Path) -> None:
@@ -101,7 +73,8 @@ def build_fixture(name: str, spec: dict[str, object], arch: str, out: Path, work
     include = subprocess.run(
         [gcc, "-print-file-name=include"], capture_output=True, text=True, check=True
     ).stdout.strip()
-    flags = COMMON + ARCH_FLAGS[arch] + ["-isystem", include, "-I../include", f"-ffile-prefix-map={SRC}=."]
+    flags = PAYLOAD_CFLAGS + PAYLOAD_ARCH_CFLAGS[arch]
+    flags += ["-isystem", include, "-I../include", f"-ffile-prefix-map={SRC}=."]
     flags += list(spec.get("cflags", []))  # type: ignore[call-overload]
     flags += list(spec.get("cflags_" + arch, []))  # type: ignore[call-overload]
     objs = []

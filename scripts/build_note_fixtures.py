@@ -37,10 +37,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from toolchain import PREFIX, have  # the same directory
+
 ROOT = Path(__file__).resolve().parent.parent
 TESTDATA = ROOT / "testdata"
 FIXTURES = TESTDATA / "build"
-PREFIX = {"x86_64": "x86_64-linux-gnu-", "aarch64": "aarch64-linux-gnu-", "arm": "arm-linux-gnueabihf-"}
 DEPENDS = (".livepatch.depends", ".livepatch.xen_depends")
 PAD_SECTION = ".rodata.lp_tail"
 SIGNATURE_SECTION = ".note.Xen.signature"
@@ -56,7 +58,7 @@ PAYLOADS = (
 
 
 def toolchain_available(arch: str) -> bool:
-    return shutil.which(PREFIX[arch] + "objcopy") is not None
+    return have(arch, "objcopy")
 
 
 def objcopy(arch: str, *args: str) -> None:

@@ -58,7 +58,6 @@ so the tests compare two independent answers.
 from __future__ import annotations
 
 import argparse
-import shutil
 import struct
 import subprocess
 import sys
@@ -73,14 +72,15 @@ from lp_rewrite.elf.writer import serialize
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 try:
-    import build_fixtures  # the same compilers and flags as the fixtures
+    import build_fixtures
+    import toolchain  # the same compilers and flags as the fixtures
 finally:
     sys.path.pop(0)
 
 LPBUILD = ROOT / "testdata" / "lpbuild"
-PREFIX = build_fixtures.PREFIX
+PREFIX = toolchain.PREFIX
 # Where the hypervisor is linked: Xen's own text addresses.
-XEN_BASE = {"x86_64": 0xFFFF82D040200000, "aarch64": 0x00200000, "arm": 0x00200000}
+XEN_BASE = toolchain.LPBUILD_XEN_TEXT
 # create-diff-object refuses a function smaller than the patch instruction.
 PATCH_INSN_SIZE = {"x86_64": 5, "aarch64": 4, "arm": 4}
 HOOK_PREFIXES = tuple(
@@ -115,9 +115,7 @@ def run(cmd: list[str], cwd: Path | None = None) -> str:
 
 
 def toolchain_available(arch: str) -> bool:
-    return build_fixtures.toolchain_available(arch) and all(
-        shutil.which(PREFIX[arch] + tool) for tool in ("objcopy", "strip", "objdump")
-    )
+    return build_fixtures.toolchain_available(arch) and toolchain.have(arch, "objcopy", "strip", "objdump")
 
 
 # -- xen-syms lookups, after livepatch-build-tools' lookup.c -------------------
@@ -186,15 +184,11 @@ class XenSymsLookup:
 # -- building ---------------------------------------------------------------
 
 
-# Xen's CONFIG_XEN_IBT (x86's default): only cf_check functions get an ENDBR64.
-IBT_FLAGS = {"x86_64": ["-fcf-protection=branch", "-mmanual-endbr"]}
-
-
 def compile_object(arch: str, src: str, obj: Path, file_name: str, extra: Iterable[str] = ()) -> Path:
     """Compile like build_fixtures (Xen's flags, with CET-IBT on x86), then name the FILE symbol as Xen does."""
     gcc = PREFIX[arch] + "gcc"
     include = run([gcc, "-print-file-name=include"]).strip()
-    flags = build_fixtures.COMMON + build_fixtures.ARCH_FLAGS[arch] + IBT_FLAGS.get(arch, [])
+    flags = toolchain.PAYLOAD_CFLAGS + toolchain.PAYLOAD_ARCH_CFLAGS[arch] + toolchain.IBT_CFLAGS.get(arch, [])
     flags += ["-isystem", include, "-I../include", "-I.", f"-ffile-prefix-map={LPBUILD}=.", *extra]
     obj.parent.mkdir(parents=True, exist_ok=True)
     run([gcc, *flags, "-c", src, "-o", str(obj)], cwd=LPBUILD)

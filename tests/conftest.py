@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -25,10 +24,17 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# scripts/ (the build scripts' toolchain facts, the fuzzer's package) is importable by the tests;
+# appended, so that nothing there shadows an installed module.
+if str(ROOT / "scripts") not in sys.path:
+    sys.path.append(str(ROOT / "scripts"))
+
+import toolchain  # noqa: E402 - scripts/toolchain.py, importable from here on
+
 TESTDATA = ROOT / "testdata"
 COMMITTED = TESTDATA / "build"
-ARCHES = ("x86_64", "aarch64", "arm")
-BINUTILS = {"x86_64": "x86_64-linux-gnu-", "aarch64": "aarch64-linux-gnu-", "arm": "arm-linux-gnueabihf-"}
+ARCHES = toolchain.ARCHES
+BINUTILS = toolchain.PREFIX
 FIXTURE_SETS = ("committed", "fresh")
 
 
@@ -76,7 +82,7 @@ def case_params(**kw: Any) -> list[Any]:
 
 
 def have_binutils(arch: str) -> bool:
-    return shutil.which(BINUTILS[arch] + "readelf") is not None and shutil.which(BINUTILS[arch] + "ld") is not None
+    return toolchain.have(arch, "readelf", "ld")
 
 
 def load_script(name: str) -> ModuleType:
