@@ -3,7 +3,7 @@
 A relocation is retargeted to the original function when its **effective
 target** is exactly a replacement's entry point and it lives in a section
 that must not keep pointing at the new code. The effective target is
-``S + A + bias`` (see :meth:`lp_rewrite.arch.Arch.target_bias`), taken in the
+``S + A + bias`` (the bias of :meth:`lp_rewrite.arch.Arch.classify`), taken in the
 symbol's section, so function symbols, GCC's ``.localalias`` and friends and
 section symbols plus addend are all handled by the same comparison. A
 reference *into* a body (``.fixup``/``.cold`` jump-backs, jump tables, labels)
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import ClassVar
 
-from lp_rewrite.arch import Use
+from lp_rewrite.arch import Kind
 from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.file import RelocTable
 from lp_rewrite.errors import InputError
@@ -230,7 +230,7 @@ def _decide_entries(
     elf, arch = payload.elf, payload.arch
     syms = elf.symbols
     shndx, values, extended = syms.shndx, syms.value, syms.extended
-    types = arch.types
+    types, classify = arch.types, arch.classify
     ridx = table.section.index
     sec = elf.sections[table.target]
     alloc = sec.alloc
@@ -253,16 +253,19 @@ def _decide_entries(
             addend = 0
         bias = 0
         if known and alloc:
-            if sym in interesting:
-                bias = arch.target_bias(rtype, sec, data, offset)
-            else:
-                bias = _display_bias(payload, rtype, sec.index, offset)
+            reloc = classify(rtype, sec, data, offset)
+            assert reloc is not None  # a type Xen applies
+            if reloc.note:
+                if sym in interesting:
+                    raise InputError(reloc.note)  # a reference that may need retargeting: refused
+            else:  # else only displayed: no bias
+                bias = reloc.bias
         s = shndx[sym]
         tsec: int | None = s if (C.SHN_UNDEF < s < C.SHN_LORESERVE or sym in extended) else None
         toff = values[sym] + addend + bias if tsec is not None else None
         rep_index: int | None = None
         reason = Reason.KEEP_NOT_REPLACED
-        if rt is not None and rt.use is Use.NONE:
+        if rt is not None and rt.kind is Kind.NONE:
             reason = Reason.KEEP_NO_EFFECT
         elif not alloc:
             reason = Reason.KEEP_NON_ALLOC
@@ -286,12 +289,3 @@ def _decide_entries(
                     reason = Reason.KEEP_BODY
         out.append(Decision(ridx, i, sec.index, offset, rtype, sym, addend, bias, tsec, toff, rep_index, reason))
     return made
-
-
-def _display_bias(payload: Payload, rtype: int, section: int, offset: int) -> int:
-    """Bias of a relocation nothing depends on: best effort, for display only."""
-    sec = payload.elf.sections[section]
-    try:
-        return payload.arch.target_bias(rtype, sec, payload.elf.section_data(section), offset)
-    except InputError:
-        return 0

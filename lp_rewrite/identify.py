@@ -23,7 +23,7 @@ from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from lp_rewrite.arch import Use
+from lp_rewrite.arch import Kind
 from lp_rewrite.elf.file import Section
 from lp_rewrite.errors import InputError
 from lp_rewrite.payload import (
@@ -97,7 +97,7 @@ def _field_relocations(payload: Payload, funcs: Section) -> dict[int, FieldReloc
         table = elf.relocations(idx)
         for i in range(table.count):
             off, rtype, sym = table.offsets[i], table.types[i], table.syms[i]
-            if rtype in arch.types and arch.types[rtype].use is Use.NONE:
+            if rtype in arch.types and arch.types[rtype].kind is Kind.NONE:
                 continue  # writes nothing: Xen reads the field's own bytes
             addend = table.addends[i] if table.addends is not None else arch.implicit_addend(rtype, data, off)
             if off in out:

@@ -160,7 +160,6 @@ def test_lp002_through_capstone_when_the_fast_decoder_declines(monkeypatch: pyte
     """The same findings when every rel32 site goes to capstone, and capstone really decodes them."""
     import lp_rewrite.arch.x86_64 as x86_64
     import lp_rewrite.arch.x86_insn as x86_insn
-    import lp_rewrite.check.context as context
 
     src = COMMITTED / "x86_64" / "payload_only.livepatch"
     fast = {(f.section, f.offset, f.symbol) for f in by_rule(check_payload(src), "LP002")}
@@ -173,7 +172,7 @@ def test_lp002_through_capstone_when_the_fast_decoder_declines(monkeypatch: pyte
         seen.append((field, site.form.value))
         return site
 
-    for module in (x86_insn, x86_64, context):
+    for module in (x86_insn, x86_64):
         monkeypatch.setattr(module, "fast_rel32" if module is not x86_insn else "_fast", lambda code, field: None)
     monkeypatch.setattr(x86_insn, "_capstone", spy)
     slow = {(f.section, f.offset, f.symbol) for f in by_rule(check_payload(src), "LP002")}

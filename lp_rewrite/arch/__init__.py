@@ -5,9 +5,16 @@ lld's ``ELF/Arch/*``. Each module states, for its architecture only:
 
 * which relocation types Xen's loader applies (anything else is refused),
 * how a REL place stores its implicit addend, and how to write a new one,
-* the *bias* from ``S + A`` to the address a relocated field actually
+* what a relocation *is* at its place (:meth:`Arch.classify`, as lld's
+  ``TargetInfo::getRelExpr``): an absolute pointer, a PC-relative offset, a
+  call or jump, an address materialised in a register (whole, or the page
+  or high piece of a pair), a memory access, or nothing; its width and
+  reach; and the *bias* from ``S + A`` to the address the field actually
   designates (the "effective target" the rewriter compares with a
-  replacement's entry point),
+  replacement's entry point). The rewrite (``decide``), the gate
+  (``check``) and the loader model all read this one classification,
+  and no module outside ``arch/`` names a relocation type,
+* why Xen refuses the types it does not apply, and how to build without them,
 * how Xen computes and range-checks each type (for the Xen-semantics loader),
 * which places Xen applies, but not as the type's ELF definition says
   (:meth:`Arch.misapplied`): the payload loads, with a wrong value.
@@ -19,8 +26,9 @@ import enum
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Set
+from functools import cached_property
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.file import ElfFile, Section
@@ -28,25 +36,64 @@ from lp_rewrite.errors import InputError
 from lp_rewrite.payload import LIVEPATCH_OPAQUE_SIZE
 
 
-class Use(enum.Enum):
-    """What a relocated field does with the address it receives."""
+class Kind(enum.Enum):
+    """What a relocated field is: what the code or data does with the address it designates."""
 
-    DATA = "data"  # an address (or offset) stored as data
-    BRANCH = "branch"  # a direct call or jump
-    ADDRESS = "address"  # code that materialises an address in a register
-    MEMORY = "memory"  # code that loads or stores at the address
-    CODE_REF = "code-ref"  # a PC-relative code field whose use needs decoding (x86 rel32)
-    NONE = "none"  # no effect (R_*_NONE)
+    NONE = "none"  # writes nothing (R_*_NONE)
+    POINTER = "pointer"  # an absolute address stored as data (a pointer, a literal pool)
+    OFFSET = "offset"  # a PC-relative data word: an offset from its place, meaningless elsewhere
+    CALL = "call"  # a direct call or jump: control goes there, nothing is kept
+    ADDRESS = "address"  # code that materialises the whole address in a register (lea, adr, add :lo12:, movw)
+    PAGE = "page"  # the page or high piece of a page/low-bits pair (adrp, movt): its partner completes it
+    MEMORY = "memory"  # code that reads or writes memory at the address (ldr :lo12:, x86 memory operands)
 
 
 class RelocType(NamedTuple):
+    """A type Xen's loader applies on one target, as its arch module states it."""
+
     code: int
     name: str
-    use: Use
+    # What the field is wherever it sits; x86 rel32 in code is refined by decoding (Arch.classify).
+    kind: Kind
     width: int  # bytes of the place the loader reads/writes
     # How far from its place a PC-relative field can designate (bytes, either
     # way); None when it holds an address, or a piece that others complete.
     reach: int | None = None
+    bias: int = 0  # bytes from S + A to the address designated, when the type alone says (Arm B/BL: 8)
+
+
+class Classification(NamedTuple):
+    """One relocation at its place, classified (:meth:`Arch.classify`; lld's ``RelExpr``)."""
+
+    type: RelocType
+    kind: Kind
+    # Bytes from ``S + A`` to the address the field designates: x86-64 rel32 in
+    # code is relative to the end of its instruction, Arm B/BL read PC as the
+    # instruction plus 8; everything else designates ``S + A``.
+    bias: int
+    # Why the place could not be decoded; ``kind`` and ``bias`` are then the
+    # worst case (an address), and the rewrite refuses to rely on them.
+    note: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.type.name
+
+    @property
+    def width(self) -> int:
+        return self.type.width
+
+    @property
+    def reach(self) -> int | None:
+        return self.type.reach
+
+
+# Build hints for the types an architecture refuses (Arch.refusal_hint()).
+GOT_HINT: Final = (
+    "a GOT reference: the symbol has default visibility; build with -fvisibility=hidden or "
+    "#pragma GCC visibility push(hidden), as Xen does, so that -fpic code reaches it PC-relative"
+)
+DEFAULT_HINT: Final = "rebuild with the flags Xen uses for its own code"
 
 
 class AddressSite(NamedTuple):
@@ -85,14 +132,41 @@ class Arch(ABC):
     # x86-64 does; the AArch64 and Arm back ends fail with "undefined
     # reference" (tests/test_local_aliases.py shows both).
     ld_r_keeps_undefined_locals: bool = False
-    # Names of common types Xen does *not* apply, for readable refusals.
-    other_type_names: Mapping[int, str] = MappingProxyType({})
+    # Common types Xen does *not* apply: (name, what it is and how to build
+    # without it), for readable refusals (LP003).
+    other_types: Mapping[int, tuple[str, str]] = MappingProxyType({})
 
     def type_name(self, code: int) -> str:
         t = self.types.get(code)
         if t is not None:
             return t.name
-        return self.other_type_names.get(code, f"type {code}")
+        other = self.other_types.get(code)
+        return other[0] if other is not None else f"type {code}"
+
+    def refusal_hint(self, code: int) -> str:
+        """What a type Xen refuses here is there for, and what to build differently."""
+        other = self.other_types.get(code)
+        return other[1] if other is not None else DEFAULT_HINT
+
+    def place_width(self, code: int) -> int:
+        """Bytes of the place a type reads and writes (a word when the type does not say, or is unknown)."""
+        t = self.types.get(code)
+        return t.width if t is not None and t.width else 4
+
+    @cached_property
+    def _plain(self) -> dict[int, Classification]:
+        return {code: Classification(t, t.kind, t.bias) for code, t in self.types.items()}
+
+    def classify(self, rtype: int, section: Section, data: memoryview, offset: int) -> Classification | None:
+        """What relocation type ``rtype`` is at ``offset`` of ``section`` (``data``): lld's ``getRelExpr``.
+
+        None when Xen's loader does not apply the type on this target (the
+        payload is refused: LP003, and ``rewrite`` refuses it). Most types say
+        everything themselves; x86-64 decodes the instruction that holds a
+        rel32 field in code. A place that cannot be decoded is classified as
+        the worst case, with a ``note`` saying why.
+        """
+        return self._plain.get(rtype)
 
     def check_header(self, elf: ElfFile) -> None:
         """Raise InputError unless Xen would accept this object's header."""
@@ -212,16 +286,6 @@ class Arch(ABC):
         which is harmless.
         """
         return iter(())
-
-    @abstractmethod
-    def target_bias(self, rtype: int, section: Section, data: memoryview, offset: int) -> int:
-        """Bytes from ``S + A`` to the address the field designates.
-
-        For most types it is 0. x86-64 rel32 in code is relative to the end
-        of the instruction, so ``S + A`` lies that far before the target;
-        arm32 branches read PC as the instruction address plus 8.
-        Raises InputError when the place cannot be interpreted.
-        """
 
     @abstractmethod
     def relocate(self, rtype: int, place: bytearray, offset: int, s: int, a: int, p: int) -> None:

@@ -16,9 +16,8 @@ from collections.abc import Callable, Iterator, Mapping, Set
 from types import MappingProxyType
 from typing import Final, NamedTuple
 
-from lp_rewrite.arch import AddressSite, Arch, LoadError, RelocType, Use, sign_extend
+from lp_rewrite.arch import DEFAULT_HINT, GOT_HINT, AddressSite, Arch, Kind, LoadError, RelocType, sign_extend
 from lp_rewrite.elf import consts as C
-from lp_rewrite.elf.file import Section
 
 _M64 = (1 << 64) - 1
 
@@ -67,45 +66,47 @@ class Insn(NamedTuple):
 
 How = Data | Movw | Insn
 
-# name -> (code, use, how Xen applies it)
-_SPEC: Final[dict[str, tuple[int, Use, How]]] = {
-    "ABS64": (257, Use.DATA, Data(Op.ABS, 64, False)),
-    "ABS32": (258, Use.DATA, Data(Op.ABS, 32, True)),
-    "ABS16": (259, Use.DATA, Data(Op.ABS, 16, True)),
-    "PREL64": (260, Use.DATA, Data(Op.PREL, 64, False)),
-    "PREL32": (261, Use.DATA, Data(Op.PREL, 32, True)),
-    "PREL16": (262, Use.DATA, Data(Op.PREL, 16, True)),
-    "MOVW_UABS_G0": (263, Use.ADDRESS, Movw(Op.ABS, 0, False, True)),
-    "MOVW_UABS_G0_NC": (264, Use.ADDRESS, Movw(Op.ABS, 0, False, False)),
-    "MOVW_UABS_G1": (265, Use.ADDRESS, Movw(Op.ABS, 16, False, True)),
-    "MOVW_UABS_G1_NC": (266, Use.ADDRESS, Movw(Op.ABS, 16, False, False)),
-    "MOVW_UABS_G2": (267, Use.ADDRESS, Movw(Op.ABS, 32, False, True)),
-    "MOVW_UABS_G2_NC": (268, Use.ADDRESS, Movw(Op.ABS, 32, False, False)),
-    "MOVW_UABS_G3": (269, Use.ADDRESS, Movw(Op.ABS, 48, False, False)),
-    "MOVW_SABS_G0": (270, Use.ADDRESS, Movw(Op.ABS, 0, True, True)),
-    "MOVW_SABS_G1": (271, Use.ADDRESS, Movw(Op.ABS, 16, True, True)),
-    "MOVW_SABS_G2": (272, Use.ADDRESS, Movw(Op.ABS, 32, True, True)),
-    "ADR_PREL_LO21": (274, Use.ADDRESS, Insn(Op.PREL, 0, 21, Imm.ADR, True)),
-    "ADR_PREL_PG_HI21": (275, Use.ADDRESS, Insn(Op.PAGE, 12, 21, Imm.ADR, True)),
-    "ADR_PREL_PG_HI21_NC": (276, Use.ADDRESS, Insn(Op.PAGE, 12, 21, Imm.ADR, False)),
-    "ADD_ABS_LO12_NC": (277, Use.ADDRESS, Insn(Op.ABS, 0, 12, Imm.IMM_12, False)),
-    "LDST8_ABS_LO12_NC": (278, Use.MEMORY, Insn(Op.ABS, 0, 12, Imm.IMM_12, False)),
+# name -> (code, what it is, how Xen applies it). The pieces of an address that
+# a later instruction completes (ADRP, MOVW G1..G3) are PAGE: the completing
+# piece (ADD, G0, a load) says what the code does with the address.
+_SPEC: Final[dict[str, tuple[int, Kind, How]]] = {
+    "ABS64": (257, Kind.POINTER, Data(Op.ABS, 64, False)),
+    "ABS32": (258, Kind.POINTER, Data(Op.ABS, 32, True)),
+    "ABS16": (259, Kind.POINTER, Data(Op.ABS, 16, True)),
+    "PREL64": (260, Kind.OFFSET, Data(Op.PREL, 64, False)),
+    "PREL32": (261, Kind.OFFSET, Data(Op.PREL, 32, True)),
+    "PREL16": (262, Kind.OFFSET, Data(Op.PREL, 16, True)),
+    "MOVW_UABS_G0": (263, Kind.ADDRESS, Movw(Op.ABS, 0, False, True)),
+    "MOVW_UABS_G0_NC": (264, Kind.ADDRESS, Movw(Op.ABS, 0, False, False)),
+    "MOVW_UABS_G1": (265, Kind.PAGE, Movw(Op.ABS, 16, False, True)),
+    "MOVW_UABS_G1_NC": (266, Kind.PAGE, Movw(Op.ABS, 16, False, False)),
+    "MOVW_UABS_G2": (267, Kind.PAGE, Movw(Op.ABS, 32, False, True)),
+    "MOVW_UABS_G2_NC": (268, Kind.PAGE, Movw(Op.ABS, 32, False, False)),
+    "MOVW_UABS_G3": (269, Kind.PAGE, Movw(Op.ABS, 48, False, False)),
+    "MOVW_SABS_G0": (270, Kind.ADDRESS, Movw(Op.ABS, 0, True, True)),
+    "MOVW_SABS_G1": (271, Kind.PAGE, Movw(Op.ABS, 16, True, True)),
+    "MOVW_SABS_G2": (272, Kind.PAGE, Movw(Op.ABS, 32, True, True)),
+    "ADR_PREL_LO21": (274, Kind.ADDRESS, Insn(Op.PREL, 0, 21, Imm.ADR, True)),
+    "ADR_PREL_PG_HI21": (275, Kind.PAGE, Insn(Op.PAGE, 12, 21, Imm.ADR, True)),
+    "ADR_PREL_PG_HI21_NC": (276, Kind.PAGE, Insn(Op.PAGE, 12, 21, Imm.ADR, False)),
+    "ADD_ABS_LO12_NC": (277, Kind.ADDRESS, Insn(Op.ABS, 0, 12, Imm.IMM_12, False)),
+    "LDST8_ABS_LO12_NC": (278, Kind.MEMORY, Insn(Op.ABS, 0, 12, Imm.IMM_12, False)),
     # Xen passes len 19 for TSTBR14 (Linux uses 14); the field is still 14 bits.
-    "TSTBR14": (279, Use.BRANCH, Insn(Op.PREL, 2, 19, Imm.IMM_14, True)),
-    "CONDBR19": (280, Use.BRANCH, Insn(Op.PREL, 2, 19, Imm.IMM_19, True)),
-    "JUMP26": (282, Use.BRANCH, Insn(Op.PREL, 2, 26, Imm.IMM_26, True)),
-    "CALL26": (283, Use.BRANCH, Insn(Op.PREL, 2, 26, Imm.IMM_26, True)),
-    "LDST16_ABS_LO12_NC": (284, Use.MEMORY, Insn(Op.ABS, 1, 11, Imm.IMM_12, False)),
-    "LDST32_ABS_LO12_NC": (285, Use.MEMORY, Insn(Op.ABS, 2, 10, Imm.IMM_12, False)),
-    "LDST64_ABS_LO12_NC": (286, Use.MEMORY, Insn(Op.ABS, 3, 9, Imm.IMM_12, False)),
-    "MOVW_PREL_G0": (287, Use.ADDRESS, Movw(Op.PREL, 0, True, True)),
-    "MOVW_PREL_G0_NC": (288, Use.ADDRESS, Movw(Op.PREL, 0, False, False)),
-    "MOVW_PREL_G1": (289, Use.ADDRESS, Movw(Op.PREL, 16, True, True)),
-    "MOVW_PREL_G1_NC": (290, Use.ADDRESS, Movw(Op.PREL, 16, False, False)),
-    "MOVW_PREL_G2": (291, Use.ADDRESS, Movw(Op.PREL, 32, True, True)),
-    "MOVW_PREL_G2_NC": (292, Use.ADDRESS, Movw(Op.PREL, 32, False, False)),
-    "MOVW_PREL_G3": (293, Use.ADDRESS, Movw(Op.PREL, 48, True, False)),
-    "LDST128_ABS_LO12_NC": (299, Use.MEMORY, Insn(Op.ABS, 4, 8, Imm.IMM_12, False)),
+    "TSTBR14": (279, Kind.CALL, Insn(Op.PREL, 2, 19, Imm.IMM_14, True)),
+    "CONDBR19": (280, Kind.CALL, Insn(Op.PREL, 2, 19, Imm.IMM_19, True)),
+    "JUMP26": (282, Kind.CALL, Insn(Op.PREL, 2, 26, Imm.IMM_26, True)),
+    "CALL26": (283, Kind.CALL, Insn(Op.PREL, 2, 26, Imm.IMM_26, True)),
+    "LDST16_ABS_LO12_NC": (284, Kind.MEMORY, Insn(Op.ABS, 1, 11, Imm.IMM_12, False)),
+    "LDST32_ABS_LO12_NC": (285, Kind.MEMORY, Insn(Op.ABS, 2, 10, Imm.IMM_12, False)),
+    "LDST64_ABS_LO12_NC": (286, Kind.MEMORY, Insn(Op.ABS, 3, 9, Imm.IMM_12, False)),
+    "MOVW_PREL_G0": (287, Kind.ADDRESS, Movw(Op.PREL, 0, True, True)),
+    "MOVW_PREL_G0_NC": (288, Kind.ADDRESS, Movw(Op.PREL, 0, False, False)),
+    "MOVW_PREL_G1": (289, Kind.PAGE, Movw(Op.PREL, 16, True, True)),
+    "MOVW_PREL_G1_NC": (290, Kind.PAGE, Movw(Op.PREL, 16, False, False)),
+    "MOVW_PREL_G2": (291, Kind.PAGE, Movw(Op.PREL, 32, True, True)),
+    "MOVW_PREL_G2_NC": (292, Kind.PAGE, Movw(Op.PREL, 32, False, False)),
+    "MOVW_PREL_G3": (293, Kind.PAGE, Movw(Op.PREL, 48, True, False)),
+    "LDST128_ABS_LO12_NC": (299, Kind.MEMORY, Insn(Op.ABS, 4, 8, Imm.IMM_12, False)),
 }
 
 # Bits of each instruction immediate field (ADR: immhi:immlo).
@@ -125,10 +126,12 @@ def _reach(how: How) -> int | None:
 
 
 _TYPES: Final = {
-    code: RelocType(code, "R_AARCH64_" + name, use, 8 if isinstance(how, Data) and how.bits == 64 else 4, _reach(how))
-    for name, (code, use, how) in _SPEC.items()
+    code: RelocType(code, "R_AARCH64_" + name, kind, 8 if isinstance(how, Data) and how.bits == 64 else 4, _reach(how))
+    for name, (code, kind, how) in _SPEC.items()
 }
-_HOW: Final[dict[int, How]] = {code: how for code, _use, how in _SPEC.values()}
+_HOW: Final[dict[int, How]] = {code: how for code, _kind, how in _SPEC.values()}
+
+_NONE: Final = "an R_*_NONE entry, which Xen's AArch64 loader does not accept: rebuild without it"
 
 _U32 = struct.Struct("<I")
 # ADR: bit 31 = 0, bits 28-24 = 10000 -> top byte & 0x9F == 0x10.
@@ -170,22 +173,19 @@ class AArch64(Arch):
     # From Xen's source (SCTLR_EL2_SET includes SCTLR_Axx_ELx_A in 4.17 and later, and
     # Xen is not built with -mstrict-align); not yet seen on a real hypervisor.
     alignment_checking = "arm64 Xen runs with alignment checking on (SCTLR_EL2.A)"
-    other_type_names: Mapping[int, str] = MappingProxyType(
+    other_types: Mapping[int, tuple[str, str]] = MappingProxyType(
         {
-            0: "R_AARCH64_NONE",
-            256: "R_AARCH64_NONE",
-            273: "R_AARCH64_LD_PREL_LO19",
-            311: "R_AARCH64_ADR_GOT_PAGE",
-            312: "R_AARCH64_LD64_GOT_LO12_NC",
-            313: "R_AARCH64_LD64_GOTPAGE_LO15",  # GCC -fpic, default-visibility data
+            0: ("R_AARCH64_NONE", _NONE),
+            256: ("R_AARCH64_NONE", _NONE),
+            273: ("R_AARCH64_LD_PREL_LO19", DEFAULT_HINT),
+            311: ("R_AARCH64_ADR_GOT_PAGE", GOT_HINT),
+            312: ("R_AARCH64_LD64_GOT_LO12_NC", GOT_HINT),
+            313: ("R_AARCH64_LD64_GOTPAGE_LO15", GOT_HINT),  # GCC -fpic, default-visibility data
         }
     )
 
     rel_type_refusal = "SHT_REL relocations fail with -ENOSYS on arm64 (Xen logs nothing)"
     out_of_reach_fix = "take the address with adrp+add (GCC's default code model), not adr"
-
-    def target_bias(self, rtype: int, section: Section, data: memoryview, offset: int) -> int:
-        return 0
 
     def address_computations(
         self, data: bytes, targets: Set[int], in_data: Callable[[int], bool], decode_from: Callable[[int], int]

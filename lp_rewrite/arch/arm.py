@@ -21,9 +21,9 @@ from collections.abc import Callable, Iterator, Mapping, Set
 from types import MappingProxyType
 from typing import Final
 
-from lp_rewrite.arch import AddressSite, Arch, LoadError, RelocType, Use, sign_extend
+from lp_rewrite.arch import DEFAULT_HINT, GOT_HINT, AddressSite, Arch, Kind, LoadError, RelocType, sign_extend
 from lp_rewrite.elf import consts as C
-from lp_rewrite.elf.file import ElfFile, Section
+from lp_rewrite.elf.file import ElfFile
 from lp_rewrite.errors import InputError
 
 R_ARM_NONE: Final = 0
@@ -38,13 +38,15 @@ _RANGE: Final = 32 << 20  # ARCH_LIVEPATCH_RANGE: +-32 MiB for B/BL (imm24 words
 _TYPES: Final = {
     t.code: t
     for t in (
-        RelocType(R_ARM_NONE, "R_ARM_NONE", Use.NONE, 0),
-        RelocType(R_ARM_ABS32, "R_ARM_ABS32", Use.DATA, 4),
-        RelocType(R_ARM_REL32, "R_ARM_REL32", Use.DATA, 4, 1 << 31),
-        RelocType(R_ARM_CALL, "R_ARM_CALL", Use.BRANCH, 4, _RANGE),
-        RelocType(R_ARM_JUMP24, "R_ARM_JUMP24", Use.BRANCH, 4, _RANGE),
-        RelocType(R_ARM_MOVW_ABS_NC, "R_ARM_MOVW_ABS_NC", Use.ADDRESS, 4),
-        RelocType(R_ARM_MOVT_ABS, "R_ARM_MOVT_ABS", Use.ADDRESS, 4),
+        RelocType(R_ARM_NONE, "R_ARM_NONE", Kind.NONE, 0),
+        RelocType(R_ARM_ABS32, "R_ARM_ABS32", Kind.POINTER, 4),
+        RelocType(R_ARM_REL32, "R_ARM_REL32", Kind.OFFSET, 4, 1 << 31),
+        # B/BL read PC as the instruction's address plus 8: bias 8.
+        RelocType(R_ARM_CALL, "R_ARM_CALL", Kind.CALL, 4, _RANGE, 8),
+        RelocType(R_ARM_JUMP24, "R_ARM_JUMP24", Kind.CALL, 4, _RANGE, 8),
+        # movw+movt: MOVW's low half completes the address MOVT's high half starts.
+        RelocType(R_ARM_MOVW_ABS_NC, "R_ARM_MOVW_ABS_NC", Kind.ADDRESS, 4),
+        RelocType(R_ARM_MOVT_ABS, "R_ARM_MOVT_ABS", Kind.PAGE, 4),
     )
 }
 _BRANCHES: Final = frozenset([R_ARM_CALL, R_ARM_JUMP24])
@@ -54,6 +56,8 @@ _WORDS: Final = frozenset([R_ARM_ABS32, R_ARM_REL32])
 # OR-ing its result in: imm4:imm12 of MOVW/MOVT, imm24 of B/BL.
 _MOVE_IMM: Final = 0x000F0FFF
 _BRANCH_IMM: Final = 0x00FFFFFF
+
+_THUMB: Final = "Thumb code: build the payload with -marm"
 
 _U32 = struct.Struct("<I")
 # ADD/SUB (immediate) with Rn = pc (adr): byte 2 is 0x8F/0x9F (ADD) or 0x4F/0x5F (SUB), byte 3 is cond:0010.
@@ -74,18 +78,18 @@ class Arm(Arch):
     hypervisor_base = 0x0020_0000
     pointer_type = R_ARM_ABS32
     patch_insn_size = 4  # one B instruction
-    other_type_names: Mapping[int, str] = MappingProxyType(
+    other_types: Mapping[int, tuple[str, str]] = MappingProxyType(
         {
-            1: "R_ARM_PC24",
-            10: "R_ARM_THM_CALL",
-            26: "R_ARM_GOT_BREL",
-            30: "R_ARM_THM_JUMP24",
-            40: "R_ARM_V4BX",
-            42: "R_ARM_PREL31",
-            45: "R_ARM_MOVW_PREL_NC",
-            46: "R_ARM_MOVT_PREL",
-            47: "R_ARM_THM_MOVW_ABS_NC",
-            48: "R_ARM_THM_MOVT_ABS",
+            1: ("R_ARM_PC24", DEFAULT_HINT),
+            10: ("R_ARM_THM_CALL", _THUMB),
+            26: ("R_ARM_GOT_BREL", GOT_HINT),
+            30: ("R_ARM_THM_JUMP24", _THUMB),
+            40: ("R_ARM_V4BX", DEFAULT_HINT),
+            42: ("R_ARM_PREL31", "an unwind-table entry: build with -fno-unwind-tables"),
+            45: ("R_ARM_MOVW_PREL_NC", DEFAULT_HINT),
+            46: ("R_ARM_MOVT_PREL", DEFAULT_HINT),
+            47: ("R_ARM_THM_MOVW_ABS_NC", _THUMB),
+            48: ("R_ARM_THM_MOVT_ABS", _THUMB),
         }
     )
 
@@ -164,9 +168,6 @@ class Arm(Arch):
                     "only for a non-zero addend, and would OR its result into the stale bits"
                 )
         return None
-
-    def target_bias(self, rtype: int, section: Section, data: memoryview, offset: int) -> int:
-        return 8 if rtype in _BRANCHES else 0
 
     def address_computations(
         self, data: bytes, targets: Set[int], in_data: Callable[[int], bool], decode_from: Callable[[int], int]

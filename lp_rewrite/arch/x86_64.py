@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator, Mapping, Set
 from types import MappingProxyType
 from typing import Any, Final
 
-from lp_rewrite.arch import AddressSite, Arch, LoadError, RelocType, Use
-from lp_rewrite.arch.x86_insn import decode_rel32, fast_rel32
+from lp_rewrite.arch import GOT_HINT, AddressSite, Arch, Classification, Kind, LoadError, RelocType
+from lp_rewrite.arch.x86_insn import Form, decode_rel32, fast_rel32
 from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.file import ElfFile, Section
 from lp_rewrite.errors import InputError
@@ -29,12 +29,18 @@ R_X86_64_PLT32: Final = 4
 _TYPES: Final = {
     t.code: t
     for t in (
-        RelocType(R_X86_64_NONE, "R_X86_64_NONE", Use.NONE, 0),
-        RelocType(R_X86_64_64, "R_X86_64_64", Use.DATA, 8),
-        RelocType(R_X86_64_PC32, "R_X86_64_PC32", Use.CODE_REF, 4, 1 << 31),
-        RelocType(R_X86_64_PLT32, "R_X86_64_PLT32", Use.CODE_REF, 4, 1 << 31),
+        RelocType(R_X86_64_NONE, "R_X86_64_NONE", Kind.NONE, 0),
+        RelocType(R_X86_64_64, "R_X86_64_64", Kind.POINTER, 8),
+        # An offset in data; in code, the instruction that holds it says (X86_64.classify).
+        RelocType(R_X86_64_PC32, "R_X86_64_PC32", Kind.OFFSET, 4, 1 << 31),
+        RelocType(R_X86_64_PLT32, "R_X86_64_PLT32", Kind.OFFSET, 4, 1 << 31),
     )
 }
+_REL32: Final = frozenset([R_X86_64_PC32, R_X86_64_PLT32])
+_FORM_KIND: Final = {Form.CALL: Kind.CALL, Form.JUMP: Kind.CALL, Form.LEA: Kind.ADDRESS, Form.MEMORY: Kind.MEMORY}
+_NARROW: Final = "a narrow absolute address: build with -fpic"
+_PC: Final = "a narrow or 64-bit PC-relative field Xen does not apply"
+_ABS32: Final = "a 32-bit absolute address (-fno-pic / -mcmodel=kernel): build with -fpic"
 
 _S32 = struct.Struct("<i")
 _U64 = struct.Struct("<Q")
@@ -52,19 +58,19 @@ class X86_64(Arch):
     pointer_type = R_X86_64_64
     patch_insn_size = 5  # jmp rel32; +4 when the original starts with ENDBR64
     ld_r_keeps_undefined_locals = True
-    other_type_names: Mapping[int, str] = MappingProxyType(
+    other_types: Mapping[int, tuple[str, str]] = MappingProxyType(
         {
-            3: "R_X86_64_GOT32",
-            9: "R_X86_64_GOTPCREL",
-            10: "R_X86_64_32",
-            11: "R_X86_64_32S",
-            12: "R_X86_64_16",
-            13: "R_X86_64_PC16",
-            14: "R_X86_64_8",
-            15: "R_X86_64_PC8",
-            24: "R_X86_64_PC64",
-            41: "R_X86_64_GOTPCRELX",
-            42: "R_X86_64_REX_GOTPCRELX",
+            3: ("R_X86_64_GOT32", GOT_HINT),
+            9: ("R_X86_64_GOTPCREL", GOT_HINT),
+            10: ("R_X86_64_32", _ABS32),
+            11: ("R_X86_64_32S", _ABS32),
+            12: ("R_X86_64_16", _NARROW),
+            13: ("R_X86_64_PC16", _PC),
+            14: ("R_X86_64_8", _NARROW),
+            15: ("R_X86_64_PC8", _PC),
+            24: ("R_X86_64_PC64", _PC),
+            41: ("R_X86_64_GOTPCRELX", GOT_HINT),
+            42: ("R_X86_64_REX_GOTPCRELX", GOT_HINT),
         }
     )
 
@@ -91,13 +97,20 @@ class X86_64(Arch):
         if elf.elfclass != C.ELFCLASS64:
             raise InputError("x86-64 payloads must be ELFCLASS64")
 
-    def target_bias(self, rtype: int, section: Section, data: memoryview, offset: int) -> int:
-        if rtype in (R_X86_64_PC32, R_X86_64_PLT32) and section.executable:
-            site = fast_rel32(data, offset)  # the common forms, without formatting a location
-            if site is None:
+    def classify(self, rtype: int, section: Section, data: memoryview, offset: int) -> Classification | None:
+        """A rel32 field in code is relative to the end of its instruction, whose form says what it does
+        (call, jmp/jcc, lea, any other memory operand): decoded (:mod:`lp_rewrite.arch.x86_insn`)."""
+        plain = self._plain.get(rtype)
+        if plain is None or rtype not in _REL32 or not section.executable:
+            return plain
+        site = fast_rel32(data, offset)  # the common forms, without formatting a location
+        if site is None:
+            try:
                 site = decode_rel32(data, offset, f"{section.name}+{offset:#x}")
-            return site.bias(offset)
-        return 0
+            except InputError as exc:
+                # Undecodable: assume the worst (an address after a bare rel32), and say so.
+                return Classification(plain.type, Kind.ADDRESS, 4, str(exc))
+        return Classification(plain.type, _FORM_KIND[site.form], site.bias(offset))
 
     def address_computations(
         self, data: bytes, targets: Set[int], in_data: Callable[[int], bool], decode_from: Callable[[int], int]

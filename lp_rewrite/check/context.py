@@ -2,24 +2,21 @@
 
 The central service is :meth:`Context.references`: relocations in the
 sections that count (loaded, not on the keep list, not hook tables) resolved
-to the address they designate (``S + A + bias``, as :mod:`lp_rewrite.decide`
-computes it) and classified by what the code or data does with it: call it,
-materialise it, store it, or read through it. x86 rel32 fields in code are
-decoded (:func:`lp_rewrite.arch.x86_insn.decode_rel32`) because the type
-alone does not say whether ``foo(%rip)`` is a call, a ``lea`` or a load.
+to the address they designate (``S + A + bias``) with the classification
+the rewrite uses too (:meth:`lp_rewrite.arch.Arch.classify`, a
+:class:`~lp_rewrite.arch.Kind`): what the code or data does with it: call
+it, materialise it, store it, or read through it.
 """
 
 from __future__ import annotations
 
 import bisect
-import enum
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, TypeVar
 
-from lp_rewrite.arch import RelocType, Use
-from lp_rewrite.arch.x86_insn import Form, decode_rel32, fast_rel32
+from lp_rewrite.arch import Classification, Kind
 from lp_rewrite.decide import ExemptSections
 from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.file import RelocTable, Section
@@ -32,47 +29,6 @@ from lp_rewrite.read import Payload
 T = TypeVar("T")
 
 
-class Access(enum.Enum):
-    """What a relocated field does with the address it designates."""
-
-    CALL = "call"  # direct call or jump: control goes there, nothing is kept
-    ADDRESS = "address"  # materialised in a register (lea, adrp+add, adr, movw+movt)
-    STORED = "stored"  # an absolute pointer in data (or a literal pool)
-    RELATIVE = "relative"  # a PC-relative data word: an offset, meaningless elsewhere
-    LOAD = "load"  # memory read/written at the address
-    PARTIAL = "partial"  # one piece of an address pair; the other piece is reported
-    NONE = "none"
-
-
-# Halves of a multi-instruction address whose *other* half completes it: the
-# ADD/G0/MOVW piece is classified as ADDRESS, so one lea-equivalent gives one
-# finding. An ADRP paired with a load is a LOAD of the target, not its address.
-_PARTIAL: frozenset[str] = frozenset(
-    [
-        "R_AARCH64_ADR_PREL_PG_HI21",
-        "R_AARCH64_ADR_PREL_PG_HI21_NC",
-        "R_AARCH64_MOVW_UABS_G1",
-        "R_AARCH64_MOVW_UABS_G1_NC",
-        "R_AARCH64_MOVW_UABS_G2",
-        "R_AARCH64_MOVW_UABS_G2_NC",
-        "R_AARCH64_MOVW_UABS_G3",
-        "R_AARCH64_MOVW_SABS_G1",
-        "R_AARCH64_MOVW_SABS_G2",
-        "R_AARCH64_MOVW_PREL_G1",
-        "R_AARCH64_MOVW_PREL_G1_NC",
-        "R_AARCH64_MOVW_PREL_G2",
-        "R_AARCH64_MOVW_PREL_G2_NC",
-        "R_AARCH64_MOVW_PREL_G3",
-        "R_ARM_MOVT_ABS",
-    ]
-)
-# Data types whose stored value is relative to the place, not an address.
-_RELATIVE: frozenset[str] = frozenset(
-    ["R_X86_64_PC32", "R_X86_64_PLT32", "R_AARCH64_PREL64", "R_AARCH64_PREL32", "R_AARCH64_PREL16", "R_ARM_REL32"]
-)
-_FORM_ACCESS = {Form.CALL: Access.CALL, Form.JUMP: Access.CALL, Form.LEA: Access.ADDRESS, Form.MEMORY: Access.LOAD}
-
-
 @dataclass(frozen=True, slots=True)
 class Reference:
     """One relocation, resolved and classified."""
@@ -81,12 +37,19 @@ class Reference:
     index: int
     section: Section  # the section being relocated
     offset: int
-    rtype: RelocType
+    reloc: Classification  # what the field is (kind), its type, width and bias
     symbol: int
     target: tuple[int, int] | None  # (section, offset) designated; None for undefined/absolute symbols
-    access: Access
-    note: str = ""  # e.g. why the instruction could not be classified
     absolute: int | None = None  # the address designated through an SHN_ABS symbol (S + A + bias)
+
+    @property
+    def kind(self) -> Kind:
+        return self.reloc.kind
+
+    @property
+    def note(self) -> str:
+        """Why the place could not be classified or resolved (e.g. an undecodable instruction), or ''."""
+        return self.reloc.note
 
 
 class Context:
@@ -233,21 +196,15 @@ class Context:
                 continue
             table = elf.relocations(ridx)
             data = elf.section_data(sec.index)
-            code = sec.executable
             for i, sym in enumerate(table.syms):
                 if symbols is not None and sym not in symbols:
                     continue
-                rt = arch.types.get(table.types[i])
-                if rt is None:
+                reloc = arch.classify(table.types[i], sec, data, table.offsets[i])
+                if reloc is None:
                     continue  # refused at load: LP003 reports it
-                if not calls:
-                    if rt.use is Use.BRANCH:
-                        continue
-                    if rt.use is Use.CODE_REF and code:
-                        site = fast_rel32(data, table.offsets[i])
-                        if site is not None and site.form in (Form.CALL, Form.JUMP):
-                            continue
-                yield self.resolve(table, i, sec, data, rt, sym)
+                if not calls and reloc.kind is Kind.CALL:
+                    continue
+                yield self._resolve(table, i, sec, data, reloc, sym)
 
     def reference(self, reloc_section: int, index: int) -> Reference | None:
         """Relocation ``index`` of that section, resolved as :meth:`references` resolves it, in any section.
@@ -256,53 +213,27 @@ class Context:
         """
         elf = self.elf
         table = elf.relocations(reloc_section)
-        rt = self.arch.types.get(table.types[index])
-        if rt is None:
-            return None
         sec = elf.sections[table.target]
-        return self.resolve(table, index, sec, elf.section_data(sec.index), rt, table.syms[index])
+        data = elf.section_data(sec.index)
+        reloc = self.arch.classify(table.types[index], sec, data, table.offsets[index])
+        if reloc is None:
+            return None
+        return self._resolve(table, index, sec, data, reloc, table.syms[index])
 
-    def resolve(self, table: RelocTable, i: int, sec: Section, data: memoryview, rt: RelocType, sym: int) -> Reference:
+    def _resolve(
+        self, table: RelocTable, i: int, sec: Section, data: memoryview, reloc: Classification, sym: int
+    ) -> Reference:
         arch, syms = self.arch, self.syms
-        offset = table.offsets[i]
-        note = ""
+        offset, addends = table.offsets[i], table.addends
         try:
-            addend = table.addends[i] if table.addends is not None else arch.implicit_addend(rt.code, data, offset)
+            addend = addends[i] if addends is not None else arch.implicit_addend(reloc.type.code, data, offset)
         except InputError as exc:
-            return Reference(table, i, sec, offset, rt, sym, None, Access.NONE, str(exc))
-        bias = 0
-        if rt.use is Use.CODE_REF and sec.executable:
-            try:
-                site = fast_rel32(data, offset) or decode_rel32(data, offset, f"{sec.name}+{offset:#x}")
-                bias = site.bias(offset)
-                access = _FORM_ACCESS[site.form]
-            except InputError as exc:
-                # Undecodable: assume the worst (an address), and say so.
-                bias, access, note = 4, Access.ADDRESS, str(exc)
-        else:
-            access = self._access(rt, sec)
-            try:
-                bias = arch.target_bias(rt.code, sec, data, offset)
-            except InputError as exc:
-                note = str(exc)
+            unread = Classification(reloc.type, Kind.NONE, 0, str(exc))
+            return Reference(table, i, sec, offset, unread, sym, None)
         target = absolute = None
         if syms.is_defined_in_section(sym):
-            target = (syms.shndx[sym], syms.value[sym] + addend + bias)
+            target = (syms.shndx[sym], syms.value[sym] + addend + reloc.bias)
         elif syms.is_absolute(sym):
             # Prelinked payloads and --absolute aliases: a hypervisor address, as Xen keeps it.
-            absolute = (syms.value[sym] + addend + bias) % (1 << (8 * self.elf.layout.ptr_size))
-        return Reference(table, i, sec, offset, rt, sym, target, access, note, absolute)
-
-    @staticmethod
-    def _access(rt: RelocType, sec: Section) -> Access:
-        if rt.name in _PARTIAL:
-            return Access.PARTIAL
-        if rt.use is Use.BRANCH:
-            return Access.CALL
-        if rt.use is Use.ADDRESS:
-            return Access.ADDRESS
-        if rt.use is Use.MEMORY:
-            return Access.LOAD
-        if rt.use in (Use.DATA, Use.CODE_REF):
-            return Access.RELATIVE if rt.name in _RELATIVE else Access.STORED
-        return Access.NONE
+            absolute = (syms.value[sym] + addend + reloc.bias) % (1 << (8 * self.elf.layout.ptr_size))
+        return Reference(table, i, sec, offset, reloc, sym, target, absolute)

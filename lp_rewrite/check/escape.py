@@ -5,7 +5,7 @@ reference could be moved to: once the payload is unloaded, any pointer to
 it that the hypervisor kept calls freed memory. Every relocation in a
 section that counts (loaded, not on the keep list, not a hook table) whose
 designated address is such a function's entry is classified by
-:class:`~lp_rewrite.check.context.Access`:
+:class:`~lp_rewrite.arch.Kind`:
 
 * calls and jumps (``call``/``jmp``/``bl``/``b``) are fine: nothing is kept;
 * an absolute pointer in data (ABS64/ABS32, a literal pool) and an address
@@ -23,7 +23,8 @@ assembler resolved without a relocation are found by
 
 from __future__ import annotations
 
-from lp_rewrite.check.context import Access, Context, Reference
+from lp_rewrite.arch import Kind
+from lp_rewrite.check.context import Context, Reference
 from lp_rewrite.check.findings import Finding, Place, make
 
 
@@ -55,9 +56,9 @@ def escape_message(ctx: Context, name: str, section: int, offset: int, how: str,
 
 
 def _finding(ctx: Context, ref: Reference, name: str) -> Finding:
-    how = ref.rtype.name + (f"; {ref.note}" if ref.note else "")
-    msg = escape_message(ctx, name, ref.section.index, ref.offset, how, ref.access is Access.STORED)
-    place = Place(ref.section.name, ref.offset, ctx.file_offset(ref.section.index, ref.offset), ref.rtype.width or 4)
+    how = ref.reloc.name + (f"; {ref.note}" if ref.note else "")
+    msg = escape_message(ctx, name, ref.section.index, ref.offset, how, ref.kind is Kind.POINTER)
+    place = Place(ref.section.name, ref.offset, ctx.file_offset(ref.section.index, ref.offset), ref.reloc.width or 4)
     return make("LP002", msg, place, symbol=name)
 
 
@@ -70,7 +71,7 @@ def check(ctx: Context) -> list[Finding]:
     interesting = {i for i in range(ctx.syms.count) if shndx[i] in sections}
     out = []
     for ref in ctx.references(interesting, calls=False):  # a call never stores an address
-        if ref.target is None or ref.access not in (Access.ADDRESS, Access.STORED):
+        if ref.target is None or ref.kind not in (Kind.ADDRESS, Kind.POINTER):
             continue
         fn = entries.get(ref.target)
         if fn is not None:

@@ -9,7 +9,8 @@ rewritten with a different keep list, which is why ``check`` takes the same
 
 from __future__ import annotations
 
-from lp_rewrite.check.context import Access, Context
+from lp_rewrite.arch import Classification, Kind
+from lp_rewrite.check.context import Context
 from lp_rewrite.check.findings import Finding, Place, make
 from lp_rewrite.decide import Decision, Decisions, Reason
 from lp_rewrite.read import (
@@ -20,26 +21,24 @@ from lp_rewrite.read import (
 )
 
 _WHAT = {
-    Access.CALL: "calls the payload's copy of {orig} directly instead of the original: code that still runs after "
+    Kind.CALL: "calls the payload's copy of {orig} directly instead of the original: code that still runs after "
     "revert (a hook, a stored callback) keeps running the reverted copy",
-    Access.ADDRESS: "takes the address of the payload's copy of {orig}: a pointer handed to the hypervisor keeps "
+    Kind.ADDRESS: "takes the address of the payload's copy of {orig}: a pointer handed to the hypervisor keeps "
     "pointing into the payload after revert and into freed memory after unload",
-    Access.STORED: "stores the address of the payload's copy of {orig}: the hypervisor keeps pointing into the "
+    Kind.POINTER: "stores the address of the payload's copy of {orig}: the hypervisor keeps pointing into the "
     "payload after revert, and calls into freed memory after unload",
-    Access.RELATIVE: "holds a PC-relative reference to the payload's copy of {orig}, which stays bound to the "
+    Kind.OFFSET: "holds a PC-relative reference to the payload's copy of {orig}, which stays bound to the "
     "copy after revert",
-    Access.LOAD: "reads memory at the payload's copy of {orig} instead of the original",
-    Access.PARTIAL: "is half of an address of the payload's copy of {orig}: a pointer built from it dangles after "
-    "unload",
+    Kind.MEMORY: "reads memory at the payload's copy of {orig} instead of the original",
+    Kind.PAGE: "is half of an address of the payload's copy of {orig}: a pointer built from it dangles after unload",
 }
 
 
-def access_of(ctx: Context, d: Decision) -> Access:
-    """Classify a decision's relocation the way the other rules classify references."""
-    table = ctx.elf.relocations(d.reloc_section)
-    rt = ctx.arch.types[d.rtype]
-    ref = ctx.resolve(table, d.index, ctx.elf.sections[d.section], ctx.elf.section_data(d.section), rt, d.symbol)
-    return ref.access
+def classified(ctx: Context, d: Decision) -> Classification:
+    """A decision's relocation, classified as the other rules classify references (its type is one Xen applies)."""
+    ref = ctx.reference(d.reloc_section, d.index)
+    assert ref is not None, "only relocations of a type Xen applies are retargeted or kept out of reach"
+    return ref.reloc
 
 
 def not_rewritten(ctx: Context, decisions: Decisions | None) -> list[Finding]:
@@ -50,8 +49,8 @@ def not_rewritten(ctx: Context, decisions: Decisions | None) -> list[Finding]:
     for d in decisions.retargets:
         rep = ctx.funcs.replacements[d.replacement] if d.replacement is not None else None
         orig = rep.original if rep else "a replaced function"
-        rt = ctx.arch.types[d.rtype]
-        what = _WHAT.get(access_of(ctx, d), _WHAT[Access.STORED]).format(orig=orig)
+        rt = classified(ctx, d)
+        what = _WHAT.get(rt.kind, _WHAT[Kind.POINTER]).format(orig=orig)
         keep = ""
         if ctx.policy.keep_sections or not ctx.policy.default_keep:
             keep = " with the keep options given here"
@@ -80,12 +79,11 @@ def _out_of_reach(ctx: Context, decisions: Decisions) -> list[Finding]:
     for d in decisions.items:
         if d.reason is not Reason.KEEP_OUT_OF_REACH or d.replacement is None:
             continue
-        access = access_of(ctx, d)
-        if access is Access.CALL:
+        rt = classified(ctx, d)
+        if rt.kind is Kind.CALL:
             continue
-        rt = ctx.arch.types[d.rtype]
         orig = funcs.replacements[d.replacement].original
-        what = _WHAT.get(access, _WHAT[Access.STORED]).format(orig=orig)
+        what = _WHAT.get(rt.kind, _WHAT[Kind.POINTER]).format(orig=orig)
         out.append(
             make(
                 "LP001",
@@ -97,30 +95,6 @@ def _out_of_reach(ctx: Context, decisions: Decisions) -> list[Finding]:
             )
         )
     return out
-
-
-# Why a type is there, and what to build differently.
-_HINTS = (
-    (
-        "GOT",
-        "a GOT reference: the symbol has default visibility; build with -fvisibility=hidden or "
-        "#pragma GCC visibility push(hidden), as Xen does, so that -fpic code reaches it PC-relative",
-    ),
-    ("R_ARM_THM", "Thumb code: build the payload with -marm"),
-    ("R_ARM_PREL31", "an unwind-table entry: build with -fno-unwind-tables"),
-    ("R_X86_64_32", "a 32-bit absolute address (-fno-pic / -mcmodel=kernel): build with -fpic"),
-    ("R_X86_64_16", "a narrow absolute address: build with -fpic"),
-    ("R_X86_64_8", "a narrow absolute address: build with -fpic"),
-    ("R_X86_64_PC", "a narrow or 64-bit PC-relative field Xen does not apply"),
-    ("NONE", "an R_*_NONE entry, which Xen's AArch64 loader does not accept: rebuild without it"),
-)
-
-
-def _hint(type_name: str) -> str:
-    for key, hint in _HINTS:
-        if key in type_name:
-            return hint
-    return "rebuild with the flags Xen uses for its own code"
 
 
 def _at(ctx: Context, r: UnsupportedRelocation | MisappliedRelocation) -> tuple[str, Place]:
@@ -135,7 +109,7 @@ def unsupported(ctx: Context) -> list[Finding]:
         message = (
             f"{where}: {u.type_name} ({u.rtype}) against {u.symbol} is not applied by Xen's loader on "
             f"{ctx.arch.name}: the whole payload is refused at load ('Unhandled relocation'). "
-            f"This is {_hint(u.type_name)}"
+            f"This is {ctx.arch.refusal_hint(u.rtype)}"
         )
         out.append(make("LP003", message, place, symbol=u.symbol, symbol_kind=None))
     return out

@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from lp_rewrite.arch import Arch, arch_for_machine
-from lp_rewrite.check.context import Access, Context, Reference
+from lp_rewrite.arch import Arch, Kind, arch_for_machine
+from lp_rewrite.check.context import Context, Reference
 from lp_rewrite.check.findings import Finding, Place, make, symbol_kind
-from lp_rewrite.check.relocs import access_of
+from lp_rewrite.check.relocs import classified
 from lp_rewrite.decide import Decisions
 from lp_rewrite.elf import consts as C
 from lp_rewrite.errors import InputError, UsageError
@@ -369,7 +369,7 @@ def check_ibt(ctx: Context, xen: XenImage, decisions: Decisions | None) -> list[
     wanted = {i for i in range(1, syms.count) if syms.shndx[i] == C.SHN_UNDEF} | set(names)
     out = []
     for ref in ctx.references(wanted, calls=False):
-        if ref.access not in (Access.ADDRESS, Access.STORED):
+        if ref.kind not in (Kind.ADDRESS, Kind.POINTER):
             continue
         if ref.absolute is not None:
             name = names.get(ref.symbol, ctx.name(ref.symbol))
@@ -391,7 +391,7 @@ def check_ibt(ctx: Context, xen: XenImage, decisions: Decisions | None) -> list[
             )
     if decisions is not None and ctx.funcs is not None:
         for d in decisions.retargets:
-            if d.replacement is None or access_of(ctx, d) not in (Access.ADDRESS, Access.STORED):
+            if d.replacement is None or classified(ctx, d).kind not in (Kind.ADDRESS, Kind.POINTER):
                 continue
             rep = ctx.funcs.replacements[d.replacement]
             why = _ibt_problem(xen, pad, rep.old_literal or _address_of(xen, rep.original))
@@ -429,12 +429,12 @@ _FREED = (
 )
 
 
-def _use_message(ctx: Context, ref: Reference, access: Access, what: str, section: str, more: int) -> str:
+def _use_message(ctx: Context, ref: Reference, kind: Kind, what: str, section: str, more: int) -> str:
     where = ctx.where(ref.section.index, ref.offset)
     head = f"which Xen frees after boot ({section})"
-    if access is Access.CALL:
+    if kind is Kind.CALL:
         text = f"{where} calls {what}, {head}: the call jumps into freed memory"
-    elif access is Access.LOAD:
+    elif kind is Kind.MEMORY:
         text = f"{where} reads or writes {what}, {head}: the access reaches freed memory"
     else:
         text = (
@@ -471,13 +471,13 @@ def check_init(ctx: Context, xen: XenImage) -> list[Finding]:
             what = f"the hypervisor's {name} (absolute {syms.value[i]:#x})"
             targets[i] = (name, what, held, symbol_kind(syms.type(i)))
     out = []
-    for i, (ref, access, n) in _init_references(ctx, set(targets)).items():
+    for i, (ref, use, n) in _init_references(ctx, set(targets)).items():
         name, what, section, kind = targets[i]
         place = Place(ref.section.name, ref.offset, ctx.file_offset(ref.section.index, ref.offset), 4)
         out.append(
             make(
                 "LP018",
-                _use_message(ctx, ref, access, what, section, n - 1),
+                _use_message(ctx, ref, use, what, section, n - 1),
                 place,
                 symbol=name,
                 symbol_kind=kind,
@@ -488,10 +488,10 @@ def check_init(ctx: Context, xen: XenImage) -> list[Finding]:
     return out
 
 
-def _init_references(ctx: Context, symbols: set[int]) -> dict[int, tuple[Reference, Access, int]]:
+def _init_references(ctx: Context, symbols: set[int]) -> dict[int, tuple[Reference, Kind, int]]:
     """Symbol -> its first reference in a loaded section other than .livepatch.funcs, what is done with the
     address (the first reference that is not the leading half of an address pair says), and how many there are."""
-    out: dict[int, tuple[Reference, Access, int]] = {}
+    out: dict[int, tuple[Reference, Kind, int]] = {}
     if not symbols:
         return out
     elf = ctx.elf
@@ -507,10 +507,10 @@ def _init_references(ctx: Context, symbols: set[int]) -> dict[int, tuple[Referen
             ref = ctx.reference(ridx, i)
             if ref is None:
                 continue  # a type Xen refuses: LP003
-            first, access, n = out.get(s, (ref, ref.access, 0))
-            if access is Access.PARTIAL:
-                access = ref.access
-            out[s] = (first, access, n + 1)
+            first, kind, n = out.get(s, (ref, ref.kind, 0))
+            if kind is Kind.PAGE:
+                kind = ref.kind
+            out[s] = (first, kind, n + 1)
     return out
 
 
