@@ -2,9 +2,10 @@
 
 Hypothesis mutates the committed fixtures of all three architectures: bit
 flips, byte overwrites, truncation, and edits of fields of the ELF header,
-the section headers, symbols, relocations and ``.livepatch.funcs`` entries
-(located with pyelftools on the pristine fixture), with boundary values and
-small deltas. For every mutant:
+the section headers, symbols, relocations, relocated places, string tables
+and ``.livepatch.funcs`` entries (located on the pristine fixture by the
+long fuzzer's own locator, scripts/lp_fuzz/fields.py), with boundary values
+and small deltas. For every mutant:
 
 * ``rewrite -o`` exits 0 -- and then the output exists, is whole
   (pyelftools reads every section header of it), passes the project's
@@ -26,7 +27,7 @@ small deltas. For every mutant:
 CI runs ``LP_REWRITE_FUZZ_EXAMPLES`` examples (default 250, a few seconds),
 derandomized: the same examples on every run of a tree. Setting the variable
 draws fresh examples each time. A long run: ``LP_REWRITE_FUZZ_EXAMPLES=100000 pytest tests/test_fuzz.py``, or
-``scripts/fuzz.py`` (millions of inputs in-process; see the README).
+``scripts/fuzz.py`` (millions of inputs in-process; see docs/robustness.md).
 """
 
 from __future__ import annotations
@@ -38,16 +39,15 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import cache
-from io import BytesIO
 from pathlib import Path
 from types import FrameType
 
 import pytest
-from elftools.elf.elffile import ELFFile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from lp_fuzz.fields import KINDS, Fields, edit, locate
+from lp_fuzz.target import independent_reader_refuses
 from typer.testing import CliRunner
 
 from lp_rewrite.certificate import certify
@@ -55,10 +55,9 @@ from lp_rewrite.cli import app
 from lp_rewrite.errors import InputError, VerificationError
 from lp_rewrite.pipeline import rewrite
 from lp_rewrite.read import read_payload
-from tests.conftest import COMMITTED, ROOT, load_script
+from tests.conftest import COMMITTED, ROOT
 
 FIXTURES = sorted(COMMITTED.glob("*/*.livepatch"))
-independent_reader_refuses = load_script("fuzz").independent_reader_refuses
 EXAMPLES = int(os.environ.get("LP_REWRITE_FUZZ_EXAMPLES", "250"))
 # The bounded run is the same every time (a landing is not a lottery); a run
 # with LP_REWRITE_FUZZ_EXAMPLES set draws new examples each time.
@@ -73,56 +72,11 @@ BOUNDARY = [0, 1, 2, 3, 4, 8, 0x7F, 0x80, 0xFF, 0x100, 0xFF00, 0xFFF1, 0xFFF2, 0
 BOUNDARY += [0x7FFF_FFFF, 0x8000_0000, 0xFFFF_FFFF, 1 << 32, 1 << 60, (1 << 63) - 1, 1 << 63, (1 << 64) - 1]
 
 
-@dataclass(frozen=True)
-class Layout:
-    """Editable fields of one pristine fixture: kind -> [(offset, width)]."""
-
-    data: bytes
-    fields: dict[str, list[tuple[int, int]]]
-
-
 @cache
-def layout(path: Path) -> Layout:
+def pristine(path: Path) -> tuple[bytes, Fields]:
+    """A fixture's bytes and its fields, located once by the long fuzzer's locator (scripts/lp_fuzz/fields.py)."""
     data = path.read_bytes()
-    elf = ELFFile(BytesIO(data))
-    is64 = elf.elfclass == 64
-    ptr = 8 if is64 else 4
-    fields: dict[str, list[tuple[int, int]]] = {}
-
-    def add(kind: str, base: int, spec: list[tuple[int, int]]) -> None:
-        fields.setdefault(kind, []).extend((base + off, width) for off, width in spec)
-
-    if is64:
-        add("ehdr", 0, [(16, 2), (18, 2), (20, 4), (32, 8), (40, 8), (48, 4), (52, 2)])
-        add("ehdr", 0, [(54, 2), (56, 2), (58, 2), (60, 2), (62, 2)])
-        shdr = [(0, 4), (4, 4), (8, 8), (16, 8), (24, 8), (32, 8), (40, 4), (44, 4), (48, 8), (56, 8)]
-        sym, symsize = [(0, 4), (4, 1), (5, 1), (6, 2), (8, 8), (16, 8)], 24
-    else:
-        add("ehdr", 0, [(16, 2), (18, 2), (20, 4), (28, 4), (32, 4), (36, 4), (40, 2)])
-        add("ehdr", 0, [(42, 2), (44, 2), (46, 2), (48, 2), (50, 2)])
-        shdr = [(4 * i, 4) for i in range(10)]
-        sym, symsize = [(0, 4), (4, 4), (8, 4), (12, 1), (13, 1), (14, 2)], 16
-    add("ident", 0, [(i, 1) for i in range(4, 16)])
-    for i, section in enumerate(elf.iter_sections()):
-        add("shdr", elf["e_shoff"] + i * elf["e_shentsize"], shdr)
-        h = section.header
-        if h["sh_type"] == "SHT_SYMTAB":
-            for k in range(h["sh_size"] // symsize):
-                add("sym", h["sh_offset"] + k * symsize, sym)
-        elif h["sh_type"] in ("SHT_RELA", "SHT_REL"):
-            rela = h["sh_type"] == "SHT_RELA"
-            entsize = (3 if rela else 2) * ptr
-            info = [(ptr, 4), (ptr + 4, 4)] if is64 else [(ptr, 1), (ptr + 1, 3)]
-            for k in range(h["sh_size"] // entsize):
-                add("rel", h["sh_offset"] + k * entsize, [(0, ptr), *info, *([(2 * ptr, ptr)] if rela else [])])
-        elif h["sh_type"] == "SHT_STRTAB":
-            add("str", h["sh_offset"], [(k, 1) for k in range(h["sh_size"])])
-        if section.name == ".livepatch.funcs":
-            entry = 104 if is64 else 92
-            for k in range(h["sh_size"] // entry):
-                spec = [(0, ptr), (ptr, ptr), (2 * ptr, ptr), (3 * ptr, 4), (3 * ptr + 4, 4), (3 * ptr + 8, 1)]
-                add("funcs", h["sh_offset"] + k * entry, spec)
-    return Layout(data, fields)
+    return data, locate(data)
 
 
 # One mutation: (kind, a position in [0, 1), a value or a bit, a mode).
@@ -131,7 +85,7 @@ mutation = st.one_of(
     st.tuples(st.just("byte"), st.floats(0, 1, exclude_max=True), st.integers(0, 255), st.just("")),
     st.tuples(st.just("truncate"), st.floats(0, 1, exclude_max=True), st.just(0), st.just("")),
     st.tuples(
-        st.sampled_from(["ehdr", "ident", "shdr", "sym", "rel", "funcs", "str"]),
+        st.sampled_from(KINDS),
         st.floats(0, 1, exclude_max=True),
         st.one_of(st.sampled_from(BOUNDARY), st.integers(-64, 64), st.integers(0, (1 << 64) - 1)),
         st.sampled_from(["set", "add"]),
@@ -140,8 +94,9 @@ mutation = st.one_of(
 
 
 def mutate(path: Path, mutations: list[tuple[str, float, int, str]]) -> bytes:
-    lay = layout(path)
-    buf = bytearray(lay.data)
+    """The fixture with the mutations applied in order; field edits use the pristine fixture's fields."""
+    data, fields = pristine(path)
+    buf = bytearray(data)
     for kind, where, value, mode in mutations:
         if not buf:
             break
@@ -152,15 +107,7 @@ def mutate(path: Path, mutations: list[tuple[str, float, int, str]]) -> bytes:
         elif kind == "truncate":
             del buf[int(where * len(buf)) :]
         else:
-            places = lay.fields.get(kind)
-            if not places:
-                continue
-            off, width = places[int(where * len(places))]
-            if off + width > len(buf):
-                continue
-            old = int.from_bytes(buf[off : off + width], "little")
-            new = old + value if mode == "add" else value
-            buf[off : off + width] = (new % (1 << (8 * width))).to_bytes(width, "little")
+            edit(buf, fields, kind, where, value, mode)
     return bytes(buf)
 
 
@@ -325,9 +272,8 @@ def test_the_time_limit_stops_a_hang() -> None:
 def test_the_mutator_reaches_both_outcomes(tmp_path: Path) -> None:
     """Edits that keep the object valid and edits that break it: both exits are exercised."""
     path = COMMITTED / "x86_64" / "global_refs.livepatch"
-    lay = layout(path)
-    harmless = mutate(path, [("str", 0.99, 0, "add")])  # the last byte of a string table: already NUL
-    assert harmless == lay.data
+    harmless = mutate(path, [("str", 0.99, 0, "add")])  # adds 0 to a string byte
+    assert harmless == pristine(path)[0]
     (tmp_path / "a").mkdir()
     assert check_contract(harmless, tmp_path / "a") == 0
     (tmp_path / "b").mkdir()
