@@ -49,6 +49,10 @@ _TYPES: Final = {
         RelocType(R_ARM_MOVT_ABS, "R_ARM_MOVT_ABS", Kind.PAGE, 4),
     )
 }
+# The types Xen's arm32 loader misapplies, by name, for the gate's rule help (LP014, LP015).
+BRANCH_NAMES: Final = f"{_TYPES[R_ARM_CALL].name} and {_TYPES[R_ARM_JUMP24].name}"
+MOVE_NAMES: Final = f"{_TYPES[R_ARM_MOVW_ABS_NC].name} / {_TYPES[R_ARM_MOVT_ABS].name}"
+POINTER_NAME: Final = _TYPES[R_ARM_ABS32].name
 _BRANCHES: Final = frozenset([R_ARM_CALL, R_ARM_JUMP24])
 _MOVES: Final = frozenset([R_ARM_MOVW_ABS_NC, R_ARM_MOVT_ABS])
 _WORDS: Final = frozenset([R_ARM_ABS32, R_ARM_REL32])

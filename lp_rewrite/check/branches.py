@@ -1,7 +1,7 @@
 """Rule LP014: branches that Xen's loader encodes to another target than they name.
 
-Xen's arm32 ``perform_rel()`` encodes R_ARM_CALL/R_ARM_JUMP24 with ``val >>=
-2; val &= 0x00FFFFFE``: bit 0 of the 24-bit word offset is cleared, so a
+Xen's arm32 ``perform_rel()`` encodes the B/BL relocations (CALL, JUMP24) with
+``val >>= 2; val &= 0x00FFFFFE``: bit 0 of the 24-bit word offset is cleared, so a
 B/BL whose offset is an odd number of words lands 4 bytes short, on the
 instruction before its target. The loader model knows which branches that
 hits (:meth:`lp_rewrite.loader.LoadedPayload.misdirected_branches`); no

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from lp_rewrite.arch import arm
 from lp_rewrite.elf import consts as C
 
 
@@ -194,7 +195,7 @@ RULES: tuple[Rule, ...] = (
         "misencoded-branch",
         Severity.ERROR,
         "Xen's loader encodes this branch to land 4 bytes before its target (32-bit Arm).",
-        "Xen's arm32 perform_rel() encodes R_ARM_CALL and R_ARM_JUMP24 with val >>= 2; val &= 0x00FFFFFE, "
+        f"Xen's arm32 perform_rel() encodes {arm.BRANCH_NAMES} with val >>= 2; val &= 0x00FFFFFE, "
         "which clears bit 0 of the 24-bit word offset: a B or BL whose offset is an odd number of words "
         "lands 4 bytes short and executes the instruction before its target (often the previous "
         "function's last one). Xen loads a payload at a page-aligned address, so the parity is known at "
@@ -208,11 +209,11 @@ RULES: tuple[Rule, ...] = (
         Severity.ERROR,
         "A relocation Xen's loader applies, but to another value than its type means.",
         "Xen accepts the relocation and loads the payload, but writes a wrong value at the place: its "
-        "32-bit Arm loader ignores the addend of R_ARM_MOVW_ABS_NC / R_ARM_MOVT_ABS (it loads S instead of "
+        f"32-bit Arm loader ignores the addend of {arm.MOVE_NAMES} (it loads S instead of "
         "S+A, e.g. the start of an array instead of an element), and ORs a RELA branch or MOVW/MOVT result "
         "into stale immediate bits when r_addend is 0. The code then uses a wrong address. lp-rewrite "
         "rewrite refuses such a payload too. Build with -mword-relocations (addresses come from literal "
-        "pools, R_ARM_ABS32, whose addend Xen applies), or take the address of the symbol itself.",
+        f"pools, {arm.POINTER_NAME}, whose addend Xen applies), or take the address of the symbol itself.",
     ),
     Rule(
         "LP016",

@@ -162,13 +162,15 @@ def _name_problem(xen: XenImage, name: str) -> str | None:
     return None
 
 
-def _unresolved_message(xen: XenImage, name: str, what: str) -> str:
+def _unresolved_message(xen: XenImage, name: str, what: str, refusal: str = "") -> str:
+    """LP004's message; ``refusal`` quotes what Xen logs when the load fails, where it names it."""
     hint = ""
     near = xen.suggestions(name)
     if near:
         hint = f" (this hypervisor has {', '.join(near)})"
+    fails = f"the load fails ({refusal})" if refusal else "the load fails"
     return (
-        f"{what} {name!r} is not in the hypervisor's symbol table{hint}: the load fails unless a payload loaded "
+        f"{what} {name!r} is not in the hypervisor's symbol table{hint}: {fails} unless a payload loaded "
         "earlier introduces it; check the name (statics are path/file.c#name, the path relative to xen/) or "
         "build against this xen-syms"
     )
@@ -208,9 +210,7 @@ def check_names(ctx: Context, xen: XenImage) -> list[Finding]:
             place = Place(FUNCS_SECTION, off, funcs.section.sh_offset + off, funcs.layout.ptr_size)
             what = f"the original of entry {rep.entry} (old_addr 0: Xen resolves the name string)"
             msg = (
-                _unresolved_message(xen, rep.original, what).replace(
-                    "the load fails", "the load fails ('Could not resolve old address')"
-                )
+                _unresolved_message(xen, rep.original, what, "'Could not resolve old address'")
                 if problem == "LP004"
                 else _ambiguous_message(rep.original, what)
             )
@@ -429,20 +429,21 @@ _FREED = (
 )
 
 
+# LP018: what a reference of each kind does with the address of init memory (else: takes it).
+_INIT_USE = {
+    Kind.CALL: ("calls", "the call jumps into freed memory"),
+    Kind.MEMORY: ("reads or writes", "the access reaches freed memory"),
+}
+_INIT_ADDRESS = ("takes the address of", "whatever calls, reads or writes through it reaches freed memory")
+
+
 def _use_message(ctx: Context, ref: Reference, kind: Kind, what: str, section: str, more: int) -> str:
-    where = ctx.where(ref.section.index, ref.offset)
-    head = f"which Xen frees after boot ({section})"
-    if kind is Kind.CALL:
-        text = f"{where} calls {what}, {head}: the call jumps into freed memory"
-    elif kind is Kind.MEMORY:
-        text = f"{where} reads or writes {what}, {head}: the access reaches freed memory"
-    else:
-        text = (
-            f"{where} takes the address of {what}, {head}: whatever calls, reads or writes through it reaches "
-            "freed memory"
-        )
+    verb, outcome = _INIT_USE.get(kind, _INIT_ADDRESS)
     also = f" ({more} more reference{'s' if more > 1 else ''} in the payload)" if more else ""
-    return f"{text}{also}. {_FREED}"
+    return (
+        f"{ctx.where(ref.section.index, ref.offset)} {verb} {what}, which Xen frees after boot ({section}): "
+        f"{outcome}{also}. {_FREED}"
+    )
 
 
 def check_init(ctx: Context, xen: XenImage) -> list[Finding]:

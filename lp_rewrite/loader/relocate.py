@@ -21,7 +21,7 @@ from lp_rewrite.loader.layout import Layout, PlacedSection
 from lp_rewrite.loader.refusal import Refused
 from lp_rewrite.loader.resolve import Resolved
 
-# Bytes a place occupies when its type does not say (REL addend reads, unknown types).
+# Bytes a REL place must hold for Xen's get_addend() to read its addend.
 _WORD = 4
 
 
@@ -44,11 +44,6 @@ class AppliedRelocation:
     @property
     def width(self) -> int:
         return len(self.after)
-
-
-def place_width(arch: Arch, rtype: int) -> int:
-    t = arch.types.get(rtype)
-    return t.width if t is not None and t.width else _WORD
 
 
 def perform_relocs(
@@ -96,7 +91,7 @@ def perform_relocs(
                 a = arch.implicit_addend(rtype, buf, off)
             else:
                 a = 0  # get_addend() reads nothing for a type it does not know
-            width = place_width(arch, rtype)
+            width = arch.place_width(rtype)
             before = bytes(buf[off : off + width])
             p = placed.address + off
             try:
