@@ -8,6 +8,8 @@ and linked with ``ld -r --build-id=sha1`` plus the depends notes:
 
     realistic   ~150 functions, < 1024 sections, < 2 MiB (what Xen loads)
     stress100k  ~100k relocations, ~10k sections
+    stress30k   30k functions, ~200k relocations, ~15 MB (the shape of the
+                independent 30k-function object of issue 15: 186k, 12.5 MB)
     stress1M    ~1M relocations, ~100k sections (beyond Xen's limits)
 
 Measured interleaved (A B C ... A B C ..., median of --repeat rounds, each
@@ -69,6 +71,7 @@ class Shape:
 SHAPES = {
     "realistic": Shape("realistic", 150, 30, 6, chunk=150),
     "stress100k": Shape("stress100k", 5000, 250, 18),
+    "stress30k": Shape("stress30k", 30000, 1500, 5),
     "stress1M": Shape("stress1M", 50000, 2500, 18),
 }
 
@@ -184,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"bench: {tool} not found (apt-get install gcc binutils time)")
     py = sys.executable
     work: Path = args.work
-    shapes = ["realistic", "stress100k"] + ([] if args.quick else ["stress1M"])
+    shapes = ["realistic", "stress100k"] + ([] if args.quick else ["stress30k", "stress1M"])
     print("generating payloads (cached in", work, ")", flush=True)
     files = {s: generate(SHAPES[s], work / f"{s}.v2.livepatch") for s in shapes}
     # A batch of realistic payloads with different contents, hard-linked to --batch paths.
@@ -237,10 +240,13 @@ def main(argv: list[str] | None = None) -> int:
     med = {k: statistics.median(s.seconds for s in v) for k, v in samples.items()}
     rss = {k: max(s.max_rss_kib for s in v) for k, v in samples.items()}
     sizes = {s: files[s].stat().st_size for s in shapes}
+    # The goals are issue 15's: objcopy's speed at scale, memory within 3x the
+    # file above the interpreter's floor, a 500/s gate, and a start-up that
+    # stays within 1.3x of the CLI framework's own import.
     ratios: dict[str, tuple[float, float, str]] = {}
-    ratios["realistic rewrite / typer import"] = (med["rewrite realistic"] / med["import typer"], 1.5, "<=")
-    big = "stress1M" if "stress1M" in shapes else "stress100k"
-    ratios[f"{big} rewrite / objcopy"] = (med[f"rewrite {big}"] / med[f"objcopy {big}"], 1.0, "<=")
+    ratios["realistic rewrite / typer import"] = (med["rewrite realistic"] / med["import typer"], 1.3, "<=")
+    for big in [s for s in shapes if s != "realistic"]:
+        ratios[f"{big} rewrite / objcopy"] = (med[f"rewrite {big}"] / med[f"objcopy {big}"], 1.0, "<=")
     if "stress1M" in shapes:
         ratios["time(1M) / time(100k)"] = (med["rewrite stress1M"] / med["rewrite stress100k"], 11.0, "<=")
     floor_rss = rss["import typer"]  # the interpreter and CLI framework alone
@@ -250,7 +256,11 @@ def main(argv: list[str] | None = None) -> int:
         ratios[f"peak RSS above the typer floor / file size ({s})"] = (net, 3.0, "<=")
     if check:
         per_s = args.batch / med[f"check batch x{args.batch}"]
-        ratios["check throughput (payloads/s)"] = (per_s, 200.0, ">=")
+        ratios[f"check batch throughput, {args.batch} realistic payloads in one process (payloads/s)"] = (
+            per_s,
+            500.0,
+            ">=",
+        )
     print()
     print("| command | median s | peak RSS MiB |")
     print("|---|---:|---:|")
