@@ -327,9 +327,9 @@ def test_wrapper_on_the_output_directory(output_dir: Path, minis: Callable[..., 
     assert "nothing to retarget" in verbose.stdout
 
 
-def _readme_line(intro: str) -> str:
-    """The one-line snippet of the ```sh block that follows ``intro`` in README.md."""
-    readme = (ROOT / "README.md").read_text()
+def _readme_line(intro: str, page: str = "README.md") -> str:
+    """The one-line snippet of the ```sh block that follows ``intro`` in README.md (or a docs/ page)."""
+    readme = (ROOT / page).read_text()
     block = readme[readme.index(intro) :].split("```sh\n", 1)[1].split("```", 1)[0]
     (line,) = [ln for ln in block.splitlines() if ln.strip()]
     return line.strip()
@@ -374,7 +374,7 @@ def test_one_line_change_in_create_patch(output_dir: Path, minis: Callable[..., 
 
 def test_pre_link_line_in_create_patch(minis: Callable[..., Mini], tmp_path: Path) -> None:
     """README's pre-link line, verbatim, in the output directory before `ld -r`."""
-    line = _readme_line(PRE_LINK_LINE)
+    line = _readme_line(PRE_LINK_LINE, "docs/livepatch-build.md")
     assert "--local-aliases" in line and " output " in line
     mini = minis("x86_64")
     objects = _own_objects(mini, tmp_path)
