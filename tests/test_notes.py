@@ -30,7 +30,7 @@ from tests.conftest import ARCHES, COMMITTED, ROOT, build_fresh, load_script, ru
 
 NOTES = ROOT / "testdata" / "notes"
 DEPENDS = (".livepatch.depends", ".livepatch.xen_depends")
-ALIGNMENT_CHECKED = ("arm", "aarch64")  # LP016's targets; x86-64 reads unaligned words
+ALIGNMENT_CHECKED = ("arm",)  # LP016's target; x86-64 and AArch64 Xen read unaligned words (real hypervisor)
 
 
 @pytest.fixture(scope="module", params=["committed", "fresh"])

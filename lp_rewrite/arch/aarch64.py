@@ -170,9 +170,10 @@ class AArch64(Arch):
     hypervisor_base = 0x0000_0A00_0020_0000
     pointer_type = _SPEC["ABS64"][0]
     patch_insn_size = 4  # one B instruction
-    # From Xen's source (SCTLR_EL2_SET includes SCTLR_Axx_ELx_A in 4.17 and later, and
-    # Xen is not built with -mstrict-align); not yet seen on a real hypervisor.
-    alignment_checking = "arm64 Xen runs with alignment checking on (SCTLR_EL2.A)"
+    # No alignment faults in the hypervisor: Xen 4.17 arm64 (the e2e's rebuilt
+    # hypervisor under QEMU) uploads xen_hello_world with both depends notes
+    # unaligned, where arm32 Xen takes a Data Abort (LP016).
+    alignment_checking = None
     other_types: Mapping[int, tuple[str, str]] = MappingProxyType(
         {
             0: ("R_AARCH64_NONE", _NONE),

@@ -219,7 +219,7 @@ RULES: tuple[Rule, ...] = (
         "LP016",
         "misaligned-note",
         Severity.ERROR,
-        "Xen reads a build-id note from an address that is not 4-aligned (32-bit Arm, AArch64).",
+        "Xen reads a build-id note from an address that is not 4-aligned (32-bit Arm).",
         "Xen parses .livepatch.xen_depends, .livepatch.depends and .note.gnu.build-id with "
         "xen_build_id_check(), which reads the note header's 32-bit words. move_payload() copies each "
         "SHF_ALLOC section to ROUNDUP(offset, sh_addralign) of its region, and regions start on a page, so "
@@ -227,9 +227,9 @@ RULES: tuple[Rule, ...] = (
         "payloads add the depends notes) lands wherever the previous section ended; Xen 4.20 and later "
         "also parse .livepatch.xen_depends in the uploaded file, at its file offset. The check computes "
         "that placement. On 32-bit Arm the hypervisor runs with alignment checking (HSCTLR.A) and takes a "
-        "Data Abort at upload (seen on the real hypervisor with xen_hello_world); AArch64 Xen sets "
-        "SCTLR_EL2.A too, so the same read faults there (from Xen's source). x86-64 checks alignment only "
-        "in user mode and reads the note as is: no finding there. Fix: lp-rewrite rewrite --align-notes "
+        "Data Abort at upload (seen on the real hypervisor with xen_hello_world). AArch64 Xen reads the "
+        "same unaligned note without a fault (seen on the real hypervisor, Xen 4.17), and x86-64 checks "
+        "alignment only in user mode: no finding there. Fix: lp-rewrite rewrite --align-notes "
         "(sh_addralign 4, contents unchanged), objcopy --set-section-alignment NAME=4, or .balign 4 in "
         "the note's source.",
     ),
