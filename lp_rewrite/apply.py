@@ -20,19 +20,21 @@ Three edits, all by symbol index:
 
 Nothing is done for a replacement no relocation needs moving for, so a
 payload that is already right comes out byte-identical.
+
+:func:`plan` decides these edits in the input's indices; :func:`apply` hands
+them to the ELF editor (:mod:`lp_rewrite.elf.editor`), which does the
+mechanics, and keeps the rules that are Xen's (which tables may change).
 """
 
 from __future__ import annotations
 
 import bisect
-import struct
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lp_rewrite.decide import Decision, Decisions
 from lp_rewrite.elf import consts as C
-from lp_rewrite.elf.file import SymbolTable, decode_name, encode_name
-from lp_rewrite.elf.writer import serialize
+from lp_rewrite.elf.editor import ElfEditor, IndexMap, NewSymbol
+from lp_rewrite.elf.file import SymbolTable, decode_name
 from lp_rewrite.errors import InputError, UsageError
 from lp_rewrite.identify import FuncsTable
 from lp_rewrite.policy import Policy
@@ -52,14 +54,6 @@ class Alias:
 
 
 @dataclass
-class NewSymbol:
-    name: str
-    info: int
-    shndx: int
-    value: int = 0
-
-
-@dataclass
 class Plan:
     """Everything the rewrite changes, in terms of the input's indices."""
 
@@ -73,30 +67,12 @@ class Plan:
     alias_for_replacement: dict[int, str] = field(default_factory=dict)
     # Section index -> new sh_addralign (--align-notes: the notes Xen reads, lp_rewrite/notes.py).
     addralign: dict[int, int] = field(default_factory=dict)
+    # Input symbol index -> output symbol index: the editor's, recorded by apply().
+    symbol_map: IndexMap | None = None
 
     @property
     def changes(self) -> bool:
         return bool(self.retargets) or bool(self.addralign)
-
-    def inserted_count(self) -> int:
-        return sum(len(s) for _p, s in self.inserts)
-
-    def index_map(self) -> Callable[[int], int]:
-        """Input symbol index -> output symbol index."""
-        if not self.inserts:
-            return lambda i: i
-        positions = [p for p, _s in self.inserts]
-        before: list[int] = []
-        total = 0
-        for _p, syms in self.inserts:
-            total += len(syms)
-            before.append(total)
-
-        def remap(i: int) -> int:
-            k = bisect.bisect_right(positions, i)
-            return i + (before[k - 1] if k else 0)
-
-        return remap
 
 
 def _unique(name: str, taken: set[str], next_suffix: dict[str, int]) -> str:
@@ -291,140 +267,67 @@ def _check_places_unshared(payload: Payload, retargets: list[Decision]) -> None:
 
 
 def apply(payload: Payload, funcs: FuncsTable, out: Plan) -> bytes:
-    """The rewritten object's bytes (the input's bytes when nothing changes)."""
-    if not out.retargets:
-        # Nothing to retarget: at most section headers change (--align-notes).
-        return serialize(payload.elf, {}, new_addralign=out.addralign) if out.addralign else payload.data
+    """The rewritten object's bytes (the input's bytes when nothing changes).
+
+    Records the input -> output symbol index map on the plan (``symbol_map``)
+    and each alias's output index (``Alias.index``), for the self-check.
+    """
     elf, arch = payload.elf, payload.arch
-    lay = elf.layout
-    syms = elf.symbols
-    remap = out.index_map()
-    n_local_inserted = out.inserted_count()
-    if n_local_inserted and C.SHT_LLVM_ADDRSIG in elf.sections.type:
+    editor = ElfEditor(elf)
+    for index, value in out.addralign.items():  # --align-notes
+        editor.set_section_field(index, "sh_addralign", value)
+    out.symbol_map = editor.symbol_map
+    if not out.retargets:
+        return editor.to_bytes()  # at most section headers change
+    if out.inserts and C.SHT_LLVM_ADDRSIG in elf.sections.type:
         s = elf.sections[elf.sections.type.index(C.SHT_LLVM_ADDRSIG)]
         raise UsageError(
             f"section {s.name!r} holds symbol indices this tool cannot renumber; "
             "local aliases are not possible for this object"
         )
-
-    # String table: the input's, plus every new name once.
-    strtab = bytearray(syms.strtab.data)
-    name_offsets: dict[str, int] = {}
-
-    def add_name(name: str) -> int:
-        off = name_offsets.get(name)
-        if off is None:
-            off = len(strtab)
-            strtab.extend(encode_name(name) + b"\0")
-            name_offsets[name] = off
-        return off
-
-    def pack(sym: NewSymbol) -> bytes:
-        return lay.pack_sym(add_name(sym.name), sym.info, C.STV_DEFAULT, sym.shndx, sym.value, 0)
-
-    # Symbol table: renamed entries patched, locals inserted, globals appended.
-    symdata = bytearray(elf.section_data(elf.symtab_index))
+    # Symbols: renamed in place, locals inserted (every reference renumbered), globals appended.
     for i, new in out.renames.items():
-        struct.pack_into("<I", symdata, i * lay.sym.size, add_name(new))
-    pieces: list[bytes] = []
-    prev = 0
-    for pos, news in out.inserts:
-        pieces.append(bytes(symdata[prev * lay.sym.size : pos * lay.sym.size]))
-        pieces.extend(pack(s) for s in news)
-        prev = pos
-    pieces.append(bytes(symdata[prev * lay.sym.size :]))
-    pieces.extend(pack(s) for s in out.appended)
-    new_symtab = b"".join(pieces)
-    total = syms.count + n_local_inserted + len(out.appended)
-
-    # Output index of every alias.
-    appended_at = syms.count + n_local_inserted
-    by_name: dict[str, int] = {}
-    for pos, news in out.inserts:
-        base = remap(pos) - len(news)  # the inserted block sits just before input `pos`
-        for j, new_sym in enumerate(news):
-            if new_sym.info & 0xF == C.STT_FUNC:
-                by_name[new_sym.name] = base + j
-    for j, new_sym in enumerate(out.appended):
-        by_name[new_sym.name] = appended_at + j
-    for alias in out.aliases.values():
-        alias.index = remap(alias.existing) if alias.existing is not None else by_name[alias.name]
-
-    new_data: dict[int, bytes | bytearray] = {elf.symtab_index: new_symtab, syms.strtab_index: bytes(strtab)}
-    new_info: dict[int, int] = {}
-    if n_local_inserted:
-        new_info[elf.symtab_index] = syms.first_global + n_local_inserted
-    if syms.shndx_section is not None:
-        ext = elf.section_data(syms.shndx_section)
-        parts: list[bytes] = []
-        prev = 0
-        for pos, news in out.inserts:  # the same positions as in the symbol table
-            parts.append(bytes(ext[prev * 4 : pos * 4]))
-            parts.append(bytes(4 * len(news)))
-            prev = pos
-        parts.append(bytes(ext[prev * 4 :]))
-        parts.append(bytes(4 * len(out.appended)))
-        new_data[syms.shndx_section] = b"".join(parts)
-    assert len(new_symtab) == total * lay.sym.size
-
-    # Relocations: retargets everywhere; every entry renumbered when locals moved.
-    retargets_by_section: dict[int, list[Decision]] = {}
-    for d in out.retargets:
-        retargets_by_section.setdefault(d.reloc_section, []).append(d)
-    patched_targets: dict[int, bytearray] = {}
-    secs = elf.sections
-    if n_local_inserted:  # every relocation section is renumbered
-        reloc_sections = [
-            i
-            for i, t in enumerate(secs.type)
-            if i and t in (C.SHT_REL, C.SHT_RELA) and secs.link[i] == elf.symtab_index
-        ]
+        editor.rename_symbol(i, new)
+    try:
+        symbol_map = out.symbol_map = editor.insert_symbols(out.inserts, out.appended)
+    except InputError as exc:
         # Sections Xen does not relocate were not checked on reading; each must hold
         # whole entries naming symbols of the table before its entries are renumbered.
-        try:
-            elf.check_relocations(reloc_sections)
-        except InputError as exc:
-            raise InputError(f"--local-aliases renumbers every relocation section, and {exc}") from None
-    else:
-        reloc_sections = sorted(retargets_by_section)
-    for ridx in reloc_sections:
-        sec = secs[ridx]
-        todo = retargets_by_section.get(ridx, [])
-        is_rela = sec.sh_type == C.SHT_RELA
-        entsize = lay.reloc_entsize(sec.sh_type)
-        info_off = lay.rel_info[1]
-        info_fmt = "<" + lay.rel_info[0]
-        buf = bytearray(elf.section_data(sec.index))
-        if n_local_inserted:
-            unpack_info = struct.Struct(info_fmt)
-            for pos in range(info_off, len(buf), entsize):
-                info = unpack_info.unpack_from(buf, pos)[0]
-                unpack_info.pack_into(buf, pos, lay.r_info(remap(lay.r_sym(info)), lay.r_type(info)))
+        raise InputError(f"--local-aliases renumbers every relocation section, and {exc}") from None
+    by_name: dict[str, int] = {}
+    for (_pos, news), start in zip(out.inserts, symbol_map.block_starts, strict=True):
+        for j, new_sym in enumerate(news):
+            if new_sym.info & 0xF == C.STT_FUNC:  # not the FILE symbol opening a group
+                by_name[new_sym.name] = start + j
+    for j, new_sym in enumerate(out.appended):
+        by_name[new_sym.name] = symbol_map.appended_start + j
+    for alias in out.aliases.values():
+        alias.index = symbol_map(alias.existing) if alias.existing is not None else by_name[alias.name]
+
+    # Relocations: each retarget names its alias; RELA: the addend field, REL: the place re-encoded.
+    by_section: dict[int, list[Decision]] = {}
+    for d in out.retargets:
+        by_section.setdefault(d.reloc_section, []).append(d)
+    for ridx in sorted(by_section):
+        todo = by_section[ridx]
+        entries, aliases, addends = [], [], []
         for d in todo:
             assert d.replacement is not None
-            alias = out.aliases[out.alias_for_replacement[d.replacement]]
-            base = d.index * entsize
-            struct.pack_into(info_fmt, buf, base + info_off, lay.r_info(alias.index, d.rtype))
-            addend = out.new_addends[(d.reloc_section, d.index)]
-            if is_rela:
-                struct.pack_into("<" + lay.rela_addend[0], buf, base + lay.rela_addend[1], addend)
-                continue
+            entries.append(d.index)
+            aliases.append(out.aliases[out.alias_for_replacement[d.replacement]].index)
+            addends.append(out.new_addends[(ridx, d.index)])
+        editor.set_relocation_symbols(ridx, entries, aliases)
+        if elf.sections.type[ridx] == C.SHT_RELA:
+            editor.set_relocation_addends(ridx, entries, addends)
+            continue
+        for d, addend in zip(todo, addends, strict=True):
             if addend != d.addend:
-                place = patched_targets.get(d.section)
-                if place is None:
-                    place = patched_targets[d.section] = bytearray(elf.section_data(d.section))
-                arch.write_implicit_addend(d.rtype, place, d.offset, addend)
-        new_data[sec.index] = buf
+                arch.write_implicit_addend(d.rtype, editor.contents(d.section), d.offset, addend)
     _check_places_unshared(payload, out.retargets)
-    for idx in new_data:  # the tables the rewrite edits, not the loaded code and data
+    for idx in editor.edited_tables:  # the tables the rewrite edits, not the loaded code and data
         if elf.sections[idx].alloc:
             raise InputError(
                 f"section [{idx}] {elf.sections[idx].name!r} is SHF_ALLOC: Xen would load this table, "
                 "and the rewrite must change it"
             )
-    new_data.update(patched_targets)
-    if n_local_inserted:
-        for i, t in enumerate(secs.type):
-            if t == C.SHT_GROUP and secs.link[i] == elf.symtab_index:
-                new_info[i] = remap(secs.info[i])
-    return serialize(elf, new_data, new_info, new_addralign=out.addralign)
+    return editor.to_bytes()

@@ -10,10 +10,10 @@ from typing import NamedTuple
 
 from lp_rewrite.arch import Arch, arch_for
 from lp_rewrite.elf import consts as C
-from lp_rewrite.elf.file import ElfFile
+from lp_rewrite.elf.file import ElfFile, SectionCountError
 from lp_rewrite.errors import InputError
 from lp_rewrite.inputs import MAX_INPUT_SIZE, Snapshot, read_input
-from lp_rewrite.payload import MAX_PAYLOAD_SIZE, MAX_SECTIONS
+from lp_rewrite.payload import MAX_NAME_LEN, MAX_PAYLOAD_SIZE, MAX_SECTIONS
 
 
 @dataclass
@@ -91,7 +91,7 @@ def read_payload(
         data, snapshot = read_input(source, MAX_PAYLOAD_SIZE if xen_limits else MAX_INPUT_SIZE)
         label = name or os.fspath(source)
     try:
-        elf = ElfFile(data, label, MAX_SECTIONS if xen_limits else None)
+        elf = _parse(data, label, xen_limits)
         arch = arch_for(elf)
         _check_xen_header(elf)
         payload = Payload(label, elf, arch, snapshot)
@@ -99,6 +99,19 @@ def read_payload(
     except InputError as exc:
         raise InputError(f"{label}: {exc}") from None
     return payload
+
+
+def _parse(data: bytes, label: str, xen_limits: bool) -> ElfFile:
+    """The ELF reader with Xen's limits: names of at most MAX_NAME_LEN bytes, and,
+    unless they are lifted, fewer than MAX_SECTIONS sections."""
+    try:
+        return ElfFile(data, label, MAX_SECTIONS if xen_limits else None, MAX_NAME_LEN)
+    except SectionCountError as exc:
+        # livepatch_header_check(): e_shnum < 1024. Checked before any header is read.
+        raise InputError(
+            f"the object has {exc.count} sections; Xen accepts a payload with fewer than {exc.limit} "
+            "(--ignore-xen-limits processes it anyway)"
+        ) from None
 
 
 def _check_xen_header(elf: ElfFile) -> None:
@@ -110,8 +123,31 @@ def _check_xen_header(elf: ElfFile) -> None:
         raise InputError(f"EI_OSABI {osabi} is not accepted by Xen")
 
 
+def _refuse_foreign_tables(elf: ElfFile) -> None:
+    """Xen refuses a relocation section of a loaded section whose sh_link is not the symbol table.
+
+    Its loops start at section 1, and it skips a relocation section whose
+    sh_info is not a section index or whose target is not loaded; the reader's
+    relocation_sections holds the ones that name the symbol table.
+    """
+    secs = elf.sections
+    if secs.type.count(C.SHT_REL) + secs.type.count(C.SHT_RELA) == len(elf.relocation_tables):
+        return  # every one names the symbol table (the type count is C speed; 100k sections)
+    n = len(secs)
+    for i, t in enumerate(secs.type):
+        if (t != C.SHT_REL and t != C.SHT_RELA) or i == 0:
+            continue
+        target = secs.info[i]
+        if 0 < target < n and secs.link[i] != elf.symtab_index and secs.flags[target] & C.SHF_ALLOC:
+            raise InputError(
+                f"relocation section [{i}] {secs.name(i)!r}: sh_link {secs.link[i]} is not the "
+                f"symbol table [{elf.symtab_index}]"
+            )
+
+
 def _check_relocation_sections(payload: Payload, entries: bool = True) -> None:
     elf = payload.elf
+    _refuse_foreign_tables(elf)
     secs = elf.sections
     allowed = payload.arch.rel_section_types
     for idx in elf.relocation_sections:

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from lp_rewrite.apply import Plan
 from lp_rewrite.decide import Decision, decide
 from lp_rewrite.elf import consts as C
+from lp_rewrite.elf.editor import IndexMap
 from lp_rewrite.elf.file import ElfFile
 from lp_rewrite.errors import VerificationError
 from lp_rewrite.identify import FuncsTable, identify
@@ -55,11 +56,13 @@ def check_rewrite(
         out.elf.check_relocations(changed)
     except Exception as exc:  # the output must parse; anything else is our bug
         raise _fail(f"the output does not parse: {exc}") from exc
-    _check_sections(inp, out, plan)
+    # The editor's map of input to output symbol indices, as apply() recorded it.
+    symbol_map = plan.symbol_map if plan.symbol_map is not None else IndexMap(inp.elf.symbols.count)
+    _check_sections(inp, out, plan, symbol_map)
     if plan.addralign:
         _check_notes_aligned(out, plan)
-    _check_symbols(inp, out, plan)
-    _check_relocations(inp, out, plan)
+    _check_symbols(inp, out, plan, symbol_map)
+    _check_relocations(inp, out, plan, symbol_map)
     out_funcs = identify(out, absent_ok=True)  # a hooks-only payload whose notes were aligned
     if [(r.original, r.entry) for r in out_funcs.replacements] != [(r.original, r.entry) for r in funcs.replacements]:
         raise _fail("the output's .livepatch.funcs no longer identifies the same replacements")
@@ -79,7 +82,7 @@ def _check_notes_aligned(out: Payload, plan: Plan) -> None:
             raise _fail(f"section [{note.section.index}] {note.section.name!r} is still misaligned: {note.describe()}")
 
 
-def _check_sections(inp: Payload, out: Payload, plan: Plan) -> None:
+def _check_sections(inp: Payload, out: Payload, plan: Plan, symbol_map: IndexMap) -> None:
     a, b = inp.elf, out.elf
     sa, sb = a.sections, b.sections
     n = len(sa)
@@ -105,7 +108,7 @@ def _check_sections(inp: Payload, out: Payload, plan: Plan) -> None:
     grown = {a.symtab_index, syms.strtab_index}
     if syms.shndx_section is not None:
         grown.add(syms.shndx_section)
-    renumbered = plan.inserted_count() > 0
+    renumbered = symbol_map.moves
     if sa.info != sb.info:
         for k, (x, y) in enumerate(zip(sa.info, sb.info, strict=True)):
             if x != y and k not in grown and not (renumbered and sa.type[k] == C.SHT_GROUP):
@@ -186,16 +189,16 @@ def _compare_unchanged(a: ElfFile, b: ElfFile, indices: list[int]) -> None:
     flush()
 
 
-def _check_symbols(inp: Payload, out: Payload, plan: Plan) -> None:
+def _check_symbols(inp: Payload, out: Payload, plan: Plan, symbol_map: IndexMap) -> None:
     s, t = inp.elf.symbols, out.elf.symbols
-    expected = s.count + plan.inserted_count() + len(plan.appended)
+    expected = s.count + symbol_map.inserted + len(plan.appended)
     if t.count != expected:
         raise _fail(f"symbol count {t.count}, expected {expected}")
-    remap = plan.index_map()
-    order = [remap(i) for i in range(s.count)] if plan.inserts else list(range(s.count))
+    moves = symbol_map.moves
+    order = symbol_map.table if moves else range(s.count)  # output index of each input symbol
     for column in ("info", "other", "shndx", "value", "size"):
         old, new = getattr(s, column), getattr(t, column)
-        if (array(new.typecode, [new[j] for j in order]) if plan.inserts else new[: s.count]) != old:
+        if (array(new.typecode, map(new.__getitem__, order)) if moves else new[: s.count]) != old:
             raise _fail(f"a symbol's {column} changed")
     for i in range(s.count):
         want = plan.renames.get(i)
@@ -213,9 +216,8 @@ def _check_symbols(inp: Payload, out: Payload, plan: Plan) -> None:
             raise _fail(f"absolute alias {alias.name!r} holds {t.value[j]:#x}, not the original's {alias.value:#x}")
 
 
-def _check_relocations(inp: Payload, out: Payload, plan: Plan) -> None:
+def _check_relocations(inp: Payload, out: Payload, plan: Plan, symbol_map: IndexMap) -> None:
     a, b = inp.elf, out.elf
-    remap = plan.index_map()
     by_section: dict[int, list[Decision]] = {}
     for d in plan.retargets:
         by_section.setdefault(d.reloc_section, []).append(d)
@@ -231,7 +233,7 @@ def _check_relocations(inp: Payload, out: Payload, plan: Plan) -> None:
             if y.syms != x.syms or y.addends != x.addends:
                 raise _fail(f"relocation section {x.section.name!r} changed without a plan")
             continue
-        expect_syms = array(y.syms.typecode, [remap(v) for v in x.syms] if plan.inserts else x.syms)
+        expect_syms = symbol_map.remap(x.syms, y.syms.typecode)
         expect_add = array(x.addends.typecode, x.addends) if x.addends is not None else None
         for d in moved:
             assert d.replacement is not None

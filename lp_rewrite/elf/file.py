@@ -20,7 +20,6 @@ from typing import overload
 from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.layout import _NATIVE_LE, ClassLayout, column, layout_for
 from lp_rewrite.errors import InputError
-from lp_rewrite.payload import MAX_NAME_LEN, MAX_SECTIONS
 
 
 @dataclass(slots=True)
@@ -62,21 +61,38 @@ def encode_name(name: str) -> bytes:
     return name.encode("utf-8", "surrogateescape")
 
 
-class StringTable:
-    """A NUL-terminated string table (checked the way Xen checks one)."""
+class SectionCountError(InputError):
+    """The object has more sections than the reader was told to accept.
 
-    def __init__(self, data: bytes, what: str) -> None:
+    Raised before any section header is read; the caller that set the limit
+    words the refusal (it knows why the limit exists and how to lift it).
+    """
+
+    def __init__(self, count: int, limit: int) -> None:
+        super().__init__(f"the object has {count} sections; fewer than {limit} are accepted")
+        self.count = count
+        self.limit = limit
+
+
+class StringTable:
+    """A NUL-terminated string table, its names at most ``max_name_len`` bytes (None: any length)."""
+
+    def __init__(self, data: bytes, what: str, max_name_len: int | None = None) -> None:
         if not data or data[0] != 0 or data[-1] != 0:
             raise InputError(f"{what}: string table must start and end with a NUL byte")
         self.data = data
         self.what = what
+        self.max_name_len = max_name_len
 
     def get(self, offset: int) -> str:
         # The table ends with NUL, so any in-range offset finds one; the bound
         # keeps the scan (and the decoded name) short whatever the table holds.
-        end = self.data.find(b"\0", offset, offset + MAX_NAME_LEN + 1)
+        limit = self.max_name_len
+        if limit is None:
+            return decode_name(self.data[offset : self.data.find(b"\0", offset)])
+        end = self.data.find(b"\0", offset, offset + limit + 1)
         if end < 0:
-            raise InputError(f"{self.what}: the name at offset {offset} is longer than {MAX_NAME_LEN} bytes")
+            raise InputError(f"{self.what}: the name at offset {offset} is longer than {limit} bytes")
         return decode_name(self.data[offset:end])
 
 
@@ -196,7 +212,7 @@ class SymbolTable:
             raise InputError(f"{where}: linked section [{strsec.index}] is not a string table")
         self.strtab_index = strsec.index
         self.strtab = StringTable(
-            bytes(elf.section_data(strsec.index)), f"string table [{strsec.index}] {strsec.name!r}"
+            bytes(elf.section_data(strsec.index)), f"string table [{strsec.index}] {strsec.name!r}", elf.max_name_len
         )
         data = elf.section_data(section.index)
         self.count = section.sh_size // lay.sym.size
@@ -209,16 +225,15 @@ class SymbolTable:
         if max(self.name_off) >= len(self.strtab.data):
             bad = next(i for i, n in enumerate(self.name_off) if n >= len(self.strtab.data))
             raise InputError(f"symbol [{bad}]: name offset {self.name_off[bad]} is outside the string table")
-        # Names are decoded lazily, each at most MAX_NAME_LEN bytes. If the table
+        # Names are decoded lazily, each at most max_name_len bytes. If the table
         # holds a longer string at all (one C-speed split), find the symbol now,
         # while the error can name it.
-        if max(map(len, self.strtab.data.split(b"\0"))) > MAX_NAME_LEN:
+        limit = elf.max_name_len
+        if limit is not None and max(map(len, self.strtab.data.split(b"\0"))) > limit:
             table = self.strtab.data
             for i, off in enumerate(self.name_off):
-                if table.find(b"\0", off, off + MAX_NAME_LEN + 1) < 0:
-                    raise InputError(
-                        f"symbol [{i}]: its name (string table offset {off}) is longer than {MAX_NAME_LEN} bytes"
-                    )
+                if table.find(b"\0", off, off + limit + 1) < 0:
+                    raise InputError(f"symbol [{i}]: its name (string table offset {off}) is longer than {limit} bytes")
         # .symtab_shndx, when present, must grow with the symbol table even if
         # no symbol needs it, so find it whatever the symbols say.
         self.shndx_section = self._find_shndx_section(elf)
@@ -346,10 +361,18 @@ class RelocTable:
 class ElfFile:
     """A parsed, validated ELF relocatable object held in memory."""
 
-    def __init__(self, data: bytes, name: str = "<input>", max_sections: int | None = MAX_SECTIONS) -> None:
-        # max_sections: Xen's e_shnum limit, or None for objects that are not
-        # final payloads (intermediate objects, stress tests).
+    def __init__(
+        self,
+        data: bytes,
+        name: str = "<input>",
+        max_sections: int | None = None,
+        max_name_len: int | None = None,
+    ) -> None:
+        # The caller's limits (None: none): fewer than max_sections sections
+        # (SectionCountError otherwise, raised before any header is read), and
+        # section and symbol names of at most max_name_len bytes.
         self.max_sections = max_sections
+        self.max_name_len = max_name_len
         self.data = data
         self.view = memoryview(data)
         self.name = name
@@ -428,11 +451,7 @@ class ElfFile:
             if shnum == 0:
                 raise InputError("e_shnum is 0 and section header 0 gives no section count")
         if self.max_sections is not None and shnum >= self.max_sections:
-            # livepatch_header_check(): e_shnum < 1024. Checked before any header is read.
-            raise InputError(
-                f"the object has {shnum} sections; Xen accepts a payload with fewer than {MAX_SECTIONS} "
-                "(--ignore-xen-limits processes it anyway)"
-            )
+            raise SectionCountError(shnum, self.max_sections)
         if self.e_shoff + shnum * lay.shdr.size > size:
             raise InputError(f"section header table ({shnum} entries at {self.e_shoff:#x}) is past the end of the file")
         self.shnum = shnum
@@ -443,7 +462,7 @@ class ElfFile:
         h = lay.shdr.unpack_from(table, shstrndx * lay.shdr.size)
         if h[1] != C.SHT_STRTAB or h[4] > size or h[5] > size - h[4]:
             raise InputError(f"section [{shstrndx}] named by e_shstrndx is not a string table inside the file")
-        shstr = StringTable(bytes(self.view[h[4] : h[4] + h[5]]), f"section name table [{shstrndx}]")
+        shstr = StringTable(bytes(self.view[h[4] : h[4] + h[5]]), f"section name table [{shstrndx}]", self.max_name_len)
         self.sections = secs = SectionTable(table, lay, shstr)
         # Every check below runs over columns (C speed), and finds the culprit
         # only when one exists.
@@ -460,7 +479,7 @@ class ElfFile:
                 "not to a relocatable livepatch payload"
             )
         # A relocation section is a table of entries whatever it relocates
-        # (Xen skips one with no loaded target; other readers do not).
+        # (a loader may skip one with no loaded target; other readers do not).
         tables = [i for i, t in enumerate(secs.type) if i and (t == C.SHT_REL or t == C.SHT_RELA)]
         for i in tables:
             ent = lay.reloc_entsize(secs.type[i])
@@ -536,26 +555,27 @@ class ElfFile:
         return SymbolTable(self, self.sections[self.symtab_index])
 
     @cached_property
-    def relocation_sections(self) -> list[int]:
-        """Indices of REL/RELA sections that apply to a real section via our symtab."""
+    def relocation_tables(self) -> list[int]:
+        """Indices of every REL/RELA section whose entries name this object's symbols.
+
+        Header 0 is the reserved null entry (it carries e_shnum/e_shstrndx
+        overflow, not a section), whatever its sh_type says.
+        """
         secs = self.sections
-        n = len(secs)
-        out = []
-        for i, t in enumerate(secs.type):
-            if (t != C.SHT_REL and t != C.SHT_RELA) or i == 0:  # Xen's loops start at section 1
-                continue
-            target = secs.info[i]
-            if not 0 < target < n:
-                continue  # Xen skips relocation sections with no valid target too.
-            if secs.link[i] != self.symtab_index:
-                if secs.flags[target] & C.SHF_ALLOC:
-                    raise InputError(
-                        f"relocation section [{i}] {secs.name(i)!r}: sh_link {secs.link[i]} is not the "
-                        f"symbol table [{self.symtab_index}]"
-                    )
-                continue
-            out.append(i)
-        return out
+        symtab = self.symtab_index
+        link = secs.link
+        return [i for i, t in enumerate(secs.type) if i and (t == C.SHT_REL or t == C.SHT_RELA) and link[i] == symtab]
+
+    @cached_property
+    def relocation_sections(self) -> list[int]:
+        """Indices of the relocation tables that apply to a section of the object (sh_info a section index).
+
+        What a loader makes of the other REL/RELA sections (a foreign sh_link,
+        a target that is not a section) is the caller's rule, not the reader's.
+        """
+        n = len(self.sections)
+        info = self.sections.info
+        return [i for i in self.relocation_tables if 0 < info[i] < n]
 
     # -- relocation tables without building them ----------------------------
     #

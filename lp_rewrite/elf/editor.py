@@ -1,0 +1,323 @@
+"""Edit a relocatable object by index: symbols, relocations, section headers.
+
+An :class:`ElfEditor` collects edits against a parsed :class:`ElfFile` and
+serialises the result once (:func:`lp_rewrite.elf.writer.serialize`). It
+knows the ELF format and nothing of what the edits are for:
+
+* symbols: rename one, insert local symbols before given input indices and
+  append others. Inserting renumbers every symbol reference the format has
+  (relocation entries, ``SHT_GROUP`` signatures, ``.symtab_shndx``, the
+  symbol table's first-global ``sh_info``) and returns an :class:`IndexMap`
+  from input to output symbol index;
+* relocations: set the symbol or the explicit addend of some entries of a
+  section (the entry's type is kept);
+* section headers: ``sh_info``, ``sh_addralign``, ``sh_entsize``;
+* contents: a mutable copy of any section's bytes (e.g. a REL place whose
+  implicit addend is re-encoded by the target's own rule).
+
+Tables are edited in bulk: a column of a relocation section is renumbered
+through a lookup array in C (``map`` over a strided ``memoryview``), never
+with a Python object or call per entry.
+"""
+
+from __future__ import annotations
+
+import bisect
+import operator
+import struct
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from itertools import repeat
+from typing import Final, Literal
+
+from lp_rewrite.elf import consts as C
+from lp_rewrite.elf.file import ElfFile, encode_name
+from lp_rewrite.elf.layout import _NATIVE_LE
+from lp_rewrite.elf.writer import serialize
+from lp_rewrite.errors import InputError
+
+
+@dataclass
+class NewSymbol:
+    """A symbol to add: its name, st_info, st_shndx (written as given) and st_value."""
+
+    name: str
+    info: int
+    shndx: int
+    value: int = 0
+
+
+class IndexMap:
+    """Input symbol index -> output symbol index, after insertions.
+
+    ``blocks`` are ``(position, count)`` pairs in increasing position: ``count``
+    symbols were inserted just before input index ``position`` (``position``
+    may be the input's symbol count: at its end). ``appended`` symbols follow
+    all of them and move no input index.
+    """
+
+    def __init__(self, count: int, blocks: Sequence[tuple[int, int]] = (), appended: int = 0) -> None:
+        positions = [p for p, _n in blocks]
+        if positions != sorted(set(positions)) or any(not 0 <= p <= count for p in positions):
+            raise ValueError(f"insertion positions {positions} are not increasing indices of {count} symbols")
+        self.count = count
+        self.appended = appended
+        self._positions = positions
+        self._shift: list[int] = []  # symbols inserted before each block's position, that block included
+        total = 0
+        starts = []
+        for p, n in blocks:
+            starts.append(p + total)
+            total += n
+            self._shift.append(total)
+        self.inserted = total
+        # Output index of the first symbol of each inserted block, and of the appended ones.
+        self.block_starts: tuple[int, ...] = tuple(starts)
+        self.appended_start = count + total
+
+    @property
+    def new_count(self) -> int:
+        return self.count + self.inserted + self.appended
+
+    @property
+    def moves(self) -> bool:
+        """Whether any input index changes (appending moves none)."""
+        return self.inserted > 0
+
+    def __call__(self, index: int) -> int:
+        """The output index of input ``index`` (any integer: beyond the table, it moves with the last)."""
+        k = bisect.bisect_right(self._positions, index)
+        return index + (self._shift[k - 1] if k else 0)
+
+    @cached_property
+    def table(self) -> array[int]:
+        """``table[i]`` is the output index of input symbol ``i``, for every input symbol."""
+        out = array("I")
+        lo = 0
+        shift = 0
+        for p, after in zip(self._positions, self._shift, strict=True):
+            out.extend(range(lo + shift, p + shift))
+            lo, shift = p, after
+        out.extend(range(lo + shift, self.count + shift))
+        return out
+
+    def remap(self, indices: Sequence[int], typecode: str = "I") -> array[int]:
+        """Every index of a column of input symbol indices (each below ``count``), mapped; C speed."""
+        if not self.moves:
+            return array(typecode, indices)
+        return array(typecode, map(self.table.__getitem__, indices))
+
+
+SectionField = Literal["sh_info", "sh_addralign", "sh_entsize"]
+
+_FIELDS: Final = ("sh_info", "sh_addralign", "sh_entsize")
+
+
+class ElfEditor:
+    """Edits of one :class:`ElfFile`, written by :meth:`to_bytes`.
+
+    Indices are those of the object being written: before
+    :meth:`insert_symbols`, the input's; after it, the output's (section
+    indices never change).
+    """
+
+    def __init__(self, elf: ElfFile) -> None:
+        self.elf = elf
+        self.layout = elf.layout
+        # Replaced tables in the order they were first edited, and replaced
+        # contents (contents() copies): the latter are written over the former.
+        self._tables: dict[int, bytes | bytearray] = {}
+        self._contents: dict[int, bytearray] = {}
+        self._headers: dict[str, dict[int, int]] = {f: {} for f in _FIELDS}
+        self._strtab: bytearray | None = None
+        self._names: dict[str, int] = {}
+        self.symbol_map = IndexMap(elf.symbols.count)
+        self._inserted = False
+
+    # -- what was edited ------------------------------------------------------
+
+    @property
+    def edited_tables(self) -> list[int]:
+        """Sections whose contents the symbol and relocation edits replace, in the order first edited."""
+        return list(self._tables)
+
+    # -- section headers and contents ------------------------------------------
+
+    def set_section_field(self, index: int, field: SectionField, value: int) -> None:
+        """Set one header field of a section (its file offset follows a new sh_addralign)."""
+        self._headers[field][index] = value
+
+    def contents(self, index: int) -> bytearray:
+        """A mutable copy of a section's input bytes, written in its place."""
+        buf = self._contents.get(index)
+        if buf is None:
+            buf = self._contents[index] = bytearray(self.elf.section_data(index))
+        return buf
+
+    # -- symbols ----------------------------------------------------------------
+
+    def _symbol_tables(self) -> tuple[bytearray, bytearray]:
+        """The symbol table and its string table, as edited so far (registered on first use)."""
+        elf = self.elf
+        syms = elf.symbols
+        if self._strtab is None:
+            self._tables[elf.symtab_index] = bytearray(elf.section_data(elf.symtab_index))
+            self._strtab = bytearray(syms.strtab.data)
+            self._tables[syms.strtab_index] = self._strtab
+            if syms.shndx_section is not None:  # grows with the symbol table
+                self._tables[syms.shndx_section] = bytearray(elf.section_data(syms.shndx_section))
+        symtab = self._tables[elf.symtab_index]
+        assert isinstance(symtab, bytearray)
+        return symtab, self._strtab
+
+    def add_name(self, name: str) -> int:
+        """The offset of ``name`` in the symbol string table, appended on its first use."""
+        _symtab, strtab = self._symbol_tables()
+        off = self._names.get(name)
+        if off is None:
+            off = len(strtab)
+            strtab.extend(encode_name(name) + b"\0")
+            self._names[name] = off
+        return off
+
+    def rename_symbol(self, index: int, name: str) -> None:
+        off = self.add_name(name)
+        symtab, _strtab = self._symbol_tables()
+        fmt, at = self.layout.sym_name
+        struct.pack_into("<" + fmt, symtab, index * self.layout.sym.size + at, off)
+
+    def _pack(self, sym: NewSymbol) -> bytes:
+        return self.layout.pack_sym(self.add_name(sym.name), sym.info, C.STV_DEFAULT, sym.shndx, sym.value, 0)
+
+    def insert_symbols(
+        self, inserts: Sequence[tuple[int, Sequence[NewSymbol]]], appended: Sequence[NewSymbol] = ()
+    ) -> IndexMap:
+        """Insert local symbols and append others; renumber every reference; the index map.
+
+        ``inserts``: ``(position, symbols)`` in increasing input position, each
+        at most the first-global index (the inserted symbols are locals).
+        ``appended`` go after the last symbol. Names are added to the string
+        table in that order. Called once, with the input's indices. When
+        local symbols are inserted, every relocation table naming the symbol
+        table must hold whole entries naming its symbols (InputError otherwise,
+        before anything is renumbered).
+        """
+        elf, lay = self.elf, self.layout
+        syms = elf.symbols
+        if self._inserted:
+            raise ValueError("symbols are inserted once")
+        self._inserted = True
+        imap = IndexMap(syms.count, [(p, len(news)) for p, news in inserts], len(appended))
+        if inserts and inserts[-1][0] > syms.first_global:
+            raise ValueError(f"local symbols inserted at {inserts[-1][0]}, past the first global {syms.first_global}")
+        secs = elf.sections
+        if imap.moves:
+            unknown = [i for i, t in enumerate(secs.type) if t == C.SHT_LLVM_ADDRSIG]
+            if unknown:
+                name = secs.name(unknown[0])
+                raise InputError(f"section [{unknown[0]}] {name!r} holds symbol indices this editor does not renumber")
+            elf.check_relocations(elf.relocation_tables)
+        symtab, _strtab = self._symbol_tables()
+        size = lay.sym.size
+        pieces: list[bytes | bytearray] = []
+        prev = 0
+        for pos, news in inserts:
+            pieces.append(symtab[prev * size : pos * size])
+            pieces.extend(self._pack(s) for s in news)
+            prev = pos
+        pieces.append(symtab[prev * size :])
+        pieces.extend(self._pack(s) for s in appended)
+        new_symtab = bytearray().join(pieces)
+        assert len(new_symtab) == imap.new_count * size
+        self._tables[elf.symtab_index] = new_symtab
+        if syms.shndx_section is not None:
+            ext = self._tables[syms.shndx_section]
+            parts: list[bytes | bytearray] = []
+            prev = 0
+            for pos, news in inserts:  # the same positions as in the symbol table; new symbols need none
+                parts.append(ext[prev * 4 : pos * 4])
+                parts.append(bytes(4 * len(news)))
+                prev = pos
+            parts.append(ext[prev * 4 :])
+            parts.append(bytes(4 * len(appended)))
+            self._tables[syms.shndx_section] = bytearray().join(parts)
+        self.symbol_map = imap
+        if imap.moves:
+            self.set_section_field(elf.symtab_index, "sh_info", syms.first_global + imap.inserted)
+            for i in elf.relocation_tables:
+                self._renumber(i, imap)
+            for i, t in enumerate(secs.type):
+                if t == C.SHT_GROUP and secs.link[i] == elf.symtab_index:  # its signature symbol
+                    self.set_section_field(i, "sh_info", imap(secs.info[i]))
+        return imap
+
+    # -- relocations ------------------------------------------------------------
+
+    def _relocation_data(self, index: int) -> bytearray:
+        buf = self._tables.get(index)
+        if buf is None:
+            buf = self._tables[index] = bytearray(self.elf.section_data(index))
+        assert isinstance(buf, bytearray)
+        return buf
+
+    def _renumber(self, index: int, imap: IndexMap) -> None:
+        """Every entry's symbol through the index map: one C-level pass over a strided view."""
+        buf = self._relocation_data(index)
+        lay = self.layout
+        entsize = lay.reloc_entsize(self.elf.sections.type[index])
+        if not buf:
+            return
+        table = imap.table.__getitem__
+        if _NATIVE_LE and lay.rel_sym is not None:  # ELF64: r_sym is the high word of r_info
+            words = memoryview(buf).cast("I")
+            col = words[lay.rel_sym[1] // 4 :: entsize // 4]
+            col[:] = array("I", map(table, col))
+            return
+        fmt, at = lay.rel_info
+        if _NATIVE_LE and fmt == "I":  # ELF32: r_info = sym << 8 | type
+            words = memoryview(buf).cast("I")
+            col = words[at // 4 :: entsize // 4]
+            shift, mask = lay.r_sym_shift, lay.r_type_mask
+            moved = map(operator.lshift, map(table, map(operator.rshift, col, repeat(shift))), repeat(shift))
+            col[:] = array("I", map(operator.or_, moved, map(operator.and_, col, repeat(mask))))
+            return
+        info = struct.Struct("<" + fmt)
+        for pos in range(at, len(buf), entsize):
+            value = info.unpack_from(buf, pos)[0]
+            info.pack_into(buf, pos, lay.r_info(imap(lay.r_sym(value)), lay.r_type(value)))
+
+    def set_relocation_symbols(self, index: int, entries: Sequence[int], symbols: Sequence[int]) -> None:
+        """Entry ``entries[k]`` of relocation section ``index`` now names symbol ``symbols[k]``; types kept."""
+        buf = self._relocation_data(index)
+        lay = self.layout
+        entsize = lay.reloc_entsize(self.elf.sections.type[index])
+        fmt, at = lay.rel_info
+        info = struct.Struct("<" + fmt)
+        r_info, r_type = lay.r_info, lay.r_type
+        for entry, sym in zip(entries, symbols, strict=True):
+            pos = entry * entsize + at
+            info.pack_into(buf, pos, r_info(sym, r_type(info.unpack_from(buf, pos)[0])))
+
+    def set_relocation_addends(self, index: int, entries: Sequence[int], addends: Sequence[int]) -> None:
+        """The explicit addend of entries of an SHT_RELA section."""
+        if self.elf.sections.type[index] != C.SHT_RELA:
+            raise ValueError(f"section [{index}] is not SHT_RELA: its addends are in the places")
+        buf = self._relocation_data(index)
+        lay = self.layout
+        fmt, at = lay.rela_addend
+        field = struct.Struct("<" + fmt)
+        for entry, addend in zip(entries, addends, strict=True):
+            field.pack_into(buf, entry * lay.rela.size + at, addend)
+
+    # -- output -----------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        """The edited object (the input's bytes when nothing was edited)."""
+        if not self._tables and not self._contents and not any(self._headers.values()):
+            return self.elf.data
+        data: dict[int, bytes | bytearray] = dict(self._tables)
+        data.update(self._contents)
+        h = self._headers
+        return serialize(self.elf, data, h["sh_info"], h["sh_entsize"], h["sh_addralign"])
