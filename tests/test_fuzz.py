@@ -294,3 +294,12 @@ def test_the_long_fuzzer_runs(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "total: 400 inputs" in proc.stdout and " 0 crashes at 0 unique sites" in proc.stdout, proc.stdout
     assert not (tmp_path / "crashes").exists()
+
+
+@pytest.mark.parametrize("name", ["x86_64/global_refs", "arm/global_refs"])
+def test_the_locator_finds_every_kind_of_field(name: str) -> None:
+    """The one locator (scripts/lp_fuzz/fields.py) reaches every kind the hypothesis run draws, RELA and REL alike."""
+    data, fields = pristine(COMMITTED / f"{name}.livepatch")
+    assert set(fields.by_kind) == set(KINDS)
+    assert all(off + width <= len(data) for places in fields.by_kind.values() for off, width in places)
+    assert fields.by_kind["ehdr"][0] == (16, 2)  # e_type first: the mutator's "ehdr 0.0" edit
