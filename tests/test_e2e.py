@@ -70,6 +70,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from elftools.elf.elffile import ELFFile
 
 from tests.conftest import summary_lines
 
@@ -791,8 +792,26 @@ ARM_TARGETS = [t for t in TARGETS if arch_of(t) in ("arm64", "arm32")]  # they b
 HELLO = "xen_hello_world"  # Xen's in-tree test payload (xen/test/livepatch), built by scripts/e2e/build-xen.sh
 
 
+DEPENDS_NOTES = (".livepatch.depends", ".livepatch.xen_depends")
+
+
 def rules(findings: list[dict[str, object]]) -> set[object]:
     return {f["rule"] for f in findings}
+
+
+def ro_region_offsets(payload: Path) -> dict[str, int]:
+    """Each read-only SHF_ALLOC section's offset in Xen's RO region (move_payload(), read with pyelftools)."""
+    with payload.open("rb") as f:
+        size, out = 0, {}
+        for sec in ELFFile(f).iter_sections():
+            flags = sec["sh_flags"]
+            if not flags & 0x2 or flags & 0x1 or flags & 0x4:  # SHF_ALLOC, not WRITE, not EXECINSTR
+                continue
+            align = sec["sh_addralign"]
+            size = (size + align - 1) & ~(align - 1) if align else 0
+            out[sec.name] = size
+            size += sec["sh_size"]
+    return out
 
 
 @pytest.mark.parametrize("prepared", ARM_TARGETS, indirect=True)
@@ -800,9 +819,10 @@ def test_arm_loader_crashes_are_predicted(prepared: Prepared) -> None:
     """Xen's Arm loader faults, on the unmodified hypervisor, exactly where `check --xen-syms` predicts them.
 
     xen_hello_world as Xen builds it: its objcopy-made depends notes have
-    sh_addralign 1; where `check` says they land unaligned (LP016), the
-    upload takes a Data Abort in xen_build_id_check (Xen runs with alignment
-    checking), and where it says nothing, the upload works.  Re-aligned by
+    sh_addralign 1 and land unaligned.  On arm32 `check` says so (LP016) and
+    the upload takes a Data Abort in xen_build_id_check (Xen runs with
+    alignment checking); arm64 Xen reads them as they are, and there `check`
+    says nothing and the upload works.  Re-aligned by
     `rewrite --align-notes`, LP016 is gone and it uploads; on arm32 its
     `b printk` tail call, an odd number of words away, is one Xen's
     0x00FFFFFE mask encodes 4 bytes short (LP014): Xen crashes in the load
@@ -817,6 +837,10 @@ def test_arm_loader_crashes_are_predicted(prepared: Prepared) -> None:
         _, findings = check_findings(prep, hello)
         found = {(f["rule"], f["symbol"]) for f in findings}
         misaligned = "LP016" in rules(findings)
+        # Independently of the check (pyelftools): where Xen's move_payload() puts the notes.
+        placed = ro_region_offsets(hello)
+        assert all(placed[n] % 4 for n in DEPENDS_NOTES), placed  # unaligned on both arches
+        assert misaligned == (prep.arch == "arm32"), findings
         if prep.arch == "arm32":  # seen on the real hypervisor; pinned so a silent rule fails here
             assert found == {
                 ("LP016", ".livepatch.depends"),
@@ -876,6 +900,34 @@ def test_xen_in_tree_payloads_pass_through(prepared: Prepared) -> None:
             r = lp_rewrite("rewrite", str(payload), "-o", str(out))
             assert r.returncode == 0, f"rewrite {payload.name} exited {r.returncode}:\n{r.stdout}{r.stderr}"
             assert out.read_bytes() == payload.read_bytes(), f"{payload.name}: the rewrite changed it"
+
+
+INIT_TARGETS = [t for t in TARGETS if t in ALL_TARGETS and xen_version_of(t) != "4.17"]
+
+
+@pytest.mark.parametrize("prepared", INIT_TARGETS, indirect=True)
+def test_call_into_freed_init_code_is_predicted(prepared: Prepared) -> None:
+    """Xen 4.20 frees register_keyhandler() after boot: `check --xen-syms` says so (LP018), and Xen crashes there.
+
+    The 4.17 keyhandler payload, built against 4.20, resolves the name at
+    load (Xen's symbol table still lists init code) and its load hook's call
+    jumps into freed memory at APPLY, rewritten or not.
+    """
+    prep = prepared
+    raw = prep.raw(GLOBAL)
+    with kept_on_failure(prep.target, "init-check", lambda: [raw]):
+        code, findings = check_findings(prep, raw)
+        assert code == 1 and {(f["rule"], f["symbol"]) for f in findings} == {
+            ("LP001", GLOBAL.replaced),
+            ("LP018", "register_keyhandler"),
+        }, findings
+    upload, apply = ("upload", GLOBAL.name), ("apply", GLOBAL.name)
+    with kept_step(prep, "init-call"):
+        log = boot(prep, "init-call", steps_text([Flow("init", (upload, apply), (), "")]), {GLOBAL.name: raw})
+        check_booted_ours(log, prep)
+        assert dom0_marker(upload) in log.text, "the payload did not upload"
+        after = log.between(f"livepatch: {GLOBAL.name}: Applying", None)
+        assert PANIC_LINES[prep.arch] in after and "lp_e2e_global_load_hook" in after, after[-3000:]
 
 
 def test_every_target_runs() -> None:
