@@ -48,16 +48,16 @@ def check_rewrite(
     Every other section is proven byte-identical and its symbols unchanged, so
     only these are decided again.
     """
+    # The editor's map of input to output symbol indices, as apply() recorded it.
+    symbol_map = plan.symbol_map if plan.symbol_map is not None else IndexMap(inp.elf.symbols.count)
     try:
         # Entries are validated below only where they differ from the input's:
         # every other relocation table is proven byte-identical to a checked one.
         out = read_payload(data, name=f"{inp.name} (rewritten)", xen_limits=policy.xen_limits, check_relocations=False)
-        changed = out.elf.relocation_sections if plan.inserts else sorted({d.reloc_section for d in plan.retargets})
+        changed = _edited_relocation_tables(out, plan, symbol_map)
         out.elf.check_relocations(changed)
     except Exception as exc:  # the output must parse; anything else is our bug
         raise _fail(f"the output does not parse: {exc}") from exc
-    # The editor's map of input to output symbol indices, as apply() recorded it.
-    symbol_map = plan.symbol_map if plan.symbol_map is not None else IndexMap(inp.elf.symbols.count)
     _check_sections(inp, out, plan, symbol_map)
     if plan.addralign:
         _check_notes_aligned(out, plan)
@@ -71,6 +71,16 @@ def check_rewrite(
         d = left[0]
         raise _fail(f"{out.elf.sections[d.section].name}+{d.offset:#x} still references a replacement's entry")
     return out
+
+
+def _edited_relocation_tables(payload: Payload, plan: Plan, symbol_map: IndexMap) -> list[int]:
+    """The relocation tables the editor rewrote (the same indices in both files).
+
+    All those naming the symbol table when symbols moved, else the retargets' own.
+    """
+    if symbol_map.moves:
+        return payload.elf.relocation_tables
+    return sorted({d.reloc_section for d in plan.retargets})
 
 
 def _check_notes_aligned(out: Payload, plan: Plan) -> None:
@@ -108,10 +118,11 @@ def _check_sections(inp: Payload, out: Payload, plan: Plan, symbol_map: IndexMap
     grown = {a.symtab_index, syms.strtab_index}
     if syms.shndx_section is not None:
         grown.add(syms.shndx_section)
-    renumbered = symbol_map.moves
     if sa.info != sb.info:
         for k, (x, y) in enumerate(zip(sa.info, sb.info, strict=True)):
-            if x != y and k not in grown and not (renumbered and sa.type[k] == C.SHT_GROUP):
+            # A group's signature symbol is renumbered with every other symbol reference.
+            signature = sa.type[k] == C.SHT_GROUP and sa.link[k] == a.symtab_index and y == symbol_map(x)
+            if x != y and k not in grown and not signature:
                 raise _fail(f"section [{k}] {sa.name(k)!r}: sh_info changed")
     if sa.size != sb.size:
         for k, (x, y) in enumerate(zip(sa.size, sb.size, strict=True)):
@@ -119,9 +130,7 @@ def _check_sections(inp: Payload, out: Payload, plan: Plan, symbol_map: IndexMap
                 raise _fail(f"section [{k}] {sa.name(k)!r}: size changed")
     # Contents: the relocation data the plan touched is checked entry by entry
     # (_check_relocations); REL places re-encoded with a new addend are masked.
-    differ = set(grown) | {d.reloc_section for d in plan.retargets}
-    if renumbered:
-        differ |= {k for k, t in enumerate(sa.type) if t in (C.SHT_REL, C.SHT_RELA)}
+    differ = set(grown) | set(_edited_relocation_tables(inp, plan, symbol_map))
     rel_places: dict[int, list[int]] = {}
     for d in plan.retargets:
         if sa.type[d.reloc_section] == C.SHT_REL:
@@ -223,13 +232,13 @@ def _check_relocations(inp: Payload, out: Payload, plan: Plan, symbol_map: Index
         by_section.setdefault(d.reloc_section, []).append(d)
     alias_index = {n: plan.aliases[name].index for n, name in plan.alias_for_replacement.items()}
     # Untouched sections were compared byte for byte (_check_sections).
-    todo = a.relocation_sections if plan.inserts else sorted(by_section)
+    todo = _edited_relocation_tables(inp, plan, symbol_map)
     for idx in todo:
         x, y = a.relocations(idx), b.relocations(idx)
         if x.offsets != y.offsets or x.types != y.types:
             raise _fail(f"relocation section {x.section.name!r}: places or types changed")
         moved = by_section.get(idx, [])
-        if not moved and not plan.inserts:
+        if not moved and not symbol_map.moves:
             if y.syms != x.syms or y.addends != x.addends:
                 raise _fail(f"relocation section {x.section.name!r} changed without a plan")
             continue
