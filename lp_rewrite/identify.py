@@ -18,23 +18,22 @@ gets an empty table (:attr:`FuncsTable.present` false).
 
 from __future__ import annotations
 
-import struct
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from lp_rewrite.arch import Kind
 from lp_rewrite.elf.file import Section
-from lp_rewrite.errors import InputError
+from lp_rewrite.errors import InputError, Location
 from lp_rewrite.payload import (
     FUNCS_SECTION,
     HOOK_SECTIONS,
     MAX_NAME_LEN,
-    SUPPORTED_VERSIONS,
     XEN_PAYLOAD_VERSION,
+    FuncEntry,
     FuncLayout,
     func_layout,
-    version_offset,
+    parse_funcs,
 )
 from lp_rewrite.read import Payload
 
@@ -58,6 +57,9 @@ class Replacement(NamedTuple):
 
 
 class FieldReloc(NamedTuple):
+    """A relocation that writes a field of ``.livepatch.funcs``: what Xen stores there is S + A."""
+
+    offset: int  # in the section
     symbol: int
     rtype: int
     addend: int
@@ -86,11 +88,19 @@ class FuncsTable:
         return None
 
 
-def _field_relocations(payload: Payload, funcs: Section) -> dict[int, FieldReloc]:
-    """Relocations that write into .livepatch.funcs, by offset."""
+def field_relocations(payload: Payload, funcs: Section, *, strict: bool = True) -> list[FieldReloc]:
+    """The relocations that write into .livepatch.funcs, in file order (REL addends read by the arch).
+
+    A relocation that writes nothing (``R_*_NONE``) is left out: Xen reads
+    the field's own bytes. ``strict`` raises InputError for two relocations
+    on one field, or an addend the arch cannot read; otherwise those are
+    kept, and skipped, respectively (the loader model's reading: what Xen
+    would look up, not whether the tool can rewrite it).
+    """
     elf, arch = payload.elf, payload.arch
     data = elf.section_data(funcs.index)
-    out: dict[int, FieldReloc] = {}
+    out: list[FieldReloc] = []
+    seen: set[int] = set()
     for idx in elf.relocation_sections:
         if elf.sections.info[idx] != funcs.index:
             continue
@@ -99,54 +109,58 @@ def _field_relocations(payload: Payload, funcs: Section) -> dict[int, FieldReloc
             off, rtype, sym = table.offsets[i], table.types[i], table.syms[i]
             if rtype in arch.types and arch.types[rtype].kind is Kind.NONE:
                 continue  # writes nothing: Xen reads the field's own bytes
-            addend = table.addends[i] if table.addends is not None else arch.implicit_addend(rtype, data, off)
-            if off in out:
-                raise InputError(f"{FUNCS_SECTION}+{off:#x}: two relocations apply to the same field")
-            out[off] = FieldReloc(sym, rtype, addend)
+            if table.addends is not None:
+                addend = table.addends[i]
+            elif strict:
+                addend = arch.implicit_addend(rtype, data, off)
+            else:
+                try:
+                    addend = arch.implicit_addend(rtype, data, off)
+                except InputError:
+                    continue
+            if strict and off in seen:
+                raise InputError(
+                    f"{FUNCS_SECTION}+{off:#x}: two relocations apply to the same field",
+                    location=Location(FUNCS_SECTION, off),
+                )
+            seen.add(off)
+            out.append(FieldReloc(off, sym, rtype, addend))
     return out
 
 
-def _pointer(payload: Payload, relocs: dict[int, FieldReloc], offset: int, where: str, field: str) -> FieldReloc | None:
-    """The relocation that stores a pointer field, if any (it must store an absolute address)."""
-    rel = relocs.get(offset)
-    arch = payload.arch
-    if rel is not None and rel.rtype != arch.pointer_type:
-        raise InputError(
-            f"{where}: {field} is relocated with {arch.type_name(rel.rtype)}, not "
-            f"{arch.type_name(arch.pointer_type)}: Xen would not store an address there"
-        )
-    return rel
+class _Entry:
+    """One entry being read: its fields' relocations and places (errors say which field)."""
+
+    def __init__(self, payload: Payload, layout: FuncLayout, entry: FuncEntry, relocs: dict[int, FieldReloc]):
+        self.payload, self.layout, self.entry, self.relocs = payload, layout, entry, relocs
+
+    def location(self, field: str | None = None, symbol: int | None = None) -> Location:
+        """The field (the whole entry when None) as an error's location."""
+        if field is None:
+            offset, width = self.entry.offset, self.layout.entry_size
+        else:
+            offset, width = self.layout.field(self.entry.index, field)
+        name = self.payload.elf.symbols.name(symbol) if symbol else None
+        return Location(FUNCS_SECTION, offset, width, name or None)  # a section symbol has no name
+
+    def pointer(self, field: str) -> FieldReloc | None:
+        """The relocation that stores a pointer field, if any (it must store an absolute address)."""
+        rel = self.relocs.get(self.layout.field(self.entry.index, field)[0])
+        arch = self.payload.arch
+        if rel is not None and rel.rtype != arch.pointer_type:
+            raise InputError(
+                f"{field} is relocated with {arch.type_name(rel.rtype)}, not "
+                f"{arch.type_name(arch.pointer_type)}: Xen would not store an address there",
+                location=self.location(field, rel.symbol),
+            )
+        return rel
 
 
-def _detect_layout(payload: Payload, funcs: Section) -> FuncLayout:
-    ptr = payload.elf.layout.ptr_size
-    data = payload.elf.section_data(funcs.index)
-    voff = version_offset(ptr)
-    if funcs.sh_size <= voff:
-        raise InputError(f"{FUNCS_SECTION} is {funcs.sh_size} bytes, too small for one entry")
-    version = data[voff]
-    if version not in SUPPORTED_VERSIONS:
-        raise InputError(
-            f"{FUNCS_SECTION} entry 0: payload version {version} is not supported "
-            f"(this tool knows versions {', '.join(map(str, SUPPORTED_VERSIONS))})"
-        )
-    layout = func_layout(version, ptr)
-    if funcs.sh_size % layout.entry_size:
-        raise InputError(
-            f"{FUNCS_SECTION} size {funcs.sh_size} is not a multiple of the version-{version} "
-            f"entry size {layout.entry_size}"
-        )
-    for i in range(funcs.sh_size // layout.entry_size):
-        v = data[i * layout.entry_size + voff]
-        if v != version:
-            raise InputError(f"{FUNCS_SECTION} entry {i}: payload version {v} differs from entry 0's {version}")
-    return layout
-
-
-def _read_string(payload: Payload, places: _RelocatedPlaces, section: int, offset: int, where: str) -> str:
+def _read_string(payload: Payload, places: _RelocatedPlaces, section: int, offset: int, at: Location) -> str:
+    """The name string at ``section+offset``; errors are located at the pointer field ``at``."""
     sec = payload.elf.sections[section]
     if not sec.has_file_data or not 0 <= offset < sec.sh_size:
-        raise InputError(f"{where}: name pointer {sec.name}+{offset:#x} is outside its section")
+        raise InputError(f"name pointer {sec.name}+{offset:#x} is outside its section", location=at)
     # Search the file bytes in place, within the section and the name bound:
     # copying the rest of the section for every entry would be quadratic.
     start = sec.sh_offset + offset
@@ -154,18 +168,20 @@ def _read_string(payload: Payload, places: _RelocatedPlaces, section: int, offse
     end = payload.elf.data.find(b"\0", start, stop)
     if end < 0:
         if stop - start > MAX_NAME_LEN:
-            raise InputError(f"{where}: name string at {sec.name}+{offset:#x} is longer than {MAX_NAME_LEN} bytes")
-        raise InputError(f"{where}: name string at {sec.name}+{offset:#x} has no NUL terminator")
+            raise InputError(
+                f"name string at {sec.name}+{offset:#x} is longer than {MAX_NAME_LEN} bytes", location=at
+            )
+        raise InputError(f"name string at {sec.name}+{offset:#x} has no NUL terminator", location=at)
     if end == start:
-        raise InputError(f"{where}: name string at {sec.name}+{offset:#x} is empty")
-    places.refuse_overlap(section, offset, offset + (end - start), where)
+        raise InputError(f"name string at {sec.name}+{offset:#x} is empty", location=at)
+    places.refuse_overlap(section, offset, offset + (end - start), at)
     try:
         return payload.elf.data[start:end].decode("ascii")
     except UnicodeDecodeError:
-        raise InputError(f"{where}: name string at {sec.name}+{offset:#x} is not ASCII") from None
+        raise InputError(f"name string at {sec.name}+{offset:#x} is not ASCII", location=at) from None
 
 
-def _nop_name_unrelocated(payload: Payload, places: _RelocatedPlaces, section: int, offset: int, where: str) -> None:
+def _nop_name_unrelocated(payload: Payload, places: _RelocatedPlaces, section: int, offset: int, at: Location) -> None:
     """A NOP entry's name is only read by Xen: refuse it only if a relocation writes into it."""
     sec = payload.elf.sections[section]
     if not sec.has_file_data or not 0 <= offset < sec.sh_size:
@@ -173,7 +189,7 @@ def _nop_name_unrelocated(payload: Payload, places: _RelocatedPlaces, section: i
     start = sec.sh_offset + offset
     end = payload.elf.data.find(b"\0", start, min(sec.sh_offset + sec.sh_size, start + MAX_NAME_LEN + 1))
     if end >= 0:
-        places.refuse_overlap(section, offset, offset + (end - start), where)
+        places.refuse_overlap(section, offset, offset + (end - start), at)
 
 
 class _RelocatedPlaces:
@@ -206,14 +222,15 @@ class _RelocatedPlaces:
             spans = self._spans[section] = ([a for a, _ in pairs], [b for _, b in pairs])
         return spans
 
-    def refuse_overlap(self, section: int, start: int, nul: int, where: str) -> None:
+    def refuse_overlap(self, section: int, start: int, nul: int, at: Location) -> None:
         starts, ends = self._section(section)
         for k in range(bisect_left(starts, start - self._WIDEST), bisect_right(starts, nul)):
             if ends[k] > start:
                 name = self.payload.elf.sections[section].name
                 raise InputError(
-                    f"{where}: the name string at {name}+{start:#x} is written by a relocation at "
-                    f"{name}+{starts[k]:#x}: Xen reads the name after relocating"
+                    f"the name string at {name}+{start:#x} is written by a relocation at "
+                    f"{name}+{starts[k]:#x}: Xen reads the name after relocating",
+                    location=at,
                 )
 
 
@@ -221,7 +238,9 @@ def identify(payload: Payload, *, absent_ok: bool = False) -> FuncsTable:
     """Read .livepatch.funcs; raise InputError when it cannot be understood.
 
     With ``absent_ok``, a payload with no such section but a hook section is
-    an empty table; one with neither is refused, as Xen refuses it.
+    an empty table; one with neither is refused, as Xen refuses it. The error
+    says where it is (:attr:`InputError.location`): the section, or the
+    entry's field.
     """
     elf = payload.elf
     funcs = elf.section_by_name(FUNCS_SECTION)
@@ -235,87 +254,113 @@ def identify(payload: Payload, *, absent_ok: bool = False) -> FuncsTable:
             )
         layout = func_layout(XEN_PAYLOAD_VERSION, elf.layout.ptr_size)
         return FuncsTable(elf.sections[0], layout, [], [], present=False)
+    whole = Location(FUNCS_SECTION)
     if not funcs.has_file_data or funcs.sh_size == 0:  # NOBITS, or an inactive SHT_NULL header
-        raise InputError(f"{FUNCS_SECTION} is empty")
+        raise InputError(f"{FUNCS_SECTION} is empty", location=whole)
     if not funcs.alloc:
         # prepare_payload() reads the entries through the section's load address.
-        raise InputError(f"{FUNCS_SECTION} is not SHF_ALLOC: Xen would not load the table it patches from")
-    layout = _detect_layout(payload, funcs)
-    relocs = _field_relocations(payload, funcs)
-    data = elf.section_data(funcs.index)
-    syms = elf.symbols
-    ptr_fmt = "<Q" if layout.ptr_size == 8 else "<I"
+        raise InputError(
+            f"{FUNCS_SECTION} is not SHF_ALLOC: Xen would not load the table it patches from", location=whole
+        )
+    shape = parse_funcs(elf.section_data(funcs.index), elf.layout.ptr_size)
+    if shape.problems:
+        problem = shape.problems[0]
+        raise InputError(problem.describe(), location=Location(FUNCS_SECTION, problem.offset, 1))
+    assert shape.layout is not None
+    relocs = {r.offset: r for r in field_relocations(payload, funcs)}
     replacements: list[Replacement] = []
     nops: list[int] = []
     places = _RelocatedPlaces(payload)
     by_entry_point: dict[tuple[int, int], Replacement] = {}
-    for i in range(funcs.sh_size // layout.entry_size):
-        base = i * layout.entry_size
-        where = f"{FUNCS_SECTION} entry {i}"
-        new = _pointer(payload, relocs, base + layout.new_addr, where, "new_addr")
-        if new is None:
-            literal = struct.unpack_from(ptr_fmt, data, base + layout.new_addr)[0]
-            if literal:
-                raise InputError(f"{where}: new_addr holds the literal {literal:#x} with no relocation")
-            # Xen still reads a NOP entry's name (resolve_old_address()): it must not change under the rewrite.
-            name_rel = _pointer(payload, relocs, base + layout.name, where, "name")
-            if name_rel is not None and syms.is_defined_in_section(name_rel.symbol):
-                _nop_name_unrelocated(
-                    payload, places, syms.shndx[name_rel.symbol], syms.value[name_rel.symbol] + name_rel.addend, where
-                )
-            nops.append(i)
-            continue
-        if not syms.is_defined_in_section(new.symbol):
-            raise InputError(
-                f"{where}: new_addr refers to {syms.name(new.symbol)!r}, which is not defined in the payload"
-            )
-        section = syms.shndx[new.symbol]
-        offset = syms.value[new.symbol] + new.addend
-        sec = elf.sections[section]
-        if not sec.executable or not 0 <= offset < sec.sh_size:
-            raise InputError(f"{where}: new_addr points to {sec.name}+{offset:#x}, which is not payload code")
-        old = _pointer(payload, relocs, base + layout.old_addr, where, "old_addr")
-        old_symbol: int | None = None
-        old_literal = 0
-        if old is not None:
-            if syms.is_undefined(old.symbol) and old.symbol:
-                old_symbol = old.symbol
-            elif syms.is_absolute(old.symbol):
-                # What the relocation stores in the pointer field: S + A, modulo the pointer width.
-                old_literal = (syms.value[old.symbol] + old.addend) % (1 << (8 * layout.ptr_size))
-            else:
+    for entry in shape.entries:
+        e = _Entry(payload, shape.layout, entry, relocs)
+        try:
+            rep = _replacement(e, places)
+            if rep is None:
+                nops.append(entry.index)
+                continue
+            prior = by_entry_point.get((rep.section, rep.offset))
+            if prior is not None and prior.original != rep.original:
                 raise InputError(
-                    f"{where}: old_addr refers to {syms.name(old.symbol)!r}, defined in the payload itself"
+                    f"{elf.sections[rep.section].name}+{rep.offset:#x} already replaces {prior.original!r} "
+                    f"(entry {prior.entry}); one function cannot stand for two originals",
+                    location=e.location("new_addr", rep.new_symbol),
                 )
-        else:
-            old_literal = struct.unpack_from(ptr_fmt, data, base + layout.old_addr)[0]
-        name_rel = _pointer(payload, relocs, base + layout.name, where, "name")
-        if old_symbol is not None:
-            # Xen patches old_addr, which this symbol resolves to by name. It
-            # still reads the name string (prepare_payload, its messages): a
-            # pointer outside its section would read whatever is loaded next.
-            if name_rel is not None and syms.is_defined_in_section(name_rel.symbol):
-                _read_string(
-                    payload, places, syms.shndx[name_rel.symbol], syms.value[name_rel.symbol] + name_rel.addend, where
-                )
-            original = syms.name(old_symbol)
-        elif name_rel is not None:
-            if not syms.is_defined_in_section(name_rel.symbol):
-                raise InputError(f"{where}: the name pointer refers to an undefined symbol")
-            original = _read_string(
-                payload, places, syms.shndx[name_rel.symbol], syms.value[name_rel.symbol] + name_rel.addend, where
-            )
-        else:
-            raise InputError(f"{where}: neither a name string nor an old_addr symbol names the original function")
-        new_size = struct.unpack_from("<I", data, base + layout.new_size)[0]
-        size = new_size or syms.size[new.symbol]
-        rep = Replacement(i, original, section, offset, size, new.symbol, old_symbol, old_literal)
-        prior = by_entry_point.get((section, offset))
-        if prior is not None and prior.original != original:
-            raise InputError(
-                f"{where}: {sec.name}+{offset:#x} already replaces {prior.original!r} (entry {prior.entry}); "
-                f"one function cannot stand for two originals"
-            )
-        by_entry_point[(section, offset)] = rep
+        except InputError as exc:
+            raise exc.prefixed(f"{FUNCS_SECTION} entry {entry.index}") from None
+        by_entry_point[(rep.section, rep.offset)] = rep
         replacements.append(rep)
-    return FuncsTable(funcs, layout, replacements, nops)
+    return FuncsTable(funcs, shape.layout, replacements, nops)
+
+
+def _replacement(e: _Entry, places: _RelocatedPlaces) -> Replacement | None:
+    """What entry ``e`` replaces, or None for a NOP entry (no new_addr)."""
+    payload, layout, entry = e.payload, e.layout, e.entry
+    elf, syms = payload.elf, payload.elf.symbols
+    new = e.pointer("new_addr")
+    if new is None:
+        if entry.new_addr:
+            raise InputError(
+                f"new_addr holds the literal {entry.new_addr:#x} with no relocation", location=e.location("new_addr")
+            )
+        # Xen still reads a NOP entry's name (resolve_old_address()): it must not change under the rewrite.
+        name_rel = e.pointer("name")
+        if name_rel is not None and syms.is_defined_in_section(name_rel.symbol):
+            at = e.location("name", name_rel.symbol)
+            _nop_name_unrelocated(
+                payload, places, syms.shndx[name_rel.symbol], syms.value[name_rel.symbol] + name_rel.addend, at
+            )
+        return None
+    if not syms.is_defined_in_section(new.symbol):
+        raise InputError(
+            f"new_addr refers to {syms.name(new.symbol)!r}, which is not defined in the payload",
+            location=e.location("new_addr", new.symbol),
+        )
+    section = syms.shndx[new.symbol]
+    offset = syms.value[new.symbol] + new.addend
+    sec = elf.sections[section]
+    if not sec.executable or not 0 <= offset < sec.sh_size:
+        raise InputError(
+            f"new_addr points to {sec.name}+{offset:#x}, which is not payload code",
+            location=e.location("new_addr", new.symbol),
+        )
+    old = e.pointer("old_addr")
+    old_symbol: int | None = None
+    old_literal = 0
+    if old is not None:
+        if syms.is_undefined(old.symbol) and old.symbol:
+            old_symbol = old.symbol
+        elif syms.is_absolute(old.symbol):
+            # What the relocation stores in the pointer field: S + A, modulo the pointer width.
+            old_literal = (syms.value[old.symbol] + old.addend) % (1 << (8 * layout.ptr_size))
+        else:
+            raise InputError(
+                f"old_addr refers to {syms.name(old.symbol)!r}, defined in the payload itself",
+                location=e.location("old_addr", old.symbol),
+            )
+    else:
+        old_literal = entry.old_addr
+    name_rel = e.pointer("name")
+    if old_symbol is not None:
+        # Xen patches old_addr, which this symbol resolves to by name. It
+        # still reads the name string (prepare_payload, its messages): a
+        # pointer outside its section would read whatever is loaded next.
+        if name_rel is not None and syms.is_defined_in_section(name_rel.symbol):
+            at = e.location("name", name_rel.symbol)
+            _read_string(
+                payload, places, syms.shndx[name_rel.symbol], syms.value[name_rel.symbol] + name_rel.addend, at
+            )
+        original = syms.name(old_symbol)
+    elif name_rel is not None:
+        at = e.location("name", name_rel.symbol)
+        if not syms.is_defined_in_section(name_rel.symbol):
+            raise InputError("the name pointer refers to an undefined symbol", location=at)
+        original = _read_string(
+            payload, places, syms.shndx[name_rel.symbol], syms.value[name_rel.symbol] + name_rel.addend, at
+        )
+    else:
+        raise InputError(
+            "neither a name string nor an old_addr symbol names the original function", location=e.location()
+        )
+    size = entry.new_size or syms.size[new.symbol]
+    return Replacement(entry.index, original, section, offset, size, new.symbol, old_symbol, old_literal)

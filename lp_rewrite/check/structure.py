@@ -14,7 +14,7 @@ import struct
 from lp_rewrite.check.findings import Finding, Place, make
 from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.file import Section
-from lp_rewrite.errors import InputError
+from lp_rewrite.errors import InputError, Location
 from lp_rewrite.identify import FuncsTable, identify
 from lp_rewrite.payload import (
     FUNCS_SECTION,
@@ -22,10 +22,14 @@ from lp_rewrite.payload import (
     MAX_PAYLOAD_SIZE,
     MAX_SECTIONS,
     REQUIRED_SECTIONS,
-    SUPPORTED_VERSIONS,
     XEN_PAYLOAD_VERSION,
+    FuncLayout,
+    FuncsProblem,
+    FuncsProblemKind,
     func_layout,
-    version_offset,
+    parse_funcs,
+    wrong_size,
+    wrong_version,
 )
 from lp_rewrite.read import Payload
 
@@ -138,70 +142,12 @@ def funcs_table(payload: Payload) -> tuple[list[Finding], FuncsTable | None]:
     funcs = elf.section_by_name(FUNCS_SECTION)
     if funcs is None or _empty(funcs) or not funcs.has_file_data:  # no table to read (SHT_NULL: no bytes)
         return [], None  # hooks only (or LP009 said it is missing/empty)
-    where = Place(funcs.name, None, funcs.sh_offset, funcs.sh_size)
-    ptr = elf.layout.ptr_size
-    data = elf.section_data(funcs.index)
-    voff = version_offset(ptr)
-    if funcs.sh_size <= voff:
-        return [make("LP010", f"{funcs.name} is {funcs.sh_size} bytes, too small for one entry", where)], None
-    version = data[voff]
-    if version not in SUPPORTED_VERSIONS:
-        return [
-            make(
-                "LP010",
-                f"entry 0 has payload version {version}; Xen requires {XEN_PAYLOAD_VERSION} "
-                f"('Wrong version ({version}). Expected {XEN_PAYLOAD_VERSION}') and refuses the payload",
-                Place(funcs.name, voff, funcs.sh_offset + voff, 1),
-            )
-        ], None
+    shape = parse_funcs(elf.section_data(funcs.index), elf.layout.ptr_size)
     out = []
-    layout = func_layout(version, ptr)
-    if version != XEN_PAYLOAD_VERSION:
-        # An error like any other version Xen refuses: only 4.7-4.13 load it, and
-        # a team that targets those says so once, with --allow LP010:version-1.
-        # That symbol names this finding alone, so the allow entry leaves a wrong
-        # size, mixed versions or an unreadable table failing.
-        allow_key = f"version-{version}"
-        current = func_layout(XEN_PAYLOAD_VERSION, ptr).entry_size
-        # section_ok() sizes the table with today's entry before any version is read.
-        if funcs.sh_size % current:
-            refusal = f"'Wrong size {funcs.sh_size} of {funcs.name} (must be multiple of {current})'"
-        else:
-            refusal = f"'Wrong version ({version}). Expected {XEN_PAYLOAD_VERSION}'"
-        out.append(
-            make(
-                "LP010",
-                f"payload version {version} (the {layout.entry_size}-byte layout of Xen 4.7-4.13): Xen 4.14 and "
-                f"later refuse it ({refusal}); rebuild it for the hypervisor it targets, or, for a 4.7-4.13 "
-                f"hypervisor, allow it with --allow LP010:{allow_key}",
-                Place(funcs.name, voff, funcs.sh_offset + voff, 1),
-                symbol=allow_key,
-                symbol_kind=None,
-            )
-        )
-    if funcs.sh_size % layout.entry_size:
-        out.append(
-            make(
-                "LP010",
-                f"size {funcs.sh_size} is not a multiple of the version-{version} entry size "
-                f"{layout.entry_size}: Xen refuses the section; the payload and the struct livepatch_func "
-                "it was built with disagree",
-                _header_place(payload, funcs),
-            )
-        )
-        return out, None
-    for i in range(1, funcs.sh_size // layout.entry_size):
-        off = i * layout.entry_size + voff
-        if data[off] != version:
-            out.append(
-                make(
-                    "LP010",
-                    f"entry {i} has payload version {data[off]}, entry 0 has {version}: Xen refuses the payload "
-                    f"('Wrong version ({data[off]}). Expected {XEN_PAYLOAD_VERSION}')",
-                    Place(funcs.name, off, funcs.sh_offset + off, 1),
-                )
-            )
-    if len(out) > (version != XEN_PAYLOAD_VERSION):
+    if shape.layout is not None and shape.layout.version != XEN_PAYLOAD_VERSION:
+        out.append(_old_version(payload, funcs, shape.layout))
+    out += [_problem(payload, funcs, p) for p in shape.problems]
+    if shape.problems:
         return out, None
     try:
         table = identify(payload)
@@ -210,11 +156,73 @@ def funcs_table(payload: Payload) -> tuple[list[Finding], FuncsTable | None]:
             make(
                 "LP010",
                 f"{exc}; the replaced functions are unknown, so the relocation rules did not run",
-                where,
+                _place(funcs, exc.location),
             )
         )
         return out, None
     return out, table
+
+
+def _place(funcs: Section, where: Location | None) -> Place:
+    """Where an error of .livepatch.funcs is: the bytes it names, else the whole section."""
+    if where is None or where.section != funcs.name or where.offset is None:
+        return Place(funcs.name, None, funcs.sh_offset, funcs.sh_size)
+    return Place(funcs.name, where.offset, funcs.sh_offset + where.offset, where.length)
+
+
+def _problem(payload: Payload, funcs: Section, problem: FuncsProblem) -> Finding:
+    """The LP010 finding for what :func:`~lp_rewrite.payload.parse_funcs` found wrong, in Xen's terms."""
+    k = FuncsProblemKind
+    if problem.kind is k.TOO_SMALL:
+        return make("LP010", f"{funcs.name} is {funcs.sh_size} bytes, too small for one entry", _place(funcs, None))
+    version_byte = Place(funcs.name, problem.offset, funcs.sh_offset + (problem.offset or 0), 1)
+    if problem.kind is k.UNKNOWN_VERSION:
+        return make(
+            "LP010",
+            f"entry 0 has payload version {problem.version}; Xen requires {XEN_PAYLOAD_VERSION} "
+            f"('{wrong_version(problem.version or 0)}') and refuses the payload",
+            version_byte,
+        )
+    assert problem.first is not None
+    if problem.kind is k.SIZE:
+        return make(
+            "LP010",
+            f"size {funcs.sh_size} is not a multiple of the version-{problem.first.version} entry size "
+            f"{problem.first.entry_size}: Xen refuses the section; the payload and the struct livepatch_func "
+            "it was built with disagree",
+            _header_place(payload, funcs),
+        )
+    return make(
+        "LP010",
+        f"entry {problem.entry} has payload version {problem.version}, entry 0 has {problem.first.version}: "
+        f"Xen refuses the payload ('{wrong_version(problem.version or 0)}')",
+        version_byte,
+    )
+
+
+def _old_version(payload: Payload, funcs: Section, layout: FuncLayout) -> Finding:
+    """A version Xen 4.14 and later refuse, that this tool reads (version 1)."""
+    # An error like any other version Xen refuses: only 4.7-4.13 load it, and
+    # a team that targets those says so once, with --allow LP010:version-1.
+    # That symbol names this finding alone, so the allow entry leaves a wrong
+    # size, mixed versions or an unreadable table failing.
+    allow_key = f"version-{layout.version}"
+    current = func_layout(XEN_PAYLOAD_VERSION, layout.ptr_size).entry_size
+    # section_ok() sizes the table with today's entry before any version is read.
+    if funcs.sh_size % current:
+        refusal = f"'{wrong_size(funcs.sh_size, funcs.name, current)}'"
+    else:
+        refusal = f"'{wrong_version(layout.version)}'"
+    voff = layout.version_offset
+    return make(
+        "LP010",
+        f"payload version {layout.version} (the {layout.entry_size}-byte layout of Xen 4.7-4.13): Xen 4.14 and "
+        f"later refuse it ({refusal}); rebuild it for the hypervisor it targets, or, for a 4.7-4.13 "
+        f"hypervisor, allow it with --allow LP010:{allow_key}",
+        Place(funcs.name, voff, funcs.sh_offset + voff, 1),
+        symbol=allow_key,
+        symbol_kind=None,
+    )
 
 
 def check(payload: Payload) -> tuple[list[Finding], FuncsTable | None]:

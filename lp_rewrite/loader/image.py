@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass, field
-from typing import Final
 
 from lp_rewrite.elf import consts as C
 from lp_rewrite.errors import InputError
@@ -31,12 +30,17 @@ from lp_rewrite.loader.layout import Layout, PlacedSection, place
 from lp_rewrite.loader.refusal import Refused
 from lp_rewrite.loader.relocate import AppliedRelocation, perform_relocs
 from lp_rewrite.loader.resolve import Resolved, raw_shndx, resolve_symbols
-from lp_rewrite.payload import FUNCS_SECTION, HOOK_SECTIONS, func_layout, version_offset
+from lp_rewrite.payload import (
+    FUNCS_SECTION,
+    HOOK_SECTIONS,
+    XEN_PAYLOAD_VERSION,
+    func_layout,
+    wrong_size,
+    wrong_version,
+)
 from lp_rewrite.read import Payload, read_file, read_payload
 from lp_rewrite.xensyms import XenSymbols
 
-# The payload version the modelled Xen (4.14 and later) accepts.
-LIVEPATCH_PAYLOAD_VERSION: Final = 2
 LOAD_HOOKS, UNLOAD_HOOKS = HOOK_SECTIONS[0], HOOK_SECTIONS[1]
 
 
@@ -203,7 +207,7 @@ def _first_loaded(loaded: LoadedPayload, section: str, unit: int, label: str) ->
     if sec is None:
         return None
     if sec.sh_size % unit:
-        raise Refused(label, f"Wrong size {sec.sh_size} of {section} (must be multiple of {unit})")
+        raise Refused(label, wrong_size(sec.sh_size, section, unit))
     placed = loaded.layout.sections.get(sec.index)
     if placed is None:
         raise Refused(label, f"{section} is not SHF_ALLOC: prepare_payload() would read it at a NULL load address")
@@ -214,30 +218,25 @@ def _prepare(loaded: LoadedPayload, label: str) -> None:
     """prepare_payload(): the .livepatch.funcs entries and the hook arrays."""
     ptr = loaded.payload.elf.layout.ptr_size
     arch = loaded.payload.arch
-    lay = func_layout(LIVEPATCH_PAYLOAD_VERSION, ptr)
+    # The modelled Xen (4.14 and later) reads every entry with its own layout.
+    lay = func_layout(XEN_PAYLOAD_VERSION, ptr)
     funcs = _first_loaded(loaded, FUNCS_SECTION, lay.entry_size, label)
     if funcs is not None:
-        data = loaded.section_bytes(funcs.index)
-        for i in range(funcs.size // lay.entry_size):
-            at = i * lay.entry_size
-            version = data[at + version_offset(ptr)]
-            if version != LIVEPATCH_PAYLOAD_VERSION:
-                raise Refused(label, f"Wrong version ({version}). Expected {LIVEPATCH_PAYLOAD_VERSION}")
-            new_size, old_size = struct.unpack_from("<II", data, at + lay.new_size)
-            if not old_size:
+        for entry in lay.entries(loaded.section_bytes(funcs.index)):
+            if entry.version != XEN_PAYLOAD_VERSION:
+                raise Refused(label, wrong_version(entry.version))
+            if not entry.old_size:
                 raise Refused(label, "Address or size fields are zero")
-            name_ptr = _read_pointer(loaded, data, at + lay.name)
             # A name outside the payload (or NULL) cannot be read here; Xen would read Xen memory.
-            name = _read_c_string(loaded, name_ptr) if name_ptr else None
-            new_addr = _read_pointer(loaded, data, at + lay.new_addr)
-            old_addr = _read_pointer(loaded, data, at + lay.old_addr)
+            name = _read_c_string(loaded, entry.name) if entry.name else None
+            new_addr, old_addr = entry.new_addr, entry.old_addr
             from_name = False
             if not old_addr:
                 found = loaded.table.lookup(name or "")
                 if found is None or not found.address:
                     raise Refused(label, f"Could not resolve old address of {name}")
                 old_addr, from_name = found.address, True
-            refusal = arch.verify_func(new_addr, new_size, old_size)
+            refusal = arch.verify_func(new_addr, entry.new_size, entry.old_size)
             if refusal is not None:
                 raise Refused(label, refusal)
             reach = arch.livepatch_range
@@ -247,7 +246,9 @@ def _prepare(loaded: LoadedPayload, label: str) -> None:
                     f"{name}: old_addr {old_addr:#x} is out of branch range of new_addr {new_addr:#x}: "
                     "livepatch_verify_distance() fails with -EOVERFLOW (Xen logs nothing)",
                 )
-            loaded.functions.append(PatchFunction(i, name or "", new_addr, old_addr, new_size, old_size, from_name))
+            loaded.functions.append(
+                PatchFunction(entry.index, name or "", new_addr, old_addr, entry.new_size, entry.old_size, from_name)
+            )
     for section, out in ((LOAD_HOOKS, loaded.load_hooks), (UNLOAD_HOOKS, loaded.unload_hooks)):
         hooks = _first_loaded(loaded, section, ptr, label)
         if hooks is None:

@@ -14,12 +14,12 @@ the table's last symbol, within branch range of every hypervisor function.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterable
 from typing import Final
 
 from lp_rewrite.elf import consts as C
-from lp_rewrite.payload import FUNCS_SECTION, SUPPORTED_VERSIONS, func_layout, version_offset
+from lp_rewrite.identify import field_relocations
+from lp_rewrite.payload import FUNCS_SECTION, parse_funcs
 from lp_rewrite.read import Payload
 from lp_rewrite.xensyms import XenSymbols
 
@@ -50,36 +50,28 @@ def wanted_names(payload: Payload) -> set[str]:
 
 
 def _funcs_names(payload: Payload) -> Iterable[str]:
-    """The ``name`` strings of .livepatch.funcs, read through their relocations."""
+    """The ``name`` strings of .livepatch.funcs, read through their relocations.
+
+    Leniently: every entry's name whose relocation and string can be read,
+    whatever else is wrong with the table (Xen looks names up entry by entry).
+    """
     elf = payload.elf
     funcs = elf.section_by_name(FUNCS_SECTION)
     if funcs is None or not funcs.sh_size or not funcs.has_file_data:
         return []
-    ptr = elf.layout.ptr_size
-    data = elf.section_data(funcs.index)
-    if len(data) <= version_offset(ptr) or data[version_offset(ptr)] not in SUPPORTED_VERSIONS:
+    layout = parse_funcs(elf.section_data(funcs.index), elf.layout.ptr_size).layout
+    if layout is None:
         return []
-    entry = func_layout(data[version_offset(ptr)], ptr).entry_size
     syms = elf.symbols
     out = []
-    for idx in elf.relocation_sections:
-        table = elf.relocations(idx)
-        if table.target != funcs.index:
+    for rel in field_relocations(payload, funcs, strict=False):
+        if rel.offset % layout.entry_size != layout.name or not syms.is_defined_in_section(rel.symbol):
             continue
-        for i in range(table.count):
-            if table.offsets[i] % entry or not syms.is_defined_in_section(table.syms[i]):
-                continue
-            off = table.offsets[i]
-            if table.addends is not None:
-                addend = table.addends[i]
-            else:
-                addend = struct.unpack_from("<i", data, off)[0] if off + 4 <= len(data) else 0
-            sec = syms.shndx[table.syms[i]]
-            text = bytes(elf.section_data(sec))
-            start = syms.value[table.syms[i]] + addend
-            end = text.find(b"\0", start) if 0 <= start < len(text) else -1
-            if end > start:
-                out.append(text[start:end].decode("utf-8", "surrogateescape"))
+        text = bytes(elf.section_data(syms.shndx[rel.symbol]))
+        start = syms.value[rel.symbol] + rel.addend
+        end = text.find(b"\0", start) if 0 <= start < len(text) else -1
+        if end > start:
+            out.append(text[start:end].decode("utf-8", "surrogateescape"))
     return out
 
 
