@@ -272,7 +272,7 @@ def apply(payload: Payload, funcs: FuncsTable, out: Plan) -> bytes:
     Records the input -> output symbol index map on the plan (``symbol_map``)
     and each alias's output index (``Alias.index``), for the self-check.
     """
-    elf, arch = payload.elf, payload.arch
+    elf = payload.elf
     editor = ElfEditor(elf)
     for index, value in out.addralign.items():  # --align-notes
         editor.set_section_field(index, "sh_addralign", value)
@@ -285,7 +285,20 @@ def apply(payload: Payload, funcs: FuncsTable, out: Plan) -> bytes:
             f"section {s.name!r} holds symbol indices this tool cannot renumber; "
             "local aliases are not possible for this object"
         )
-    # Symbols: renamed in place, locals inserted (every reference renumbered), globals appended.
+    _edit_symbols(editor, out)
+    _edit_relocations(editor, payload, out)
+    _check_places_unshared(payload, out.retargets)
+    for idx in editor.edited_tables:  # the tables the rewrite edits, not the loaded code and data
+        if elf.sections[idx].alloc:
+            raise InputError(
+                f"section [{idx}] {elf.sections[idx].name!r} is SHF_ALLOC: Xen would load this table, "
+                "and the rewrite must change it"
+            )
+    return editor.to_bytes()
+
+
+def _edit_symbols(editor: ElfEditor, out: Plan) -> None:
+    """Renamed in place, locals inserted (every reference renumbered), globals appended; each alias's index."""
     for i, new in out.renames.items():
         editor.rename_symbol(i, new)
     try:
@@ -304,7 +317,9 @@ def apply(payload: Payload, funcs: FuncsTable, out: Plan) -> bytes:
     for alias in out.aliases.values():
         alias.index = symbol_map(alias.existing) if alias.existing is not None else by_name[alias.name]
 
-    # Relocations: each retarget names its alias; RELA: the addend field, REL: the place re-encoded.
+
+def _edit_relocations(editor: ElfEditor, payload: Payload, out: Plan) -> None:
+    """Each retarget names its alias with its new addend (RELA: the field; REL: the place, re-encoded)."""
     by_section: dict[int, list[Decision]] = {}
     for d in out.retargets:
         by_section.setdefault(d.reloc_section, []).append(d)
@@ -317,17 +332,9 @@ def apply(payload: Payload, funcs: FuncsTable, out: Plan) -> bytes:
             aliases.append(out.aliases[out.alias_for_replacement[d.replacement]].index)
             addends.append(out.new_addends[(ridx, d.index)])
         editor.set_relocation_symbols(ridx, entries, aliases)
-        if elf.sections.type[ridx] == C.SHT_RELA:
+        if payload.elf.sections.type[ridx] == C.SHT_RELA:
             editor.set_relocation_addends(ridx, entries, addends)
             continue
         for d, addend in zip(todo, addends, strict=True):
             if addend != d.addend:
-                arch.write_implicit_addend(d.rtype, editor.contents(d.section), d.offset, addend)
-    _check_places_unshared(payload, out.retargets)
-    for idx in editor.edited_tables:  # the tables the rewrite edits, not the loaded code and data
-        if elf.sections[idx].alloc:
-            raise InputError(
-                f"section [{idx}] {elf.sections[idx].name!r} is SHF_ALLOC: Xen would load this table, "
-                "and the rewrite must change it"
-            )
-    return editor.to_bytes()
+                payload.arch.write_implicit_addend(d.rtype, editor.contents(d.section), d.offset, addend)
