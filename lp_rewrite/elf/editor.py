@@ -204,7 +204,7 @@ class ElfEditor:
         table must hold whole entries naming its symbols (InputError otherwise,
         before anything is renumbered).
         """
-        elf, lay = self.elf, self.layout
+        elf = self.elf
         syms = elf.symbols
         if self._inserted:
             raise ValueError("symbols are inserted once")
@@ -219,8 +219,19 @@ class ElfEditor:
                 name = secs.name(unknown[0])
                 raise InputError(f"section [{unknown[0]}] {name!r} holds symbol indices this editor does not renumber")
             elf.check_relocations(elf.relocation_tables)
+        self._splice_symbols(inserts, appended, imap)
+        self.symbol_map = imap
+        if imap.moves:
+            self._renumber_references(imap)
+        return imap
+
+    def _splice_symbols(
+        self, inserts: Sequence[tuple[int, Sequence[NewSymbol]]], appended: Sequence[NewSymbol], imap: IndexMap
+    ) -> None:
+        """The symbol table and .symtab_shndx with the new entries in place (new symbols need no extended index)."""
+        elf = self.elf
         symtab, _strtab = self._symbol_tables()
-        size = lay.sym.size
+        size = self.layout.sym.size
         pieces: list[bytes | bytearray] = []
         prev = 0
         for pos, news in inserts:
@@ -232,26 +243,29 @@ class ElfEditor:
         new_symtab = bytearray().join(pieces)
         assert len(new_symtab) == imap.new_count * size
         self._tables[elf.symtab_index] = new_symtab
-        if syms.shndx_section is not None:
-            ext = self._tables[syms.shndx_section]
+        shndx = elf.symbols.shndx_section
+        if shndx is not None:
+            ext = self._tables[shndx]
             parts: list[bytes | bytearray] = []
             prev = 0
-            for pos, news in inserts:  # the same positions as in the symbol table; new symbols need none
+            for pos, news in inserts:  # the same positions as in the symbol table
                 parts.append(ext[prev * 4 : pos * 4])
                 parts.append(bytes(4 * len(news)))
                 prev = pos
             parts.append(ext[prev * 4 :])
             parts.append(bytes(4 * len(appended)))
-            self._tables[syms.shndx_section] = bytearray().join(parts)
-        self.symbol_map = imap
-        if imap.moves:
-            self.set_section_field(elf.symtab_index, "sh_info", syms.first_global + imap.inserted)
-            for i in elf.relocation_tables:
-                self._renumber(i, imap)
-            for i, t in enumerate(secs.type):
-                if t == C.SHT_GROUP and secs.link[i] == elf.symtab_index:  # its signature symbol
-                    self.set_section_field(i, "sh_info", imap(secs.info[i]))
-        return imap
+            self._tables[shndx] = bytearray().join(parts)
+
+    def _renumber_references(self, imap: IndexMap) -> None:
+        """Every symbol index the object holds outside the symbol table, through the map."""
+        elf = self.elf
+        secs = elf.sections
+        self.set_section_field(elf.symtab_index, "sh_info", elf.symbols.first_global + imap.inserted)
+        for i in elf.relocation_tables:
+            self._renumber(i, imap)
+        for i, t in enumerate(secs.type):
+            if t == C.SHT_GROUP and secs.link[i] == elf.symtab_index:  # its signature symbol
+                self.set_section_field(i, "sh_info", imap(secs.info[i]))
 
     # -- relocations ------------------------------------------------------------
 
