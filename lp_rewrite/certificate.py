@@ -255,7 +255,7 @@ def certify(
     try:
         funcs = identify(o, absent_ok=True)
     except InputError as exc:
-        raise InputError(f"{o.name}: {exc}") from None
+        raise exc.prefixed(o.name) from None
     decisions = decide(o, funcs, policy)
     best: Certificate | None = None
     for attempt, shift in enumerate(_BASE_SHIFTS):

@@ -66,7 +66,7 @@ def analyse(
         _refuse_misapplied(payload)
         funcs = identify(payload, absent_ok=True)  # hooks only: nothing to rewrite, not an error
     except InputError as exc:
-        raise InputError(f"{payload.name}: {exc}") from None
+        raise exc.prefixed(payload.name) from None
     return Analysis(payload, funcs, decide(payload, funcs, policy, everything=everything))
 
 
@@ -188,7 +188,7 @@ def _rewrite(
             _refuse_signed(payload)
         data = apply(payload, analysis.funcs, edits)
     except InputError as exc:  # names read late, tables Xen would load: still about this input
-        raise InputError(f"{payload.name}: {exc}") from None
+        raise exc.prefixed(payload.name) from None
     dest: Path | None = None
     if in_place:
         assert not isinstance(source, bytes)
