@@ -224,7 +224,8 @@ class Arm(Arch):
         if rtype not in _BRANCHES:
             return None
         imm = _U32.unpack(place)[0] & 0xFFFFFF
-        return (s + a + 8) & 0xFFFFFFFF, (p + 8 + (sign_extend(imm, 24) << 2)) & 0xFFFFFFFF
+        pc = _TYPES[rtype].bias  # PC reads as the branch plus 8
+        return (s + a + pc) & 0xFFFFFFFF, (p + pc + (sign_extend(imm, 24) << 2)) & 0xFFFFFFFF
 
 
 ARCH: Final = Arm()
