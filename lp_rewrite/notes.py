@@ -26,7 +26,8 @@ Where the hypervisor runs with alignment checking (32-bit Arm: ``HSCTLR.A``),
 a word read from an address that is not 4-aligned is a Data Abort, in the
 hypervisor, at upload. AArch64 Xen reads it without a fault (seen on Xen
 4.17 under QEMU: the e2e uploads such a payload), and x86-64 checks
-alignment only at CPL 3 (``EFLAGS.AC``), so there it is read as is. :func:`alignment_edits` is what ``rewrite --align-notes`` does about it:
+alignment only at CPL 3 (``EFLAGS.AC``), so there it is read as is.
+:func:`alignment_edits` is what ``rewrite --align-notes`` does about it:
 ``sh_addralign`` 4 (what GNU ld gives a build-id note), contents unchanged;
 the writer then also aligns the section's file offset.
 
