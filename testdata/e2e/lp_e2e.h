@@ -76,7 +76,7 @@ lp_e2e_xen_string(const char *s, size_t size)
 #define OLD_SIZE 0
 #endif
 
-/* A reviewed exception for `lp-rewrite check` (README, "CI gate"): a
+/* A reviewed exception for `lp-rewrite check` (docs/check.md): a
  * non-loaded section Xen never reads. */
 #define LP_REWRITE_ALLOW(entry) \
     asm(".pushsection .lp_rewrite.allow, \"\", %progbits\n\t.asciz \"" entry "\"\n\t.popsection")
