@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 from lp_rewrite.arch import Arch, arch_for
 from lp_rewrite.elf import consts as C
-from lp_rewrite.elf.file import ElfFile, SectionCountError
+from lp_rewrite.elf.file import ElfFile, SectionCountError, UnsupportedObject
 from lp_rewrite.errors import InputError
 from lp_rewrite.inputs import MAX_INPUT_SIZE, Snapshot, read_input
 from lp_rewrite.payload import MAX_NAME_LEN, MAX_PAYLOAD_SIZE, MAX_SECTIONS
@@ -101,11 +101,22 @@ def read_payload(
     return payload
 
 
+# The objects the ELF reader does not take, in the words of a payload's refusal.
+_NOT_A_PAYLOAD = {
+    "byte order": "big-endian or unknown byte order: Xen livepatch targets are little-endian",
+    "type": "{}: a livepatch payload is a relocatable object (ET_REL)",
+    "linked section": "{}, not to a relocatable livepatch payload",
+    "symbol tables": "{}; Xen accepts exactly one",
+}
+
+
 def _parse(data: bytes, label: str, xen_limits: bool) -> ElfFile:
     """The ELF reader with Xen's limits: names of at most MAX_NAME_LEN bytes, and,
     unless they are lifted, fewer than MAX_SECTIONS sections."""
     try:
         return ElfFile(data, label, MAX_SECTIONS if xen_limits else None, MAX_NAME_LEN)
+    except UnsupportedObject as exc:
+        raise InputError(_NOT_A_PAYLOAD[exc.reason].format(exc.detail)) from None
     except SectionCountError as exc:
         # livepatch_header_check(): e_shnum < 1024. Checked before any header is read.
         raise InputError(

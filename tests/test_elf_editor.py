@@ -358,3 +358,51 @@ def test_relocation_tables_and_sections() -> None:
     elf = ElfFile(build(True, True, [other, nowhere]))
     assert elf.relocation_tables == [4, 9]
     assert elf.relocation_sections == [4]
+
+
+def _patched(data: bytes, at: int, value: bytes) -> bytes:
+    return data[:at] + value + data[at + len(value) :]
+
+
+def test_reader_refusals_are_data_worded_by_the_caller() -> None:
+    """The reader names what it does not take; read_payload words it for a payload (the messages users see)."""
+    from lp_rewrite.elf.file import UnsupportedObject
+    from lp_rewrite.read import read_payload
+
+    data = build(True, True)
+    dynsym = Sec(".dynsym", 11, b"", link=6, entsize=24)
+    second = Sec(".symtab2", C.SHT_SYMTAB, bytes(24), link=6, info=1, entsize=24)
+    cases = {
+        "byte order": (_patched(data, C.EI_DATA, b"\x02"), "", "Xen livepatch targets are little-endian"),
+        "type": (
+            _patched(data, 16, struct.pack("<H", C.ET_EXEC)),
+            "ET_EXEC (an executable)",
+            "ET_EXEC (an executable): a livepatch payload is a relocatable object (ET_REL)",
+        ),
+        "linked section": (
+            build(True, True, [dynsym]),
+            "section [8] '.dynsym': type SHT_DYNSYM (11) belongs to a linked object",
+            "belongs to a linked object, not to a relocatable livepatch payload",
+        ),
+        "symbol tables": (
+            build(True, True, [second]),
+            "the object has 2 symbol tables (sections [5, 8])",
+            "the object has 2 symbol tables (sections [5, 8]); Xen accepts exactly one",
+        ),
+    }
+    for reason, (obj, detail, payload_words) in cases.items():
+        with pytest.raises(UnsupportedObject) as info:
+            ElfFile(obj)
+        assert (info.value.reason, info.value.detail) == (reason, detail)
+        assert "xen" not in str(info.value).lower() and "payload" not in str(info.value)
+        with pytest.raises(InputError) as said:
+            read_payload(obj, name="p.o")
+        assert str(said.value).startswith("p.o: ") and str(said.value).endswith(payload_words)
+    many = build(True, True, [Sec(f".s{i}", C.SHT_PROGBITS, align=1) for i in range(1015)])
+    with pytest.raises(InputError) as said:
+        read_payload(many, name="p.o")
+    assert str(said.value) == (
+        "p.o: the object has 1024 sections; Xen accepts a payload with fewer than 1024 "
+        "(--ignore-xen-limits processes it anyway)"
+    )
+    assert read_payload(many, name="p.o", xen_limits=False).elf.shnum == 1024

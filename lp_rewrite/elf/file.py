@@ -74,6 +74,20 @@ class SectionCountError(InputError):
         self.limit = limit
 
 
+class UnsupportedObject(InputError):
+    """An ELF file this reader does not take, with the reason as data.
+
+    ``reason`` is one of "byte order", "type", "linked section", "symbol
+    tables"; ``detail`` is the fact found (empty for the byte order). The
+    caller may word the refusal for its own users.
+    """
+
+    def __init__(self, reason: str, detail: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.detail = detail
+
+
 class StringTable:
     """A NUL-terminated string table, its names at most ``max_name_len`` bytes (None: any length)."""
 
@@ -391,7 +405,7 @@ class ElfFile:
         if d[C.EI_CLASS] not in (C.ELFCLASS32, C.ELFCLASS64):
             raise InputError(f"unknown ELF class {d[C.EI_CLASS]}")
         if d[C.EI_DATA] != C.ELFDATA2LSB:
-            raise InputError("big-endian or unknown byte order: Xen livepatch targets are little-endian")
+            raise UnsupportedObject("byte order", "", "big-endian or unknown byte order: only little-endian is read")
         if d[C.EI_VERSION] != C.EV_CURRENT:
             raise InputError(f"unknown ELF version {d[C.EI_VERSION]}")
         self.elfclass = d[C.EI_CLASS]
@@ -420,7 +434,7 @@ class ElfFile:
         kinds = {C.ET_EXEC: "ET_EXEC (an executable)", C.ET_DYN: "ET_DYN (a shared object)"}
         if self.e_type != C.ET_REL:
             kind = kinds.get(self.e_type, f"e_type {self.e_type}")
-            raise InputError(f"{kind}: a livepatch payload is a relocatable object (ET_REL)")
+            raise UnsupportedObject("type", kind, f"{kind}: not a relocatable object (ET_REL)")
 
     def _section_header(self, index: int) -> tuple[int, ...]:
         off = self.e_shoff + index * self.layout.shdr.size
@@ -474,10 +488,8 @@ class ElfFile:
         if linked:
             i = next(i for i, t in enumerate(secs.type) if t in linked)
             kind = C.DYNAMIC_LINKING_SECTION_TYPES[secs.type[i]]
-            raise InputError(
-                f"section [{i}] {secs[i].name!r}: type {kind} ({secs.type[i]}) belongs to a linked object, "
-                "not to a relocatable livepatch payload"
-            )
+            found = f"section [{i}] {secs[i].name!r}: type {kind} ({secs.type[i]}) belongs to a linked object"
+            raise UnsupportedObject("linked section", found, f"{found}, not to a relocatable object")
         # A relocation section is a table of entries whatever it relocates
         # (a loader may skip one with no loaded target; other readers do not).
         tables = [i for i, t in enumerate(secs.type) if i and (t == C.SHT_REL or t == C.SHT_RELA)]
@@ -533,7 +545,8 @@ class ElfFile:
         if not found:
             raise InputError("the object has no symbol table (stripped?)")
         if len(found) > 1:
-            raise InputError(f"the object has {len(found)} symbol tables (sections {found}); Xen accepts exactly one")
+            tables = f"the object has {len(found)} symbol tables (sections {found})"
+            raise UnsupportedObject("symbol tables", tables, f"{tables}; an object has at most one")
         return found[0]
 
     # -- access ---------------------------------------------------------------
@@ -546,7 +559,7 @@ class ElfFile:
         return self.view[off : off + secs.size[index]]
 
     def section_by_name(self, name: str) -> Section | None:
-        """The first section with this name, as Xen's lookup returns it."""
+        """The first section with this name (what a lookup by name finds)."""
         i = self.sections.find(name)
         return None if i is None else self.sections[i]
 

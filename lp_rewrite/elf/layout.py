@@ -1,8 +1,8 @@
 """Binary layouts of ELF structures, per class (the one place for their sizes).
 
-Xen's three livepatch targets (x86-64, AArch64, 32-bit Arm EABI5) are all
-little-endian, so only ELFDATA2LSB layouts exist here; the reader rejects the
-other byte order before any of this is used.
+Only ELFDATA2LSB layouts exist here (the targets this package serves, x86-64,
+AArch64 and 32-bit Arm, are all little-endian); the reader rejects the other
+byte order before any of this is used.
 
 Hot tables (symbols, relocations) are read as *columns*: a strided
 ``memoryview`` cast over the raw section bytes, turned into a list in C. That

@@ -16,8 +16,8 @@ from collections.abc import Mapping
 
 from lp_rewrite.elf.file import ElfFile
 
-# sh_addralign constrains where a section is *loaded* (Xen copies each one to
-# an address aligned on its own), not its file offset; a linker aligns file
+# sh_addralign constrains where a section is *loaded* (a loader copies each one
+# to an address aligned on its own), not its file offset; a linker aligns file
 # offsets anyway, and so does this writer, up to a page. A hostile
 # sh_addralign of 2**40 must not make the output a terabyte of padding.
 MAX_FILE_ALIGN = 4096
