@@ -135,6 +135,10 @@ class ElfEditor:
         self._names: dict[str, int] = {}
         self.symbol_map = IndexMap(elf.symbols.count)
         self._inserted = False
+        lay = self.layout
+        self._info_field = struct.Struct("<" + lay.rel_info[0])
+        self._sym_field = struct.Struct("<" + (lay.rel_sym or lay.rel_info)[0])
+        self._addend_field = struct.Struct("<" + lay.rela_addend[0])
 
     # -- what was edited ------------------------------------------------------
 
@@ -307,8 +311,12 @@ class ElfEditor:
         buf = self._relocation_data(index)
         lay = self.layout
         entsize = lay.reloc_entsize(self.elf.sections.type[index])
-        fmt, at = lay.rel_info
-        info = struct.Struct("<" + fmt)
+        if lay.rel_sym is not None:  # ELF64: r_sym is the high word of r_info, the type the low one
+            pack, at = self._sym_field.pack_into, lay.rel_sym[1]
+            for entry, sym in zip(entries, symbols, strict=True):
+                pack(buf, entry * entsize + at, sym)
+            return
+        info, at = self._info_field, lay.rel_info[1]
         r_info, r_type = lay.r_info, lay.r_type
         for entry, sym in zip(entries, symbols, strict=True):
             pos = entry * entsize + at
@@ -319,11 +327,9 @@ class ElfEditor:
         if self.elf.sections.type[index] != C.SHT_RELA:
             raise ValueError(f"section [{index}] is not SHT_RELA: its addends are in the places")
         buf = self._relocation_data(index)
-        lay = self.layout
-        fmt, at = lay.rela_addend
-        field = struct.Struct("<" + fmt)
+        pack, at, entsize = self._addend_field.pack_into, self.layout.rela_addend[1], self.layout.rela.size
         for entry, addend in zip(entries, addends, strict=True):
-            field.pack_into(buf, entry * lay.rela.size + at, addend)
+            pack(buf, entry * entsize + at, addend)
 
     # -- output -----------------------------------------------------------------
 
