@@ -142,8 +142,8 @@ def _refuse_foreign_tables(elf: ElfFile) -> None:
     relocation_sections holds the ones that name the symbol table.
     """
     secs = elf.sections
-    if secs.type.count(C.SHT_REL) + secs.type.count(C.SHT_RELA) == len(elf.relocation_tables):
-        return  # every one names the symbol table (the type count is C speed; 100k sections)
+    if secs.type.count(C.SHT_REL) + secs.type.count(C.SHT_RELA) == len(elf.relocation_sections):
+        return  # every one names the symbol table and a section (the type count is C speed; 100k sections)
     n = len(secs)
     for i, t in enumerate(secs.type):
         if (t != C.SHT_REL and t != C.SHT_RELA) or i == 0:

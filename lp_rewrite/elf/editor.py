@@ -217,16 +217,18 @@ class ElfEditor:
         if inserts and inserts[-1][0] > syms.first_global:
             raise ValueError(f"local symbols inserted at {inserts[-1][0]}, past the first global {syms.first_global}")
         secs = elf.sections
+        tables: list[int] = []  # the relocation tables, renumbered when symbols move
         if imap.moves:
             unknown = [i for i, t in enumerate(secs.type) if t == C.SHT_LLVM_ADDRSIG]
             if unknown:
                 name = secs.name(unknown[0])
                 raise InputError(f"section [{unknown[0]}] {name!r} holds symbol indices this editor does not renumber")
-            elf.check_relocations(elf.relocation_tables)
+            tables = elf.relocation_tables
+            elf.check_relocations(tables)
         self._splice_symbols(inserts, appended, imap)
         self.symbol_map = imap
         if imap.moves:
-            self._renumber_references(imap)
+            self._renumber_references(imap, tables)
         return imap
 
     def _splice_symbols(
@@ -260,12 +262,12 @@ class ElfEditor:
             parts.append(bytes(4 * len(appended)))
             self._tables[shndx] = bytearray().join(parts)
 
-    def _renumber_references(self, imap: IndexMap) -> None:
-        """Every symbol index the object holds outside the symbol table, through the map."""
+    def _renumber_references(self, imap: IndexMap, tables: list[int]) -> None:
+        """Every symbol index the object holds outside the symbol table (``tables``: its relocation tables)."""
         elf = self.elf
         secs = elf.sections
         self.set_section_field(elf.symtab_index, "sh_info", elf.symbols.first_global + imap.inserted)
-        for i in elf.relocation_tables:
+        for i in tables:
             self._renumber(i, imap)
         for i, t in enumerate(secs.type):
             if t == C.SHT_GROUP and secs.link[i] == elf.symtab_index:  # its signature symbol

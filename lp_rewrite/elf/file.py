@@ -567,12 +567,13 @@ class ElfFile:
     def symbols(self) -> SymbolTable:
         return SymbolTable(self, self.sections[self.symtab_index])
 
-    @cached_property
+    @property
     def relocation_tables(self) -> list[int]:
         """Indices of every REL/RELA section whose entries name this object's symbols.
 
         Header 0 is the reserved null entry (it carries e_shnum/e_shstrndx
-        overflow, not a section), whatever its sh_type says.
+        overflow, not a section), whatever its sh_type says. Not kept: only
+        an edit that renumbers symbols needs the ones relocation_sections omits.
         """
         secs = self.sections
         symtab = self.symtab_index
@@ -586,9 +587,14 @@ class ElfFile:
         What a loader makes of the other REL/RELA sections (a foreign sh_link,
         a target that is not a section) is the caller's rule, not the reader's.
         """
-        n = len(self.sections)
-        info = self.sections.info
-        return [i for i in self.relocation_tables if 0 < info[i] < n]
+        secs = self.sections
+        symtab, n = self.symtab_index, len(secs)
+        link, info = secs.link, secs.info
+        return [
+            i
+            for i, t in enumerate(secs.type)
+            if i and (t == C.SHT_REL or t == C.SHT_RELA) and link[i] == symtab and 0 < info[i] < n
+        ]
 
     # -- relocation tables without building them ----------------------------
     #
