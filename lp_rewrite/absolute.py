@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lp_rewrite.errors import InputError, UsageError
-from lp_rewrite.payload import FUNCS_SECTION
+from lp_rewrite.livepatch_abi import FUNCS_SECTION
 from lp_rewrite.xensyms import XenSymbol, XenSymbols
 
 

@@ -25,7 +25,7 @@ from typing import NamedTuple
 from lp_rewrite.arch import Kind
 from lp_rewrite.elf.file import Section
 from lp_rewrite.errors import InputError, Location
-from lp_rewrite.payload import (
+from lp_rewrite.livepatch_abi import (
     FUNCS_SECTION,
     HOOK_SECTIONS,
     MAX_NAME_LEN,
@@ -168,9 +168,7 @@ def _read_string(payload: Payload, places: _RelocatedPlaces, section: int, offse
     end = payload.elf.data.find(b"\0", start, stop)
     if end < 0:
         if stop - start > MAX_NAME_LEN:
-            raise InputError(
-                f"name string at {sec.name}+{offset:#x} is longer than {MAX_NAME_LEN} bytes", location=at
-            )
+            raise InputError(f"name string at {sec.name}+{offset:#x} is longer than {MAX_NAME_LEN} bytes", location=at)
         raise InputError(f"name string at {sec.name}+{offset:#x} has no NUL terminator", location=at)
     if end == start:
         raise InputError(f"name string at {sec.name}+{offset:#x} is empty", location=at)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from lp_rewrite.errors import InputError
-from lp_rewrite.payload import MAX_PAYLOAD_SIZE
+from lp_rewrite.livepatch_abi import MAX_PAYLOAD_SIZE
 
 # The most bytes read from one input with --ignore-xen-limits (and by `check`,
 # which reports a larger file as LP011 without reading it): 128 times Xen's

@@ -10,7 +10,7 @@ It reads each where it is:
 
 * the loaded copy, for an SHF_ALLOC section: ``move_payload()`` puts it at
   ``ROUNDUP(offset, sh_addralign)`` of its region (RO for a note), and the
-  region starts on a page (:func:`lp_rewrite.loader.layout.section_offsets`),
+  region starts on a page (:func:`lp_rewrite.loader.placement.section_offsets`),
   so the address is 4-aligned at every load address exactly when the region
   offset is. An ``sh_addralign`` of 1 (what ``objcopy --add-section`` gives)
   places the note right after whatever precedes it;
@@ -50,7 +50,7 @@ from typing import Final
 
 from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.file import ElfFile, Section
-from lp_rewrite.payload import BUILD_ID_SECTION, DEPENDS_SECTION, XEN_DEPENDS_SECTION
+from lp_rewrite.livepatch_abi import BUILD_ID_SECTION, DEPENDS_SECTION, XEN_DEPENDS_SECTION
 
 # The alignment xen_build_id_check() needs: Elf_Note is three 32-bit words.
 NOTE_ALIGN: Final = 4
@@ -117,7 +117,7 @@ def misaligned_notes(elf: ElfFile, name: str) -> list[MisalignedNote]:
     executable: ``move_payload()`` stops before any note is read).
     """
     # The loader model is imported here: a rewrite asks only for signature() and alignment_edits().
-    from lp_rewrite.loader.layout import section_offsets
+    from lp_rewrite.loader.placement import section_offsets
     from lp_rewrite.loader.refusal import Refused
 
     try:

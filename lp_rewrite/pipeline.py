@@ -16,7 +16,7 @@ from lp_rewrite.errors import InputError, UsageError, VerificationError
 from lp_rewrite.identify import FuncsTable, identify
 from lp_rewrite.policy import Policy
 from lp_rewrite.read import Payload, misapplied_relocations, read_payload, unsupported_relocations
-from lp_rewrite.verify import check_rewrite
+from lp_rewrite.selfcheck import check_rewrite
 from lp_rewrite.write import write_atomic
 
 
@@ -131,12 +131,12 @@ def _refuse_misplaced_sections(payload: Payload) -> None:
     """Refuse a payload whose loaded sections Xen would place over one another.
 
     move_payload() puts each SHF_ALLOC section at ROUNDUP(offset, sh_addralign),
-    and ROUNDUP(x, 0) is 0 (see :func:`lp_rewrite.loader.layout.overlap`). No
+    and ROUNDUP(x, 0) is 0 (see :func:`lp_rewrite.loader.placement.overlap`). No
     toolchain emits one; rewriting it would hand Xen a payload it loads wrongly.
     """
     if 0 not in payload.elf.sections.addralign[1:]:
         return  # the only way to overlap (and the stress objects' 100k sections skip the walk)
-    from lp_rewrite.loader.layout import overlap
+    from lp_rewrite.loader.placement import overlap
     from lp_rewrite.loader.refusal import Refused
 
     try:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lp_rewrite.errors import UsageError
-from lp_rewrite.payload import ALWAYS_KEEP, DEFAULT_KEEP
+from lp_rewrite.livepatch_abi import ALWAYS_KEEP, DEFAULT_KEEP
 
 # Replacement symbols are renamed so that no defined symbol carries the
 # original's name next to the alias. GCC never emits this suffix.

@@ -13,7 +13,7 @@ from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.file import ElfFile, SectionCountError, UnsupportedObject
 from lp_rewrite.errors import InputError
 from lp_rewrite.inputs import MAX_INPUT_SIZE, Snapshot, read_input
-from lp_rewrite.payload import MAX_NAME_LEN, MAX_PAYLOAD_SIZE, MAX_SECTIONS
+from lp_rewrite.livepatch_abi import MAX_NAME_LEN, MAX_PAYLOAD_SIZE, MAX_SECTIONS
 
 
 @dataclass

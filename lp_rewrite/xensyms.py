@@ -116,7 +116,7 @@ class XenSymbols:
 
     def free_page(self, gap: int = 0) -> int:
         """The first page boundary at least ``gap`` bytes past the highest symbol (those at 0 left out)."""
-        from lp_rewrite.loader.layout import PAGE_SIZE  # here: the loader package imports this module
+        from lp_rewrite.loader.placement import PAGE_SIZE  # here: the loader package imports this module
 
         top = max((s.address + max(s.size, 1) for s in self.symbols.values() if s.address), default=0)
         return (top + gap + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)

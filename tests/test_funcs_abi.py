@@ -1,6 +1,6 @@
 """The ``.livepatch.funcs`` ABI below fixture level: layouts, the one parser, its problems, the entry lookup.
 
-:func:`lp_rewrite.payload.parse_funcs` is what identify refuses, check
+:func:`lp_rewrite.livepatch_abi.parse_funcs` is what identify refuses, check
 reports as LP010 and the loader model reads; these tests build the table's
 bytes with :mod:`struct` from Xen's ``struct livepatch_func`` (sysctl.h), not
 from the module under test. The last ones damage one field of a committed
@@ -19,8 +19,7 @@ from elftools.elf.elffile import ELFFile
 from lp_rewrite.check import check_payload
 from lp_rewrite.errors import InputError, Location, LpRewriteError
 from lp_rewrite.identify import field_relocations, identify
-from lp_rewrite.loader.refusal import Refused
-from lp_rewrite.payload import (
+from lp_rewrite.livepatch_abi import (
     FUNCS_SECTION,
     FuncsProblemKind,
     func_layout,
@@ -28,6 +27,7 @@ from lp_rewrite.payload import (
     wrong_size,
     wrong_version,
 )
+from lp_rewrite.loader.refusal import Refused
 from lp_rewrite.read import read_payload
 from tests.conftest import COMMITTED
 

@@ -34,7 +34,7 @@ from elftools.elf.elffile import ELFFile
 from lp_rewrite import rewrite
 from lp_rewrite.errors import InputError, UsageError
 from lp_rewrite.inputs import MAX_INPUT_SIZE, read_input
-from lp_rewrite.payload import MAX_PAYLOAD_SIZE
+from lp_rewrite.livepatch_abi import MAX_PAYLOAD_SIZE
 from lp_rewrite.textsafe import for_json, shown
 from tests.conftest import COMMITTED, ROOT, assert_one_line_error, run_cli
 

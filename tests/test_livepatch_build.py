@@ -419,7 +419,7 @@ BUGGY_TOOL = """\
 # replacements on its own, can see that the aliases name the wrong functions.
 import lp_rewrite.identify as identify_module
 import lp_rewrite.pipeline as pipeline
-import lp_rewrite.verify as self_check
+import lp_rewrite.selfcheck as self_check
 from lp_rewrite.cli import main
 
 real = identify_module.identify

@@ -22,7 +22,7 @@ from lp_rewrite.check import CheckOptions, check_payload
 from lp_rewrite.check.allow import AllowList
 from lp_rewrite.check.findings import Finding, PayloadReport
 from lp_rewrite.errors import VerificationError
-from lp_rewrite.loader.layout import section_offsets
+from lp_rewrite.loader.placement import section_offsets
 from lp_rewrite.pipeline import analyse, prove_edit, rewrite
 from lp_rewrite.policy import Policy
 from lp_rewrite.read import read_payload

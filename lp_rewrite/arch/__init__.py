@@ -33,7 +33,7 @@ from typing import Final, NamedTuple
 from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.file import ElfFile, Section
 from lp_rewrite.errors import InputError
-from lp_rewrite.payload import LIVEPATCH_OPAQUE_SIZE
+from lp_rewrite.livepatch_abi import LIVEPATCH_OPAQUE_SIZE
 
 
 class Kind(enum.Enum):

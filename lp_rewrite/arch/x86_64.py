@@ -19,7 +19,7 @@ from lp_rewrite.arch.x86_insn import Form, decode_rel32, fast_rel32
 from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.file import ElfFile, Section
 from lp_rewrite.errors import InputError
-from lp_rewrite.payload import LIVEPATCH_OPAQUE_SIZE
+from lp_rewrite.livepatch_abi import LIVEPATCH_OPAQUE_SIZE
 
 R_X86_64_NONE: Final = 0
 R_X86_64_64: Final = 1

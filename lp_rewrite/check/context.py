@@ -22,7 +22,7 @@ from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.file import RelocTable, Section
 from lp_rewrite.errors import InputError
 from lp_rewrite.identify import FuncsTable, Replacement
-from lp_rewrite.payload import FUNCS_SECTION, HOOK_SECTIONS
+from lp_rewrite.livepatch_abi import FUNCS_SECTION, HOOK_SECTIONS
 from lp_rewrite.policy import Policy
 from lp_rewrite.read import Payload
 

@@ -2,7 +2,7 @@
 
 LP016 (misaligned-note) asks :func:`lp_rewrite.notes.misaligned_notes`
 where Xen's loader puts each note it parses (the placement of
-``move_payload()``, from :mod:`lp_rewrite.loader.layout`) and reports one
+``move_payload()``, from :mod:`lp_rewrite.loader.placement`) and reports one
 that lands on an address that is not 4-aligned, on the targets whose
 hypervisor checks alignment (:attr:`lp_rewrite.arch.Arch.alignment_checking`).
 

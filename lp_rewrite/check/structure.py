@@ -1,7 +1,7 @@
 """Rules LP009-LP011: what Xen's loader refuses before looking at any code.
 
 Required sections, the shape of ``.livepatch.funcs`` and the loader's size
-limits; the facts come from :mod:`lp_rewrite.payload`. When the funcs table
+limits; the facts come from :mod:`lp_rewrite.livepatch_abi`. When the funcs table
 can be read, :func:`check` also returns it for the other rules; when it
 cannot, they run without replacements (a hooks-only payload has none and is
 valid).
@@ -16,7 +16,7 @@ from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.file import Section
 from lp_rewrite.errors import InputError, Location
 from lp_rewrite.identify import FuncsTable, identify
-from lp_rewrite.payload import (
+from lp_rewrite.livepatch_abi import (
     FUNCS_SECTION,
     HOOK_SECTIONS,
     MAX_PAYLOAD_SIZE,
@@ -171,7 +171,7 @@ def _place(funcs: Section, where: Location | None) -> Place:
 
 
 def _problem(payload: Payload, funcs: Section, problem: FuncsProblem) -> Finding:
-    """The LP010 finding for what :func:`~lp_rewrite.payload.parse_funcs` found wrong, in Xen's terms."""
+    """The LP010 finding for what :func:`~lp_rewrite.livepatch_abi.parse_funcs` found wrong, in Xen's terms."""
     k = FuncsProblemKind
     if problem.kind is k.TOO_SMALL:
         return make("LP010", f"{funcs.name} is {funcs.sh_size} bytes, too small for one entry", _place(funcs, None))

@@ -38,7 +38,7 @@ from lp_rewrite.decide import Decisions
 from lp_rewrite.elf import consts as C
 from lp_rewrite.errors import InputError, UsageError
 from lp_rewrite.inputs import open_binary
-from lp_rewrite.payload import FUNCS_SECTION
+from lp_rewrite.livepatch_abi import FUNCS_SECTION
 from lp_rewrite.xensyms import XenSymbol, XenSymbols, scoped_names
 
 _CLOBBER = ("__initdata_cf_clobber_start", "__initdata_cf_clobber_end")

@@ -12,7 +12,7 @@ bytes; the emulation tests map what it produces into an emulated CPU.
 """
 
 from lp_rewrite.loader.image import LoadedPayload, MisdirectedBranch, PatchFunction, load, prepare_payload
-from lp_rewrite.loader.layout import PlacedSection, Region
+from lp_rewrite.loader.placement import PlacedSection, Region
 from lp_rewrite.loader.refusal import Refused
 from lp_rewrite.loader.relocate import AppliedRelocation
 from lp_rewrite.loader.symbols import default_base, synthetic_table, wanted_names

@@ -19,8 +19,8 @@ from typing import Final
 from lp_rewrite.arch import Arch, arch_for_machine
 from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.layout import layout_for
+from lp_rewrite.livepatch_abi import MAX_PAYLOAD_SIZE, MAX_SECTIONS
 from lp_rewrite.loader.refusal import Refused
-from lp_rewrite.payload import MAX_PAYLOAD_SIZE, MAX_SECTIONS
 
 # EI_ABIVERSION must be 0 (livepatch_header_check()).
 _ABIVERSION_OK: Final = 0

@@ -2,7 +2,7 @@
 
 :func:`load` runs Xen's steps in order: the raw-image checks
 (:mod:`~lp_rewrite.loader.header`), the project's reader, placement
-(:mod:`~lp_rewrite.loader.layout`), symbol resolution
+(:mod:`~lp_rewrite.loader.placement`), symbol resolution
 (:mod:`~lp_rewrite.loader.resolve`), relocation
 (:mod:`~lp_rewrite.loader.relocate`), then the parts of
 ``prepare_payload()`` and ``build_symbol_table()`` that depend on the bytes:
@@ -25,12 +25,7 @@ from dataclasses import dataclass, field
 
 from lp_rewrite.elf import consts as C
 from lp_rewrite.errors import InputError
-from lp_rewrite.loader.header import check_image
-from lp_rewrite.loader.layout import Layout, PlacedSection, place
-from lp_rewrite.loader.refusal import Refused
-from lp_rewrite.loader.relocate import AppliedRelocation, perform_relocs
-from lp_rewrite.loader.resolve import Resolved, raw_shndx, resolve_symbols
-from lp_rewrite.payload import (
+from lp_rewrite.livepatch_abi import (
     FUNCS_SECTION,
     HOOK_SECTIONS,
     XEN_PAYLOAD_VERSION,
@@ -38,6 +33,11 @@ from lp_rewrite.payload import (
     wrong_size,
     wrong_version,
 )
+from lp_rewrite.loader.header import check_image
+from lp_rewrite.loader.placement import Layout, PlacedSection, place
+from lp_rewrite.loader.refusal import Refused
+from lp_rewrite.loader.relocate import AppliedRelocation, perform_relocs
+from lp_rewrite.loader.resolve import Resolved, raw_shndx, resolve_symbols
 from lp_rewrite.read import Payload, read_file, read_payload
 from lp_rewrite.xensyms import XenSymbols
 

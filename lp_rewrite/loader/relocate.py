@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from lp_rewrite.arch import Arch, LoadError
 from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.file import ElfFile
-from lp_rewrite.loader.layout import Layout, PlacedSection
+from lp_rewrite.loader.placement import Layout, PlacedSection
 from lp_rewrite.loader.refusal import Refused
 from lp_rewrite.loader.resolve import Resolved
 

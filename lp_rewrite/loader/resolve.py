@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.file import ElfFile
 from lp_rewrite.elf.layout import column
-from lp_rewrite.loader.layout import Layout
+from lp_rewrite.loader.placement import Layout
 from lp_rewrite.loader.refusal import Refused
 from lp_rewrite.xensyms import XenSymbols
 

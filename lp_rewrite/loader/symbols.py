@@ -19,7 +19,7 @@ from typing import Final
 
 from lp_rewrite.elf import consts as C
 from lp_rewrite.identify import field_relocations
-from lp_rewrite.payload import FUNCS_SECTION, parse_funcs
+from lp_rewrite.livepatch_abi import FUNCS_SECTION, parse_funcs
 from lp_rewrite.read import Payload
 from lp_rewrite.xensyms import XenSymbols
 

@@ -1,4 +1,4 @@
-"""Facts about Xen livepatch payloads: struct layouts, section names, limits.
+"""The livepatch ABI: struct layouts and their one parser, payload versions, section names, limits.
 
 Everything here is stated once; other modules import it. Sources are Xen's
 ``xen/include/public/sysctl.h`` (``struct livepatch_func``) and

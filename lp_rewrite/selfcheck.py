@@ -1,4 +1,4 @@
-"""Pipeline stage 6, *verify*: re-read the written bytes and prove the edit.
+"""Pipeline stage 6, the self-check: re-read the written bytes and prove the edit.
 
 Run on every rewrite before the output is renamed into place. It parses the
 new image from scratch and checks, against the input:
