@@ -14,6 +14,10 @@ from typing import Any, Final
 
 from lp_rewrite.arch import arm
 from lp_rewrite.elf import consts as C
+from lp_rewrite.livepatch_abi import XEN_PAYLOAD_VERSION, func_layout
+
+# The entry sizes the LP010 help names, from the one statement of the ABI.
+_V2_64, _V2_32 = (func_layout(XEN_PAYLOAD_VERSION, p).entry_size for p in (8, 4))
 
 
 class Severity(enum.Enum):
@@ -151,8 +155,9 @@ RULES: tuple[Rule, ...] = (
         "bad-funcs-table",
         Severity.ERROR,
         ".livepatch.funcs cannot be loaded as it is.",
-        "Xen reads .livepatch.funcs as an array of struct livepatch_func (104 bytes on 64-bit, 92 on "
-        "32-bit, version 2 since Xen 4.14) and refuses a size that is not a multiple of the entry size "
+        f"Xen reads .livepatch.funcs as an array of struct livepatch_func ({_V2_64} bytes on 64-bit, {_V2_32} on "
+        f"32-bit, version {XEN_PAYLOAD_VERSION} since Xen 4.14) and refuses a size that is not a multiple of the "
+        "entry size "
         "or an entry with another version ('Wrong version'). Rebuild the payload with the livepatch_func "
         "layout of the hypervisor it targets. Version 1 (Xen 4.7-4.13) is an error too; a team that "
         "targets those releases allows it with --allow LP010:version-1 (that finding's symbol: a wrong "
