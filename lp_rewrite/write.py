@@ -191,6 +191,42 @@ class _Target:
             self.fd = -1
 
 
+class _Scratch:
+    """A temporary file beside its destination, removed again unless it was renamed into place.
+
+    Created, closed, renamed and removed with signals held, so that an
+    interrupt never leaves a stray file nor loses one that was renamed.
+    """
+
+    def __init__(self, beside: Path, directory: Path) -> None:
+        self.fd = -1
+        self.path: Path | None = None  # set exactly while the file is ours
+        with _signals_held():
+            self.fd, name = tempfile.mkstemp(prefix=f".{beside.name}.", suffix=".tmp", dir=directory)
+            self.path = Path(name)
+
+    def close(self) -> None:
+        with _signals_held():
+            if self.fd >= 0:
+                os.close(self.fd)
+                self.fd = -1
+
+    def rename(self, dest: Path) -> None:
+        assert self.path is not None
+        with _signals_held():
+            os.replace(self.path, dest)
+            self.path = None
+
+    def __enter__(self) -> _Scratch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+        with _signals_held():
+            if self.path is not None:
+                self.path.unlink(missing_ok=True)
+
+
 def _replace_via_temporary(
     dest: Path,
     directory: Path,
@@ -200,44 +236,33 @@ def _replace_via_temporary(
     before_rename: Callable[[Path], None] | None,
     target: _Target,
 ) -> None:
-    tmp: Path | None = None  # set exactly while a temporary file of ours exists
-    fd = -1
     try:
-        with _signals_held():
-            try:
-                fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=directory)
-            except OSError as exc:
-                raise InputError(f"{dest}: cannot create a file in {directory}: {exc.strerror}") from None
-            tmp = Path(tmp_name)
-        _write_all(fd, data)
-        target.own(fd)
-        os.fsync(fd)
-        with _signals_held():
-            os.close(fd)
-            fd = -1
-        if mode is not None:
-            os.chmod(tmp, mode)
-        if before_rename is not None:
-            before_rename(tmp)
-        target.lock()
-        if backup_suffix and target.original is not None:
-            _write_backup(target, Path(str(dest) + backup_suffix))
-        elif backup_suffix and dest.exists():
-            _backup(dest, Path(str(dest) + backup_suffix))
-        with _signals_held():
-            if target.expect is not None:
-                target.check()
-            os.replace(tmp, dest)
-            tmp = None
-    except BaseException as exc:
-        with _signals_held():
-            if fd >= 0:
-                os.close(fd)
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise InputError(f"{dest}: cannot write: {exc.strerror or exc}") from None
-        raise
+        scratch = _Scratch(dest, directory)
+    except OSError as exc:
+        target.unlock()
+        raise InputError(f"{dest}: cannot create a file in {directory}: {exc.strerror}") from None
+    try:
+        with scratch as tmp:
+            assert tmp.path is not None
+            _write_all(tmp.fd, data)
+            target.own(tmp.fd)
+            os.fsync(tmp.fd)
+            tmp.close()
+            if mode is not None:
+                os.chmod(tmp.path, mode)
+            if before_rename is not None:
+                before_rename(tmp.path)
+            target.lock()
+            if backup_suffix and target.original is not None:
+                _write_backup(target, Path(str(dest) + backup_suffix))
+            elif backup_suffix and dest.exists():
+                _backup(dest, Path(str(dest) + backup_suffix))
+            with _signals_held():
+                if target.expect is not None:
+                    target.check()
+                tmp.rename(dest)
+    except OSError as exc:
+        raise InputError(f"{dest}: cannot write: {exc.strerror or exc}") from None
     finally:
         target.unlock()
 
@@ -245,52 +270,29 @@ def _replace_via_temporary(
 def _write_backup(target: _Target, dst: Path) -> None:
     """Write the bytes that were read to ``dst`` atomically, with the original's mode, owner and times."""
     assert target.original is not None and target.expect is not None
-    tmp: Path | None = None
-    fd = -1
     try:
-        with _signals_held():
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-            tmp = Path(tmp_name)
-        _write_all(fd, target.original)
-        os.fchmod(fd, target.expect.mode)
-        target.own(fd)
-        os.fsync(fd)
-        with _signals_held():
-            os.close(fd)
-            fd = -1
-        os.utime(tmp, ns=(target.expect.atime_ns, target.expect.mtime_ns))
-        with _signals_held():
-            os.replace(tmp, dst)
-            tmp = None
-    except BaseException as exc:
-        with _signals_held():
-            if fd >= 0:
-                os.close(fd)
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise InputError(f"{dst}: cannot write the backup: {exc.strerror or exc}") from None
-        raise
+        with _Scratch(dst, dst.parent) as tmp:
+            assert tmp.path is not None
+            _write_all(tmp.fd, target.original)
+            os.fchmod(tmp.fd, target.expect.mode)
+            target.own(tmp.fd)
+            os.fsync(tmp.fd)
+            tmp.close()
+            os.utime(tmp.path, ns=(target.expect.atime_ns, target.expect.mtime_ns))
+            tmp.rename(dst)
+    except OSError as exc:
+        raise InputError(f"{dst}: cannot write the backup: {exc.strerror or exc}") from None
 
 
 def _backup(src: Path, dst: Path) -> None:
     """Copy ``src`` to ``dst`` atomically (the backup is whole or absent)."""
-    tmp: Path | None = None
     try:
-        with _signals_held():
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-            os.close(fd)
-            tmp = Path(tmp_name)
-        shutil.copy2(src, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        with _signals_held():
-            os.replace(tmp, dst)
-            tmp = None
-    except BaseException as exc:
-        with _signals_held():
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise InputError(f"{dst}: cannot write the backup: {exc.strerror or exc}") from None
-        raise
+        with _Scratch(dst, dst.parent) as tmp:
+            assert tmp.path is not None
+            tmp.close()
+            shutil.copy2(src, tmp.path)
+            with open(tmp.path, "rb+") as f:
+                os.fsync(f.fileno())
+            tmp.rename(dst)
+    except OSError as exc:
+        raise InputError(f"{dst}: cannot write the backup: {exc.strerror or exc}") from None
