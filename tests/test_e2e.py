@@ -70,9 +70,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from elftools.elf.elffile import ELFFile
 
 from tests.conftest import summary_lines
+from tests.elf_sections import ro_offsets
 
 pytestmark = pytest.mark.e2e
 
@@ -799,21 +799,6 @@ def rules(findings: list[dict[str, object]]) -> set[object]:
     return {f["rule"] for f in findings}
 
 
-def ro_region_offsets(payload: Path) -> dict[str, int]:
-    """Each read-only SHF_ALLOC section's offset in Xen's RO region (move_payload(), read with pyelftools)."""
-    with payload.open("rb") as f:
-        size, out = 0, {}
-        for sec in ELFFile(f).iter_sections():
-            flags = sec["sh_flags"]
-            if not flags & 0x2 or flags & 0x1 or flags & 0x4:  # SHF_ALLOC, not WRITE, not EXECINSTR
-                continue
-            align = sec["sh_addralign"]
-            size = (size + align - 1) & ~(align - 1) if align else 0
-            out[sec.name] = size
-            size += sec["sh_size"]
-    return out
-
-
 @pytest.mark.parametrize("prepared", ARM_TARGETS, indirect=True)
 def test_arm_loader_crashes_are_predicted(prepared: Prepared) -> None:
     """Xen's Arm loader faults, on the unmodified hypervisor, exactly where `check --xen-syms` predicts them.
@@ -838,7 +823,7 @@ def test_arm_loader_crashes_are_predicted(prepared: Prepared) -> None:
         found = {(f["rule"], f["symbol"]) for f in findings}
         misaligned = "LP016" in rules(findings)
         # Independently of the check (pyelftools): where Xen's move_payload() puts the notes.
-        placed = ro_region_offsets(hello)
+        placed = ro_offsets(hello.read_bytes())
         assert all(placed[n] % 4 for n in DEPENDS_NOTES), placed  # unaligned on both arches
         assert misaligned == (prep.arch == "arm32"), findings
         if prep.arch == "arm32":  # seen on the real hypervisor; pinned so a silent rule fails here

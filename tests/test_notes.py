@@ -27,6 +27,7 @@ from lp_rewrite.pipeline import analyse, prove_edit, rewrite
 from lp_rewrite.policy import Policy
 from lp_rewrite.read import read_payload
 from tests.conftest import ARCHES, COMMITTED, ROOT, build_fresh, load_script, run_cli
+from tests.elf_sections import ro_offsets
 
 NOTES = ROOT / "testdata" / "notes"
 DEPENDS = (".livepatch.depends", ".livepatch.xen_depends")
@@ -51,21 +52,6 @@ MISALIGNED = ["keyhandler_misaligned", "hello_world_misaligned", "action_hooks_n
 
 def by_rule(report: PayloadReport, rule: str) -> list[Finding]:
     return [f for f in report.findings if f.rule.id == rule and f.suppressed is None]
-
-
-def ro_offsets(data: bytes) -> dict[str, int]:
-    """Independent placement (pyelftools): each read-only SHF_ALLOC section's offset in Xen's RO region."""
-    elf = ELFFile(io.BytesIO(data))
-    size, out = 0, {}
-    for sec in elf.iter_sections():
-        flags = sec["sh_flags"]
-        if not flags & 0x2 or flags & 0x1 or flags & 0x4:  # SHF_ALLOC, not WRITE, not EXECINSTR
-            continue
-        align = sec["sh_addralign"]
-        size = (size + align - 1) & ~(align - 1) if align else 0
-        out[sec.name] = size
-        size += sec["sh_size"]
-    return out
 
 
 def section(data: bytes, name: str) -> tuple[int, int, bytes]:

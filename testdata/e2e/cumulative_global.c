@@ -19,13 +19,4 @@ void dump_runq(unsigned char key)
     printk("lp-e2e: NEW2 dump_runq (key '%c') running from the cumulative payload\n", key);
 }
 
-static const char lp_e2e_cumulative_name[] = "dump_runq";
-
-static struct livepatch_func lp_e2e_cumulative_func __section(".livepatch.funcs") = {
-    .name     = lp_e2e_cumulative_name,
-    .new_addr = dump_runq,
-    .old_addr = 0,
-    .new_size = NEW_SIZE,
-    .old_size = OLD_SIZE,
-    .version  = LIVEPATCH_PAYLOAD_VERSION,
-};
+LP_E2E_FUNC(lp_e2e_cumulative_func, "dump_runq", dump_runq);

@@ -76,6 +76,20 @@ lp_e2e_xen_string(const char *s, size_t size)
 #define OLD_SIZE 0
 #endif
 
+/* The payload's one .livepatch.funcs entry: Xen looks ORIG up by name (its
+ * symbol-table spelling, "file.c#name" for a static) and patches it to jump
+ * to NEW.  ID names the entry and its name string. */
+#define LP_E2E_FUNC(id, orig, new)                                   \
+    static const char id##_name[] = orig;                            \
+    static struct livepatch_func id __section(".livepatch.funcs") = { \
+        .name     = id##_name,                                       \
+        .new_addr = new,                                             \
+        .old_addr = 0,                                               \
+        .new_size = NEW_SIZE,                                        \
+        .old_size = OLD_SIZE,                                        \
+        .version  = LIVEPATCH_PAYLOAD_VERSION,                       \
+    }
+
 /* A reviewed exception for `lp-rewrite check` (docs/check.md): a
  * non-loaded section Xen never reads. */
 #define LP_REWRITE_ALLOW(entry) \

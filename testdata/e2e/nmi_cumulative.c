@@ -15,13 +15,4 @@ static int microcode_nmi_callback(const struct cpu_user_regs *regs, int cpu)
     return 1;
 }
 
-static const char lp_e2e_nmi2_name[] = "arch/x86/cpu/microcode/core.c#microcode_nmi_callback";
-
-static struct livepatch_func lp_e2e_nmi2_func __section(".livepatch.funcs") = {
-    .name     = lp_e2e_nmi2_name,
-    .new_addr = microcode_nmi_callback,
-    .old_addr = 0,
-    .new_size = NEW_SIZE,
-    .old_size = OLD_SIZE,
-    .version  = LIVEPATCH_PAYLOAD_VERSION,
-};
+LP_E2E_FUNC(lp_e2e_nmi2_func, "arch/x86/cpu/microcode/core.c#microcode_nmi_callback", microcode_nmi_callback);

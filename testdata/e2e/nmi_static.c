@@ -56,13 +56,4 @@ static void lp_e2e_nmi_load_hook(void)
 static void (*const lp_e2e_nmi_load_hooks[])(void)
     __section(".livepatch.hooks.load") = { lp_e2e_nmi_load_hook };
 
-static const char lp_e2e_nmi_name[] = "arch/x86/cpu/microcode/core.c#microcode_nmi_callback";
-
-static struct livepatch_func lp_e2e_nmi_func __section(".livepatch.funcs") = {
-    .name     = lp_e2e_nmi_name,
-    .new_addr = microcode_nmi_callback,
-    .old_addr = 0,
-    .new_size = NEW_SIZE,
-    .old_size = OLD_SIZE,
-    .version  = LIVEPATCH_PAYLOAD_VERSION,
-};
+LP_E2E_FUNC(lp_e2e_nmi_func, "arch/x86/cpu/microcode/core.c#microcode_nmi_callback", microcode_nmi_callback);

@@ -30,13 +30,4 @@ static void lp_e2e_global_load_hook(void)
 static void (*const lp_e2e_global_load_hooks[])(void)
     __section(".livepatch.hooks.load") = { lp_e2e_global_load_hook };
 
-static const char lp_e2e_global_name[] = "dump_runq";
-
-static struct livepatch_func lp_e2e_global_func __section(".livepatch.funcs") = {
-    .name     = lp_e2e_global_name,
-    .new_addr = dump_runq,
-    .old_addr = 0,
-    .new_size = NEW_SIZE,
-    .old_size = OLD_SIZE,
-    .version  = LIVEPATCH_PAYLOAD_VERSION,
-};
+LP_E2E_FUNC(lp_e2e_global_func, "dump_runq", dump_runq);

@@ -29,13 +29,4 @@ static void lp_e2e_static_load_hook(void)
 static void (*const lp_e2e_static_load_hooks[])(void)
     __section(".livepatch.hooks.load") = { lp_e2e_static_load_hook };
 
-static const char lp_e2e_static_name[] = "common/keyhandler.c#show_handlers";
-
-static struct livepatch_func lp_e2e_static_func __section(".livepatch.funcs") = {
-    .name     = lp_e2e_static_name,
-    .new_addr = show_handlers,
-    .old_addr = 0,
-    .new_size = NEW_SIZE,
-    .old_size = OLD_SIZE,
-    .version  = LIVEPATCH_PAYLOAD_VERSION,
-};
+LP_E2E_FUNC(lp_e2e_static_func, "common/keyhandler.c#show_handlers", show_handlers);
