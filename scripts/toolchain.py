@@ -25,7 +25,8 @@ def have(arch: str, *tools: str) -> bool:
 
 # -- payloads: testdata/build (build_fixtures), testdata/check/<arch>/*.livepatch,
 #    testdata/emu/build/*.livepatch, the miniature livepatch-build's objects.
-PAYLOAD_CFLAGS: Final = [
+# What every object built like Xen's own code shares (payloads and check images).
+XEN_LIKE_CFLAGS: Final = [
     "-O2",
     "-ffunction-sections",
     "-fdata-sections",
@@ -33,9 +34,8 @@ PAYLOAD_CFLAGS: Final = [
     "-fno-stack-protector",
     "-fno-common",
     "-fno-builtin",
-    "-nostdinc",
-    "-fno-asynchronous-unwind-tables",
 ]
+PAYLOAD_CFLAGS: Final = [*XEN_LIKE_CFLAGS, "-nostdinc", "-fno-asynchronous-unwind-tables"]
 PAYLOAD_ARCH_CFLAGS: Final = {
     "x86_64": [
         "-fpic",
@@ -58,13 +58,7 @@ IBT_CFLAGS: Final = {"x86_64": ["-fcf-protection=branch", "-mmanual-endbr"]}
 
 # -- the check images: testdata/check/<arch>/xen-syms (build_check_xen).
 IMAGE_CFLAGS: Final = [
-    "-O2",
-    "-ffunction-sections",
-    "-fdata-sections",
-    "-fvisibility=hidden",
-    "-fno-stack-protector",
-    "-fno-common",
-    "-fno-builtin",
+    *XEN_LIKE_CFLAGS,
     "-ffreestanding",
     "-nostdinc",
     "-fno-asynchronous-unwind-tables",
