@@ -305,12 +305,20 @@ def _refused_when_loaded(
         after = exc.xen_message
     else:
         raise _fail(r.name, f"Xen would load it where it refuses the original ({refused.xen_message})")
-    _same_file_but_for_the_edits(o, r, policy, after)
-    cert = Certificate(o.name, r.name, o.arch.name, table.source, base, refused_both=True)
     before = refused.xen_message
-    cert.prepare = f"both when loaded ({before})"
+    how = f"both when loaded ({before})"
     if after != before:
-        cert.prepare = f"the original when loaded ({before}), this one ({after})"
+        how = f"the original when loaded ({before}), this one ({after})"
+    return _refused_both(o, r, table, base, policy, after, how)
+
+
+def _refused_both(
+    o: Payload, r: Payload, table: XenSymbols, base: int, policy: Policy, refusal: str, how: str
+) -> Certificate:
+    """The certificate when Xen refuses both: REWRITTEN must then be byte for byte the rewrite of ORIGINAL."""
+    _same_file_but_for_the_edits(o, r, policy, refusal)
+    cert = Certificate(o.name, r.name, o.arch.name, table.source, base, refused_both=True)
+    cert.prepare = how
     return cert
 
 
@@ -342,10 +350,8 @@ def _certify_at(
         before = _prepare_refusal(lo)
         if before is None:
             raise _fail(r.name, f"Xen would refuse it where it loads the original: {exc}") from None
-        _same_file_but_for_the_edits(o, r, policy, exc.xen_message)
-        cert = Certificate(o.name, r.name, o.arch.name, table.source, base, refused_both=True)
-        cert.prepare = f"the original by prepare_payload() ({before}), this one when relocated ({exc.xen_message})"
-        return cert
+        how = f"the original by prepare_payload() ({before}), this one when relocated ({exc.xen_message})"
+        return _refused_both(o, r, table, base, policy, exc.xen_message, how)
     _same_layout(lo, lr)
     cert = Certificate(o.name, r.name, o.arch.name, table.source, base, aligned_notes=notes)
     applied = {(a.reloc_section, a.index): a for a in lo.relocations}
@@ -375,14 +381,16 @@ def _notes_aligned(o: Payload, policy: Policy) -> tuple[Payload, list[str]]:
     """
     if not policy.align_notes:
         return o, []
-    from lp_rewrite.elf.writer import serialize
+    from lp_rewrite.elf.editor import ElfEditor
     from lp_rewrite.notes import alignment_edits
 
     edits = alignment_edits(o.elf)
     if not edits:
         return o, []
-    data = serialize(o.elf, {}, new_addralign=edits)
-    return read_payload(data, name=o.name), [o.elf.sections.name(i) for i in sorted(edits)]
+    editor = ElfEditor(o.elf)  # the same header edit apply() makes
+    for index, value in edits.items():
+        editor.set_section_field(index, "sh_addralign", value)
+    return read_payload(editor.to_bytes(), name=o.name), [o.elf.sections.name(i) for i in sorted(edits)]
 
 
 def _original_address(rep: Replacement, table: XenSymbols, rewritten: str) -> int:
