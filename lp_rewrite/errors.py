@@ -9,12 +9,13 @@ message once, where it is known: :meth:`LpRewriteError.prefixed`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Self
+from typing import NamedTuple, Self
 
 
-@dataclass(frozen=True)
-class Location:
+# A NamedTuple, not a frozen dataclass: this module is imported on every start,
+# and creating a dataclass costs about a millisecond there (plus the
+# dataclasses module itself).
+class Location(NamedTuple):
     """Where an error is: a section, and within it the bytes at ``offset`` (all of it when None)."""
 
     section: str

@@ -19,7 +19,6 @@ gets an empty table (:attr:`FuncsTable.present` false).
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from lp_rewrite.arch import Kind
@@ -65,14 +64,26 @@ class FieldReloc(NamedTuple):
     addend: int
 
 
-@dataclass
+# A slotted class, not a dataclass: creating one costs about a millisecond of every start-up.
 class FuncsTable:
-    section: Section
-    layout: FuncLayout
-    replacements: list[Replacement]
-    nop_entries: list[int]
-    # False: the payload has no .livepatch.funcs (hooks only); ``section`` is then the null section.
-    present: bool = True
+    """The ``.livepatch.funcs`` table as :func:`identify` read it."""
+
+    __slots__ = ("layout", "nop_entries", "present", "replacements", "section")
+
+    def __init__(
+        self,
+        section: Section,
+        layout: FuncLayout,
+        replacements: list[Replacement],
+        nop_entries: list[int],
+        # False: the payload has no .livepatch.funcs (hooks only); ``section`` is then the null section.
+        present: bool = True,
+    ) -> None:
+        self.section = section
+        self.layout = layout
+        self.replacements = replacements
+        self.nop_entries = nop_entries
+        self.present = present
 
     @property
     def count(self) -> int:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass
 from typing import Final, NamedTuple
 
 FUNCS_SECTION: Final = ".livepatch.funcs"
@@ -81,18 +80,35 @@ _ENTRY_SIZES: Final = {(1, 8): 64, (1, 4): 52, (2, 8): 104, (2, 4): 92}
 _HEADS: Final = {8: struct.Struct("<QQQIIB"), 4: struct.Struct("<IIIIIB")}
 
 
-@dataclass(frozen=True, slots=True)
+# No dataclasses here: this module is imported on every start, where creating
+# one costs about a millisecond. Values are NamedTuples, or small slotted classes.
+
+
 class FuncEntry:
     """The fields of one ``struct livepatch_func`` that the tool and Xen's checks read, as stored."""
 
-    index: int
-    offset: int  # of the entry, in the section
-    name: int  # the name pointer's stored value (0 when a relocation writes it)
-    new_addr: int
-    old_addr: int
-    new_size: int
-    old_size: int
-    version: int
+    # A slotted class, not a NamedTuple: a field named ``index`` would shadow tuple.index.
+    __slots__ = ("index", "name", "new_addr", "new_size", "offset", "old_addr", "old_size", "version")
+
+    def __init__(
+        self,
+        index: int,
+        offset: int,  # of the entry, in the section
+        name: int,  # the name pointer's stored value (0 when a relocation writes it)
+        new_addr: int,
+        old_addr: int,
+        new_size: int,
+        old_size: int,
+        version: int,
+    ) -> None:
+        self.index = index
+        self.offset = offset
+        self.name = name
+        self.new_addr = new_addr
+        self.old_addr = old_addr
+        self.new_size = new_size
+        self.old_size = old_size
+        self.version = version
 
 
 class FuncLayout(NamedTuple):
@@ -158,8 +174,7 @@ class FuncsProblemKind(enum.Enum):
     MIXED_VERSION = "mixed version"  # an entry's version differs from entry 0's
 
 
-@dataclass(frozen=True)
-class FuncsProblem:
+class FuncsProblem(NamedTuple):
     """What makes a ``.livepatch.funcs`` table unreadable, and where it is in the section."""
 
     kind: FuncsProblemKind
@@ -191,8 +206,7 @@ class FuncsProblem:
         )
 
 
-@dataclass(frozen=True)
-class FuncsShape:
+class FuncsShape(NamedTuple):
     """A ``.livepatch.funcs`` table as :func:`parse_funcs` read it."""
 
     size: int

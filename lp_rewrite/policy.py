@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from lp_rewrite.errors import UsageError
@@ -14,37 +13,103 @@ from lp_rewrite.livepatch_abi import ALWAYS_KEEP, DEFAULT_KEEP
 DEFAULT_RENAME_TEMPLATE = "{name}.lp_new"
 
 
-@dataclass(frozen=True)
+_FIELDS = (
+    "keep_sections",
+    "default_keep",
+    "local_aliases",
+    "rename_template",
+    "linker_check",
+    "absolute",
+    "xen_limits",
+    "xen_syms",
+    "align_notes",
+)
+
+
+# A slotted class with the behaviour of a frozen dataclass (immutable, compared,
+# hashed and shown by value), not a dataclass: creating one costs about a
+# millisecond of every start-up.
 class Policy:
     """Options of one rewrite (all defaults are what livepatch-build wants)."""
 
-    keep_sections: tuple[str, ...] = ()  # added to the defaults
-    default_keep: bool = True
-    local_aliases: bool = False
-    rename_template: str = DEFAULT_RENAME_TEMPLATE
+    __slots__ = _FIELDS
+
+    keep_sections: tuple[str, ...]  # added to the defaults
+    default_keep: bool
+    local_aliases: bool
+    rename_template: str
     # Refuse local aliases where `ld -r` cannot carry them. Only tests turn
     # this off, to build the objects that show why.
-    linker_check: bool = True
+    linker_check: bool
     # SHN_ABS aliases holding the original's address, for prelinked payloads
     # (lp_rewrite/absolute.py). A replacement whose old_addr is a literal gets
     # one anyway; `absolute` asks for one everywhere.
-    absolute: bool = False
+    absolute: bool
     # Refuse objects Xen's loader would refuse by size (1024 sections); off for
     # intermediate objects and stress tests.
-    xen_limits: bool = True
-    xen_syms: Path | None = None  # resolves and cross-checks absolute aliases
+    xen_limits: bool
+    xen_syms: Path | None  # resolves and cross-checks absolute aliases
     # Raise sh_addralign of the notes Xen reads to 4 (lp_rewrite/notes.py): a
     # header edit the self-check and `verify` expect with the same option.
-    align_notes: bool = False
+    align_notes: bool
 
-    def __post_init__(self) -> None:
-        t = self.rename_template
+    def __init__(
+        self,
+        keep_sections: tuple[str, ...] = (),
+        default_keep: bool = True,
+        local_aliases: bool = False,
+        rename_template: str = DEFAULT_RENAME_TEMPLATE,
+        linker_check: bool = True,
+        absolute: bool = False,
+        xen_limits: bool = True,
+        xen_syms: Path | None = None,
+        align_notes: bool = False,
+    ) -> None:
+        t = rename_template
         if t.count("{name}") != 1 or t == "{name}":
             raise UsageError(f"rename template {t!r} must contain {{name}} exactly once, plus something else")
         try:
             t.format(name="x")
         except (KeyError, IndexError, ValueError) as exc:
             raise UsageError(f"rename template {t!r} is not a valid template ({exc})") from None
+        values = (
+            keep_sections,
+            default_keep,
+            local_aliases,
+            rename_template,
+            linker_check,
+            absolute,
+            xen_limits,
+            xen_syms,
+            align_notes,
+        )
+        for name, value in zip(_FIELDS, values, strict=True):
+            object.__setattr__(self, name, value)
+
+    def _values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in _FIELDS)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"cannot delete field {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, Policy)
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __reduce__(self) -> tuple[type[Policy], tuple[object, ...]]:
+        return (type(self), self._values())  # copy and pickle through __init__ (__setattr__ refuses)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in _FIELDS)
+        return f"{type(self).__qualname__}({fields})"
 
     def keep_patterns(self) -> tuple[str, ...]:
         base = ALWAYS_KEEP + (DEFAULT_KEEP if self.default_keep else ())
