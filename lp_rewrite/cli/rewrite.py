@@ -24,7 +24,6 @@ from lp_rewrite.cli.shared import (
 )
 from lp_rewrite.elf.consts import SHN_ABS
 from lp_rewrite.errors import InputError, UsageError
-from lp_rewrite.textsafe import shown
 
 
 @app.command()
@@ -73,7 +72,6 @@ def rewrite(
     fmt: FormatOpt = Format.text,
 ) -> None:
     """Retarget references to replaced functions to the originals."""
-    from lp_rewrite import report
     from lp_rewrite.pipeline import rewrite as run
 
     if output is None and not in_place:
@@ -107,7 +105,10 @@ def rewrite(
         everything=verbose,  # -v prints every relocation's decision, as explain does
     )
     proof = certify.certificate if certify is not None else None
+    # The report module is imported only where it is used: a quiet run (a build hook's) needs none of it.
     if fmt is Format.json:
+        from lp_rewrite import report
+
         typer.echo(report.dumps(summary_record(result, verbose) | ({"certificate": proof.record()} if proof else {})))
         return
     if quiet:
@@ -120,6 +121,8 @@ def rewrite(
     if proof is not None:
         typer.echo(proof.text().splitlines()[-1])
     if verbose:
+        from lp_rewrite import report
+
         typer.echo(report.decisions_table(result.payload, result.funcs, result.decisions))
 
 
@@ -163,6 +166,8 @@ def _bounded(lines: list[str], noun: str, limit: int | None) -> list[str]:
 
 def summary_text(result: Any, everything: bool = False) -> str:
     """The summary: counts, then a few examples of each kind of edit (``everything``: every one)."""
+    from lp_rewrite.textsafe import shown  # imported here: a quiet run prints no summary
+
     limit = None if everything else SUMMARY_EXAMPLES
     p = result.payload
     nrep = len(result.funcs.replacements)
