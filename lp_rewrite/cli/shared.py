@@ -232,8 +232,9 @@ def _click_exceptions() -> Any:
 
 
 def main() -> None:
-    first = sys.argv[1:2]
-    register(first if first and first[0] in COMMANDS else None)  # --help, typos: every command
+    args = sys.argv[1:]
+    if args != ["--version"]:  # eager: it prints and exits before a command is looked up, so it needs none
+        register(args[:1] if args[:1] and args[0] in COMMANDS else None)  # --help, typos: every command
     clicks = _click_exceptions()
     no_args = getattr(clicks, "NoArgsIsHelpError", ())
     try:
