@@ -17,16 +17,17 @@ from __future__ import annotations
 import enum
 import fnmatch
 import re
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import accumulate
+from itertools import accumulate, compress, count
 from typing import ClassVar
 
 from lp_rewrite.arch import Kind
 from lp_rewrite.elf import consts as C
-from lp_rewrite.elf.file import RelocTable
+from lp_rewrite.elf.file import ElfFile, RelocTable
+from lp_rewrite.elf.runs import RelocationRun
 from lp_rewrite.errors import InputError
 from lp_rewrite.identify import FuncsTable, Replacement
 from lp_rewrite.policy import Policy
@@ -195,58 +196,81 @@ def decide(
     exempt = ExemptSections(policy)
     out = Decisions([])
     secs = elf.sections
-    only = None if sections is None else set(sections)
-    for ridx in elf.relocation_sections:
-        if only is not None and ridx not in only:
-            continue
-        entsize = secs.entsize[ridx]
-        count = secs.size[ridx] // entsize if entsize else 0
-        out.total += count
-        if not everything and interesting.isdisjoint(elf.relocation_syms(ridx)):
-            out.counts[Reason.KEEP_NOT_REPLACED] += count
-            continue
-        table = elf.relocations(ridx)
-        if everything:
-            todo: Iterable[int] = range(table.count)
-        else:
-            todo = [i for i, sym in enumerate(table.syms) if sym in interesting]
-        made = _decide_entries(payload, table, todo, by_section, interesting, exempt, out.items)
-        if not everything:
-            out.counts[Reason.KEEP_NOT_REPLACED] += table.count - made
+    tables = elf.relocation_sections
+    if sections is not None:
+        only = set(sections)
+        tables = [i for i in tables if i in only]
+    entsize, size = secs.entsize, secs.size
+    out.total = sum(size[i] // entsize[i] for i in tables if entsize[i])
+    if everything:
+        for ridx in tables:
+            table = elf.relocations(ridx)
+            _decide_entries(payload, ridx, table, 0, range(table.count), by_section, interesting, exempt, out.items)
+    else:
+        # Only entries naming a symbol in a replacement's section can reach one:
+        # found a run of tables at a time (C loops), decided in table order.
+        found = sorted(_entries_naming(elf, tables, interesting).items())
+        for ridx, (run, base, todo) in found:
+            _decide_entries(payload, ridx, run, base, todo, by_section, interesting, exempt, out.items)
+        out.counts[Reason.KEEP_NOT_REPLACED] += out.total - len(out.items)
     out.counts.update(d.reason for d in out.items)
     return out
 
 
+def _entries_naming(
+    elf: ElfFile, tables: list[int], symbols: set[int]
+) -> dict[int, tuple[RelocationRun, int, list[int]]]:
+    """Per relocation table with an entry naming one of ``symbols``: its run,
+    where the table starts in it, and those entries' numbers."""
+    found: dict[int, tuple[RelocationRun, int, list[int]]] = {}
+    for run in elf.relocation_runs(tables):
+        hits = list(compress(count(), map(symbols.__contains__, run.syms)))
+        starts, stops = run.starts, run.stops
+        j = 0
+        while j < len(hits):
+            k = bisect_right(starts, hits[j]) - 1  # the table whose rows begin last before this one
+            stop = stops[k] if k >= 0 else 0
+            end = bisect_left(hits, stop, j)
+            if end > j:  # rows of one of the tables asked about
+                base = starts[k]
+                found[run.sections[k]] = (run, base, [h - base for h in hits[j:end]])
+                j = end
+            else:  # a row of a table not asked about: skip to the next table's rows
+                j = bisect_left(hits, starts[k + 1], j) if k + 1 < len(starts) else len(hits)
+    return found
+
+
 def _decide_entries(
     payload: Payload,
-    table: RelocTable,
+    ridx: int,
+    columns: RelocTable | RelocationRun,
+    base: int,
     todo: Iterable[int],
     by_section: dict[int, _Entries],
     interesting: set[int],
     exempt: ExemptSections,
     out: list[Decision],
-) -> int:
-    """Append the decision for each entry ``todo`` of one relocation table."""
+) -> None:
+    """Append the decision for each entry ``todo`` of relocation table ``ridx``,
+    whose entry ``i`` is row ``base + i`` of ``columns``."""
     elf, arch = payload.elf, payload.arch
     syms = elf.symbols
     shndx, values, extended = syms.shndx, syms.value, syms.extended
     types, classify = arch.types, arch.classify
-    ridx = table.section.index
-    sec = elf.sections[table.target]
+    sec = elf.sections[elf.sections.info[ridx]]
     alloc = sec.alloc
     data = elf.section_data(sec.index)
-    offsets, rtypes, rsyms, addends = table.offsets, table.types, table.syms, table.addends
+    offsets, rtypes, rsyms, addends = columns.offsets, columns.types, columns.syms, columns.addends
     sec_exempt: bool | None = None  # the name is decoded only if an entry is met
-    made = 0
     for i in todo:
-        made += 1
-        sym = rsyms[i]
-        rtype = rtypes[i]
-        offset = offsets[i]
+        row = base + i
+        sym = rsyms[row]
+        rtype = rtypes[row]
+        offset = offsets[row]
         rt = types.get(rtype)
         known = rt is not None
         if addends is not None:
-            addend = addends[i]
+            addend = addends[row]
         elif known and alloc:
             addend = arch.implicit_addend(rtype, data, offset)
         else:
@@ -288,4 +312,3 @@ def _decide_entries(
                 if rep_index is not None:
                     reason = Reason.KEEP_BODY
         out.append(Decision(ridx, i, sec.index, offset, rtype, sym, addend, bias, tsec, toff, rep_index, reason))
-    return made

@@ -161,12 +161,16 @@ def _check_relocation_sections(payload: Payload, entries: bool = True) -> None:
     _refuse_foreign_tables(elf)
     secs = elf.sections
     allowed = payload.arch.rel_section_types
-    for idx in elf.relocation_sections:
-        target = secs.info[idx]
-        if not secs.flags[target] & C.SHF_ALLOC:
-            continue
-        if secs.type[idx] in allowed and secs.has_file_data(target):
-            continue
+    info, flags, types = secs.info, secs.flags, secs.type
+    no_data = (C.SHT_NOBITS, C.SHT_NULL)
+    # One pass over the columns finds the candidates (a stress object has 50k tables).
+    suspects = [
+        idx
+        for idx in elf.relocation_sections
+        if flags[info[idx]] & C.SHF_ALLOC and (types[idx] not in allowed or types[info[idx]] in no_data)
+    ]
+    for idx in suspects:
+        target = info[idx]
         sec, target_sec = secs[idx], secs[target]
         if sec.sh_type not in allowed:
             kind = "SHT_REL" if sec.sh_type == C.SHT_REL else "SHT_RELA"

@@ -18,7 +18,8 @@ from itertools import pairwise
 from typing import overload
 
 from lp_rewrite.elf import consts as C
-from lp_rewrite.elf.layout import _NATIVE_LE, ClassLayout, column, layout_for
+from lp_rewrite.elf.layout import _NATIVE_LE, ITEM_SIZE, ClassLayout, column, layout_for
+from lp_rewrite.elf.runs import RelocationRun, RunIndex
 from lp_rewrite.errors import InputError
 
 
@@ -108,9 +109,6 @@ class StringTable:
         if end < 0:
             raise InputError(f"{self.what}: the name at offset {offset} is longer than {limit} bytes")
         return decode_name(self.data[offset:end])
-
-
-_ITEM_SIZE = {"B": 1, "H": 2, "I": 4, "i": 4, "Q": 8, "q": 8}
 
 
 class SectionTable(Sequence[Section]):
@@ -603,31 +601,32 @@ class ElfFile:
 
     @cached_property
     def _typed_views(self) -> dict[str, memoryview]:
-        """The whole file cast once per item format, for strided column reads."""
         return {}
+
+    def typed_view(self, fmt: str) -> memoryview:
+        """The whole file cast once per item format (its tail short of an item cut off), for strided reads."""
+        view = self._typed_views.get(fmt)
+        if view is None:
+            item = ITEM_SIZE[fmt]
+            n = len(self.view) - len(self.view) % item
+            view = self._typed_views[fmt] = self.view[:n].cast(fmt)  # type: ignore[call-overload]
+        return view
 
     def field_column(self, index: int, field: tuple[str, int], entsize: int) -> array[int]:
         """One field of every entry of a section, read through a file-wide view."""
         fmt, off = field
         secs = self.sections
         start, size = secs.offset[index], secs.size[index]
-        item = _ITEM_SIZE[fmt]
+        item = ITEM_SIZE[fmt]
         if _NATIVE_LE and not start % item and not entsize % item and not off % item and secs.has_file_data(index):
-            view = self._typed_views.get(fmt)
-            if view is None:
-                n = len(self.view) - len(self.view) % item
-                view = self._typed_views[fmt] = self.view[:n].cast(fmt)  # type: ignore[call-overload]
+            view = self.typed_view(fmt)
             return array(fmt, view[(start + off) // item : (start + size) // item : entsize // item].tobytes())
         return column(self.section_data(index), field, entsize)
 
     @cached_property
     def _words(self) -> dict[int, memoryview]:
-        """The whole file cast once to 4- and 8-byte words (for strided reads)."""
-        out = {}
-        for size, fmt in ((4, "I"), (8, "Q")):
-            n = len(self.view) - len(self.view) % size
-            out[size] = self.view[:n].cast(fmt)  # type: ignore[call-overload]
-        return out
+        """The whole file as 4- and 8-byte words (for strided reads)."""
+        return {4: self.typed_view("I"), 8: self.typed_view("Q")}
 
     # Every REL/RELA section past section 0 has its type's entry size and a
     # whole number of entries (_parse_sections refuses any other): the
@@ -671,39 +670,40 @@ class ElfFile:
         step = self.sections.entsize[index] // view.itemsize
         return set(view[off // view.itemsize :: step])
 
+    @cached_property
+    def _runs(self) -> RunIndex:
+        return RunIndex(self)
+
+    def relocation_runs(self, indices: Iterable[int]) -> list[RelocationRun]:
+        """These relocation sections, by run of tables adjacent in the file (:mod:`lp_rewrite.elf.runs`)."""
+        return self._runs.select(self, indices)
+
     def check_relocations(self, indices: Iterable[int]) -> None:
         """Validate symbol indices and places of these sections (as RelocTable does).
 
-        Per section: one cast, two strided maxima over r_offset and r_info
-        (the word pair every REL/RELA entry starts with). Only a section that
-        fails is built as a RelocTable, whose checks name the entry.
+        Per run of adjacent tables: the highest symbol index, and each table's
+        highest place, are C loops over the run's columns. Only a run that
+        fails is built table by table, as RelocTables, whose checks name the entry.
         """
-        if not _NATIVE_LE:
-            for i in indices:
-                self.relocations(i)
-            return
-        lay = self.layout
         secs = self.sections
-        sizes, starts, entsizes, targets = secs.size, secs.offset, secs.entsize, secs.info
-        nsym = self.symbols.count
-        view = self.view
-        word = lay.ptr_size
-        wfmt = "Q" if word == 8 else "I"
-        shift = lay.r_sym_shift
-        file_words = self._words[word]
-        for i in indices:
-            size, ent = sizes[i], entsizes[i]
-            if not size or not secs.has_file_data(i) or targets[i] >= len(sizes):
-                self.relocations(i)
+        nsec, nsym = len(secs), self.symbols.count
+        sizes, targets = secs.size, secs.info
+        for run in self.relocation_runs(indices):
+            # The tables with entries: each needs a target section, with room for every place.
+            full = [k for k, (lo, hi) in enumerate(zip(run.starts, run.stops, strict=True)) if lo < hi]
+            if not full:
                 continue
-            start = starts[i]
-            if start % word:
-                words = view[start : start + size].cast(wfmt)  # type: ignore[call-overload]
-            else:
-                words = file_words[start // word : (start + size) // word]
-            step = ent // word
-            if max(words[1::step]) >> shift >= nsym or max(words[0::step]) >= sizes[targets[i]]:
-                self.relocations(i)
+            slices = [slice(run.starts[k], run.stops[k]) for k in full]
+            goals = [targets[run.sections[k]] for k in full]
+            # A whole run's symbols are one column; a part's, each table's rows.
+            highest_sym = max(run.syms) if run.whole else max(map(max, map(run.syms.__getitem__, slices)))
+            ok = highest_sym < nsym and min(goals) > 0 and max(goals) < nsec
+            if ok:
+                highest = map(max, map(run.offsets.__getitem__, slices))
+                ok = not any(map(int.__ge__, highest, map(sizes.__getitem__, goals)))
+            if not ok:
+                for i in run.sections:
+                    self.relocations(i)
 
     def relocations(self, index: int) -> RelocTable:
         table = self._relocs.get(index)

@@ -23,6 +23,9 @@ Field = tuple[str, int]
 
 _NATIVE_LE: Final = sys.byteorder == "little"
 
+# Bytes per item of each struct format char the layouts use.
+ITEM_SIZE: Final = {"B": 1, "H": 2, "I": 4, "i": 4, "Q": 8, "q": 8}
+
 
 def column(data: memoryview, field: Field, entsize: int) -> array[int]:
     """Every entry's value of one fixed-size field (C speed).

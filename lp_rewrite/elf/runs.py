@@ -1,0 +1,147 @@
+"""Relocation tables read as *runs*: tables that lie end to end in the file.
+
+A linker writes an object's relocation tables back to back (``ld -r`` puts
+every ``.rela.*`` after the code and data), and this package's writer keeps
+them so. Read as one, a field of every entry of a run is a single strided
+view over the file: validating, scanning or comparing a stress object's 50k
+tables then costs a few C loops, not a Python call per table.
+
+The object's runs are found once; a caller asks for some tables and gets,
+per run holding any of them, the run's columns with the rows of those tables
+(``starts[k]:stops[k]`` for ``sections[k]``). A table that cannot be viewed
+in place (a misaligned offset, a big-endian host) is a run of its own, over
+the columns :class:`~lp_rewrite.elf.file.RelocTable` reads and validates.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Iterable, Sequence
+from itertools import accumulate, repeat
+from operator import floordiv, rshift
+from typing import TYPE_CHECKING
+
+from lp_rewrite.elf import consts as C
+from lp_rewrite.elf.layout import _NATIVE_LE, ITEM_SIZE
+
+if TYPE_CHECKING:
+    from lp_rewrite.elf.file import ElfFile
+
+
+class RelocationRun:
+    """Some relocation tables of one run, with the run's columns."""
+
+    __slots__ = ("addends", "offsets", "sections", "starts", "stops", "syms", "types", "whole")
+
+    def __init__(
+        self,
+        sections: list[int],
+        starts: list[int],
+        stops: list[int],
+        whole: bool,
+        columns: tuple[Sequence[int], Sequence[int], Sequence[int], Sequence[int] | None],
+    ) -> None:
+        self.sections = sections  # in file order
+        self.starts = starts
+        self.stops = stops
+        self.whole = whole  # every row of the columns belongs to one of ``sections``
+        self.offsets, self.types, self.syms, self.addends = columns  # addends: None for SHT_REL
+
+    def rows(self) -> int:
+        return sum(self.stops) - sum(self.starts)
+
+    def slices(self) -> Iterable[slice]:
+        """Each table's rows, as a slice of the columns."""
+        return map(slice, self.starts, self.stops)
+
+
+class _Run:
+    """One run of the object: its tables in file order, their first rows, and its columns."""
+
+    __slots__ = ("columns", "first", "sections")
+
+    def __init__(self, elf: ElfFile, sections: list[int], begin: int, end: int, ent: int) -> None:
+        lay = elf.layout
+
+        def field(f: tuple[str, int]) -> memoryview:
+            fmt, off = f
+            item = ITEM_SIZE[fmt]
+            return elf.typed_view(fmt)[(begin + off) // item : end // item : ent // item]
+
+        sizes = elf.sections.size
+        self.sections = sections
+        self.first = list(accumulate(map(floordiv, map(sizes.__getitem__, sections), repeat(ent)), initial=0))
+        if lay.rel_sym is not None:
+            syms: Sequence[int] = field(lay.rel_sym)
+        else:
+            syms = array("I", map(rshift, field(lay.rel_info), repeat(lay.r_sym_shift)))
+        rela = elf.sections.type[sections[0]] == C.SHT_RELA  # one entry size: one kind
+        addends = field(lay.rela_addend) if rela else None
+        self.columns = (field(lay.rel_offset), field(lay.rel_type), syms, addends)
+
+
+class RunIndex:
+    """Every viewable relocation table of an object, by run (found once per object)."""
+
+    def __init__(self, elf: ElfFile) -> None:
+        secs = elf.sections
+        starts, sizes, entsizes, types = secs.offset, secs.size, secs.entsize, secs.type
+        word = elf.layout.ptr_size  # every entry field sits at a multiple of its size from a word boundary
+        tables = [i for i, t in enumerate(types) if i and (t == C.SHT_REL or t == C.SHT_RELA)]
+        self.runs: list[_Run] = []
+        self.where: dict[int, tuple[int, int]] = {}  # table -> (run, position in it)
+        if not _NATIVE_LE:
+            return
+        group: list[int] = []
+        begin = end = ent = -1
+        for i in sorted(tables, key=starts.__getitem__):
+            start, size, e = starts[i], sizes[i], entsizes[i]
+            if group and start == end and e == ent:
+                group.append(i)
+                end += size
+                continue
+            self._add(elf, group, begin, end, ent)
+            group = []
+            if not start % word:
+                group, begin, end, ent = [i], start, start + size, e
+        self._add(elf, group, begin, end, ent)
+
+    def _add(self, elf: ElfFile, group: list[int], begin: int, end: int, ent: int) -> None:
+        if not group:
+            return
+        n = len(self.runs)
+        self.runs.append(_Run(elf, group, begin, end, ent))
+        self.where.update((i, (n, k)) for k, i in enumerate(group))
+
+    def select(self, elf: ElfFile, indices: Iterable[int]) -> list[RelocationRun]:
+        """The runs holding these tables, each with the rows of those tables."""
+        where = self.where
+        chosen: dict[int, list[int]] = {}
+        alone: list[int] = []
+        for i in indices:
+            w = where.get(i)
+            if w is None:
+                alone.append(i)
+            else:
+                chosen.setdefault(w[0], []).append(w[1])
+        out = []
+        for n in sorted(chosen):
+            run = self.runs[n]
+            picks = sorted(chosen[n])
+            first = run.first
+            whole = len(picks) == len(run.sections)
+            out.append(
+                RelocationRun(
+                    [run.sections[k] for k in picks],
+                    first[:-1] if whole else [first[k] for k in picks],
+                    first[1:] if whole else [first[k + 1] for k in picks],
+                    whole,
+                    run.columns,
+                )
+            )
+        for i in alone:
+            table = elf.relocations(i)
+            out.append(
+                RelocationRun([i], [0], [table.count], True, (table.offsets, table.types, table.syms, table.addends))
+            )
+        return out
