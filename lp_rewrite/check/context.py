@@ -11,7 +11,7 @@ it, materialise it, store it, or read through it.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, TypeVar
@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from lp_rewrite.arch import Classification, Kind
 from lp_rewrite.decide import ExemptSections
 from lp_rewrite.elf import consts as C
-from lp_rewrite.elf.file import RelocTable, Section
+from lp_rewrite.elf.file import Section, encode_name
 from lp_rewrite.errors import InputError
 from lp_rewrite.identify import FuncsTable, Replacement
 from lp_rewrite.livepatch_abi import FUNCS_SECTION, HOOK_SECTIONS
@@ -33,8 +33,8 @@ T = TypeVar("T")
 class Reference:
     """One relocation, resolved and classified."""
 
-    table: RelocTable
-    index: int
+    reloc_section: int  # the relocation section holding it
+    index: int  # its entry number there
     section: Section  # the section being relocated
     offset: int
     reloc: Classification  # what the field is (kind), its type, width and bias
@@ -53,7 +53,13 @@ class Reference:
 
 
 class Context:
-    """One payload with its replacements, the keep list and lookup tables."""
+    """One payload with its replacements, the keep list and lookup tables.
+
+    The payload was read by :func:`~lp_rewrite.read.read_payload`, which
+    validated every relocation table's entries (symbol indices, places inside
+    their section): entries are read here one by one, only where a rule needs
+    them, straight from the table's bytes.
+    """
 
     def __init__(self, payload: Payload, policy: Policy, funcs: FuncsTable | None) -> None:
         self.payload = payload
@@ -64,6 +70,7 @@ class Context:
         self.funcs = funcs
         self.exempt = ExemptSections(policy)
         self._memo: dict[str, Any] = {}
+        self._counts: dict[int, bool] = {}
 
     def cache(self, key: str, compute: Callable[[Context], T]) -> T:
         """A value a rule module derives from the payload, computed once per payload."""
@@ -74,12 +81,40 @@ class Context:
     # -- places ---------------------------------------------------------------
 
     def file_offset(self, section: int, offset: int) -> int | None:
-        sec = self.elf.sections[section]
-        return sec.sh_offset + offset if sec.has_file_data else None
+        secs = self.elf.sections
+        return secs.offset[section] + offset if secs.has_file_data(section) else None
 
-    def counts(self, section: Section) -> bool:
-        """Whether references in this section reach the running hypervisor as they are."""
-        return section.alloc and not self.exempt(section.name) and section.name not in HOOK_SECTIONS
+    def counts(self, section: int) -> bool:
+        """Whether references in section ``section`` reach the running hypervisor as they are."""
+        verdict = self._counts.get(section)
+        if verdict is None:
+            secs = self.elf.sections
+            verdict = bool(secs.flags[section] & C.SHF_ALLOC)
+            if verdict:  # the name is decoded only for a loaded section
+                name = secs.name(section)
+                verdict = not self.exempt(name) and name not in HOOK_SECTIONS
+            self._counts[section] = verdict
+        return verdict
+
+    def sections_named(self, names: Iterable[str]) -> list[int]:
+        """Every section (index order) whose name is one of ``names``.
+
+        Found in the section name table's bytes, so no section's name is
+        decoded: sh_name may point anywhere into the table (linkers share
+        suffixes), and any place a name's bytes and its NUL start is that name.
+        """
+        secs = self.elf.sections
+        table = secs.names.data
+        offsets = set()
+        for name in names:
+            want = encode_name(name) + b"\0"
+            pos = table.find(want)
+            while pos >= 0:
+                offsets.add(pos)
+                pos = table.find(want, pos + 1)
+        if not offsets:
+            return []
+        return [i for i, off in enumerate(secs.name_off) if i and off in offsets]
 
     # -- symbols --------------------------------------------------------------
 
@@ -87,12 +122,15 @@ class Context:
     def functions(self) -> dict[int, tuple[list[int], list[tuple[int, int, int]]]]:
         """Per section: sorted starts and (start, end, symbol) of its STT_FUNC symbols."""
         syms = self.syms
-        by_section: dict[int, list[tuple[int, int, int]]] = {}
+        value, size, shndx = syms.value, syms.size, syms.shndx
         flags = self.arch.function_value_flags
-        for i in range(1, syms.count):
-            if syms.type(i) == C.STT_FUNC and syms.is_defined_in_section(i):
-                start = syms.value[i] & ~flags
-                by_section.setdefault(syms.shndx[i], []).append((start, start + syms.size[i], i))
+        # The type is st_info's low nibble, read off the column: other symbols cost no call.
+        funcs = [i for i, info in enumerate(syms.info) if i and info & 0xF == C.STT_FUNC]
+        by_section: dict[int, list[tuple[int, int, int]]] = {}
+        for i in funcs:
+            if syms.is_defined_in_section(i):
+                start = value[i] & ~flags
+                by_section.setdefault(shndx[i], []).append((start, start + size[i], i))
         out = {}
         for sec, items in by_section.items():
             items.sort()
@@ -108,10 +146,15 @@ class Context:
         k = bisect.bisect_left(starts, offset)
         best: int | None = None
         while k < len(items) and items[k][0] == offset:
-            sym = items[k][2]
-            if best is None or (self.syms.bind(best) == C.STB_LOCAL and self.syms.bind(sym) != C.STB_LOCAL):
-                best = sym
+            best = self._preferred(best, items[k][2])
             k += 1
+        return best
+
+    def _preferred(self, best: int | None, sym: int) -> int:
+        """Of two functions at one entry, in symbol order: the first, unless it is local and ``sym`` is not."""
+        bind = self.syms.bind
+        if best is None or (bind(best) == C.STB_LOCAL and bind(sym) != C.STB_LOCAL):
+            return sym
         return best
 
     def containing_function(self, section: int, offset: int) -> int | None:
@@ -134,7 +177,7 @@ class Context:
         """``function+0x..`` when a function covers the place, else the section."""
         fn = self.containing_function(section, offset)
         if fn is None:
-            return self.elf.sections[section].name
+            return self.elf.sections.name(section)
         delta = offset - (self.syms.value[fn] & ~self.arch.function_value_flags)
         return f"{self.name(fn)}+{delta:#x}" if delta else self.name(fn)
 
@@ -146,31 +189,34 @@ class Context:
 
     @cached_property
     def payload_only(self) -> dict[tuple[int, int], int]:
-        """Entries of functions in loaded code that replace nothing -> their symbol.
+        """Entries of functions in loaded code that replace nothing -> their symbol (as :meth:`function_at`).
 
         Empty when .livepatch.funcs could not be read: without knowing the
         replacements, no function can be called payload-only.
         """
         if self.funcs is None and self.elf.section_by_name(FUNCS_SECTION) is not None:
             return {}
+        flags = self.elf.sections.flags
+        code = C.SHF_ALLOC | C.SHF_EXECINSTR
+        replaced = self.replacement_entries
         out: dict[tuple[int, int], int] = {}
         for sec, (_starts, items) in self.functions.items():
-            section = self.elf.sections[sec]
-            if not (section.alloc and section.executable):
+            if flags[sec] & code != code:
                 continue
-            for start, _end, _sym in items:
+            # One pass over the sorted functions: those at one entry are adjacent.
+            for start, _end, sym in items:
                 key = (sec, start)
-                if key not in out and key not in self.replacement_entries:
-                    best = self.function_at(sec, start)
-                    if best is not None:
-                        out[key] = best
+                if key not in replaced:
+                    out[key] = self._preferred(out.get(key), sym)
         return out
 
     @cached_property
     def hook_functions(self) -> dict[tuple[int, int], str]:
         """Entry points the hook tables name -> the hook section's name."""
+        flags = self.elf.sections.flags
+        hooks = {i for i in self.sections_named(HOOK_SECTIONS) if flags[i] & C.SHF_ALLOC}
         out: dict[tuple[int, int], str] = {}
-        for ref in self._resolved(lambda sec: sec.alloc and sec.name in HOOK_SECTIONS, None):
+        for ref in self._resolved(hooks.__contains__, None):
             if ref.target is not None:
                 out.setdefault(ref.target, ref.section.name)
         return out
@@ -186,25 +232,53 @@ class Context:
         return self._resolved(self.counts, symbols, calls)
 
     def _resolved(
-        self, wanted: Callable[[Section], bool], symbols: set[int] | None, calls: bool = True
+        self, wanted: Callable[[int], bool], symbols: set[int] | None, calls: bool = True
     ) -> Iterator[Reference]:
-        elf, arch = self.elf, self.arch
+        """References in the relocation tables whose target section is ``wanted``, against ``symbols``.
+
+        A table is picked by its target section and its symbol column (one C
+        loop each); then only its entries against ``symbols`` are read and
+        classified: classifying (decoding x86 code) is the expensive part.
+        """
+        elf, classify = self.elf, self.arch.classify
         secs = elf.sections
+        info = secs.info
         for ridx in elf.relocation_sections:
-            sec = secs[secs.info[ridx]]
-            if not wanted(sec) or (symbols is not None and symbols.isdisjoint(elf.relocation_syms(ridx))):
-                continue
-            table = elf.relocations(ridx)
-            data = elf.section_data(sec.index)
-            for i, sym in enumerate(table.syms):
-                if symbols is not None and sym not in symbols:
+            picked: Sequence[int]
+            if symbols is None:
+                picked = range(secs.size[ridx] // secs.entsize[ridx])
+            else:
+                rsyms = elf.relocation_syms(ridx)
+                if symbols.isdisjoint(rsyms):
                     continue
-                reloc = arch.classify(table.types[i], sec, data, table.offsets[i])
+                picked = [i for i, sym in enumerate(rsyms) if sym in symbols]
+            target = info[ridx]
+            if not picked or not wanted(target):
+                continue
+            sec, data = secs[target], elf.section_data(target)
+            for i, rtype, sym, offset, addend in self._entries(ridx, picked):
+                reloc = classify(rtype, sec, data, offset)
                 if reloc is None:
                     continue  # refused at load: LP003 reports it
                 if not calls and reloc.kind is Kind.CALL:
                     continue
-                yield self._resolve(table, i, sec, data, reloc, sym)
+                yield self._resolve(ridx, i, sec, data, reloc, sym, offset, addend)
+
+    def _entries(self, ridx: int, picked: Iterable[int]) -> Iterator[tuple[int, int, int, int, int | None]]:
+        """(index, type, symbol, offset, explicit addend or None for REL) of entries ``picked`` of a relocation table.
+
+        Each entry is unpacked from the table's bytes: no column of the whole table is built.
+        """
+        elf = self.elf
+        secs, lay = elf.sections, elf.layout
+        rela = secs.type[ridx] == C.SHT_RELA
+        unpack = (lay.rela if rela else lay.rel).unpack_from
+        base, step, data = secs.offset[ridx], secs.entsize[ridx], elf.data
+        mask, shift = lay.r_type_mask, lay.r_sym_shift
+        for i in picked:
+            fields = unpack(data, base + i * step)
+            info = fields[1]
+            yield i, info & mask, info >> shift, fields[0], fields[2] if rela else None
 
     def reference(self, reloc_section: int, index: int) -> Reference | None:
         """Relocation ``index`` of that section, resolved as :meth:`references` resolves it, in any section.
@@ -212,28 +286,38 @@ class Context:
         None for a type Xen's loader refuses (LP003 reports it).
         """
         elf = self.elf
-        table = elf.relocations(reloc_section)
-        sec = elf.sections[table.target]
-        data = elf.section_data(sec.index)
-        reloc = self.arch.classify(table.types[index], sec, data, table.offsets[index])
+        target = elf.sections.info[reloc_section]
+        sec = elf.sections[target]
+        data = elf.section_data(target)
+        _i, rtype, sym, offset, addend = next(self._entries(reloc_section, [index]))
+        reloc = self.arch.classify(rtype, sec, data, offset)
         if reloc is None:
             return None
-        return self._resolve(table, index, sec, data, reloc, table.syms[index])
+        return self._resolve(reloc_section, index, sec, data, reloc, sym, offset, addend)
 
     def _resolve(
-        self, table: RelocTable, i: int, sec: Section, data: memoryview, reloc: Classification, sym: int
+        self,
+        ridx: int,
+        i: int,
+        sec: Section,
+        data: memoryview,
+        reloc: Classification,
+        sym: int,
+        offset: int,
+        addend: int | None,
     ) -> Reference:
+        """``addend``: the entry's (RELA), or None to read the place's (REL)."""
         arch, syms = self.arch, self.syms
-        offset, addends = table.offsets[i], table.addends
-        try:
-            addend = addends[i] if addends is not None else arch.implicit_addend(reloc.type.code, data, offset)
-        except InputError as exc:
-            unread = Classification(reloc.type, Kind.NONE, 0, str(exc))
-            return Reference(table, i, sec, offset, unread, sym, None)
+        if addend is None:
+            try:
+                addend = arch.implicit_addend(reloc.type.code, data, offset)
+            except InputError as exc:
+                unread = Classification(reloc.type, Kind.NONE, 0, str(exc))
+                return Reference(ridx, i, sec, offset, unread, sym, None)
         target = absolute = None
         if syms.is_defined_in_section(sym):
             target = (syms.shndx[sym], syms.value[sym] + addend + reloc.bias)
         elif syms.is_absolute(sym):
             # Prelinked payloads and --absolute aliases: a hypervisor address, as Xen keeps it.
             absolute = (syms.value[sym] + addend + reloc.bias) % (1 << (8 * self.elf.layout.ptr_size))
-        return Reference(table, i, sec, offset, reloc, sym, target, absolute)
+        return Reference(ridx, i, sec, offset, reloc, sym, target, absolute)

@@ -34,9 +34,12 @@ from lp_rewrite.elf import consts as C
 def _mapping_regions(ctx: Context) -> dict[int, list[tuple[int, int]]]:
     """Per section, [start, end) ranges marked data by Arm mapping symbols ($d ... next $x/$a/$t)."""
     syms = ctx.syms
+    names = syms.strtab.data
     marks: dict[int, list[tuple[int, bool]]] = {}
-    for i in range(1, syms.count):
-        if syms.type(i) != C.STT_NOTYPE or not syms.is_defined_in_section(i):
+    # Only names that start with '$' are decoded (a byte of the string table; x86 has none).
+    dollar = ord("$")
+    for i, off in enumerate(syms.name_off):
+        if not i or names[off] != dollar or syms.type(i) != C.STT_NOTYPE or not syms.is_defined_in_section(i):
             continue
         name = syms.name(i)
         if len(name) >= 2 and name[0] == "$" and name[1] in "dxat" and (len(name) == 2 or name[2] == "."):
@@ -51,8 +54,9 @@ def _mapping_regions(ctx: Context) -> dict[int, list[tuple[int, int]]]:
     return out
 
 
-def _in(regions: list[tuple[int, int]], offset: int) -> bool:
-    return any(a <= offset < b for a, b in regions)
+def _in_data(ctx: Context, section: int, offset: int) -> bool:
+    """Whether an offset of the section is in an Arm data region (the regions are found when first asked)."""
+    return any(a <= offset < b for a, b in ctx.cache("mapping", _mapping_regions).get(section, ()))
 
 
 def _function_start(ctx: Context, section: int, offset: int) -> int:
@@ -60,54 +64,66 @@ def _function_start(ctx: Context, section: int, offset: int) -> int:
     return ctx.syms.value[fn] if fn is not None else 0
 
 
-def check(ctx: Context) -> list[Finding]:
-    replaced: dict[int, dict[int, str]] = {}
+def _relocated(ctx: Context, section: int) -> set[int]:
+    """The offsets of a section that a relocation writes (read only where a candidate is found)."""
+    elf = ctx.elf
+    info = elf.sections.info
+    out: set[int] = set()
+    for ridx in elf.relocation_sections:
+        if info[ridx] == section:
+            out.update(elf.relocations(ridx).offsets)
+    return out
+
+
+def _entries(ctx: Context) -> dict[int, dict[int, str | int]]:
+    """Per section, the entries to look for: offset -> the original it replaces (str), or the payload-only symbol."""
+    out: dict[int, dict[int, str | int]] = {}
     for (sec, off), rep in ctx.replacement_entries.items():
-        replaced.setdefault(sec, {})[off] = rep.original
-    only: dict[int, dict[int, int]] = {}
+        out.setdefault(sec, {})[off] = rep.original
     for (sec, off), sym in ctx.payload_only.items():
-        only.setdefault(sec, {})[off] = sym
-    scanned = set(replaced) | set(only)
-    relocated: dict[int, set[int]] = {}
-    targets = ctx.elf.sections.info
-    for ridx in ctx.elf.relocation_sections:
-        if targets[ridx] in scanned:
-            relocated.setdefault(targets[ridx], set()).update(ctx.elf.relocations(ridx).offsets)
+        out.setdefault(sec, {})[off] = sym  # a replacement's entry is never payload-only
+    return out
+
+
+def check(ctx: Context) -> list[Finding]:
+    secs = ctx.elf.sections
+    entries = _entries(ctx)
     out = []
-    for sec in sorted(scanned):
-        section = ctx.elf.sections[sec]
-        if not section.alloc or not section.has_file_data:
+    for sec in sorted(entries):
+        if not secs.flags[sec] & C.SHF_ALLOC or not secs.has_file_data(sec):
             continue
-        reps, news = replaced.get(sec, {}), only.get(sec, {})
-        fields = relocated.get(sec, set())
-        data = bytes(ctx.elf.section_data(sec))
-        regions = ctx.cache("mapping", _mapping_regions).get(sec, [])
+        wanted = entries[sec]
         sites = ctx.arch.address_computations(
-            data,
-            set(reps) | set(news),
-            in_data=partial(_in, regions),
+            bytes(ctx.elf.section_data(sec)),
+            wanted.keys(),
+            in_data=partial(_in_data, ctx, sec),
             decode_from=partial(_function_start, ctx, sec),
         )
+        fields: set[int] | None = None
         for insn, field, target, text in sites:
-            if field in fields:
-                continue
-            place = Place(section.name, insn, ctx.file_offset(sec, insn), field - insn + 4)
-            if target in reps:
-                fn = ctx.function_at(sec, target)
-                copy = ctx.name(fn) if fn is not None else f"{section.name}+{target:#x}"
-                out.append(
-                    make(
-                        "LP008",
-                        f"{ctx.where(sec, insn)}: `{text}` computes the entry of {copy}, the payload's copy of "
-                        f"{reps[target]}, and the assembler resolved it (no relocation), so the rewrite cannot "
-                        "move it to the original: the address stays in the payload and dangles after unload. "
-                        "Build with -ffunction-sections, or take the address in another section",
-                        place,
-                        symbol=reps[target],
-                    )
-                )
-            else:
-                name = ctx.name(news[target])
-                how = f"`{text}`, resolved by the assembler: no relocation"
-                out.append(make("LP002", escape_message(ctx, name, sec, insn, how, False), place, symbol=name))
+            if fields is None:
+                fields = _relocated(ctx, sec)
+            if field not in fields:
+                out.append(_finding(ctx, sec, insn, field, target, text, wanted[target]))
     return out
+
+
+def _finding(ctx: Context, sec: int, insn: int, field: int, target: int, text: str, what: str | int) -> Finding:
+    """LP008 for a replaced function's entry (``what``: the original's name), else LP002 (``what``: the symbol)."""
+    name = ctx.elf.sections.name(sec)
+    place = Place(name, insn, ctx.file_offset(sec, insn), field - insn + 4)
+    if isinstance(what, str):
+        fn = ctx.function_at(sec, target)
+        copy = ctx.name(fn) if fn is not None else f"{name}+{target:#x}"
+        return make(
+            "LP008",
+            f"{ctx.where(sec, insn)}: `{text}` computes the entry of {copy}, the payload's copy of "
+            f"{what}, and the assembler resolved it (no relocation), so the rewrite cannot "
+            "move it to the original: the address stays in the payload and dangles after unload. "
+            "Build with -ffunction-sections, or take the address in another section",
+            place,
+            symbol=what,
+        )
+    symbol = ctx.name(what)
+    how = f"`{text}`, resolved by the assembler: no relocation"
+    return make("LP002", escape_message(ctx, symbol, sec, insn, how, False), place, symbol=symbol)

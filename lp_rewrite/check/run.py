@@ -95,7 +95,7 @@ def check_loaded(payload: Payload, options: CheckOptions) -> PayloadReport:
         findings += _guarded("IBT", lambda: xen_rules.check_ibt(ctx, xen, decisions))
         findings += _guarded("address", lambda: xen_rules.check_addresses(ctx, xen))
         findings += _guarded("init-symbol", lambda: xen_rules.check_init(ctx, xen))
-    allow = _allow_list(payload, options.allow)
+    allow = _allow_list(ctx, options.allow)
     for f in findings:
         entry = allow.match(f)
         if entry is not None:
@@ -110,10 +110,11 @@ def check_loaded(payload: Payload, options: CheckOptions) -> PayloadReport:
     return report
 
 
-def _allow_list(payload: Payload, base: AllowList) -> AllowList:
-    elf = payload.elf
+def _allow_list(ctx: Context, base: AllowList) -> AllowList:
+    """``base`` and the entries of every .lp_rewrite.allow section of the payload, in section order."""
+    elf = ctx.elf
     out = base
-    for sec in elf.sections:
-        if sec.name == ALLOW_SECTION and sec.has_file_data:
-            out = out.with_payload_section(bytes(elf.section_data(sec.index)), os.path.basename(payload.name))
+    for sec in ctx.sections_named([ALLOW_SECTION]):
+        if elf.sections.has_file_data(sec):
+            out = out.with_payload_section(bytes(elf.section_data(sec)), os.path.basename(ctx.payload.name))
     return out
