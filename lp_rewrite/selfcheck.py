@@ -16,6 +16,7 @@ new image from scratch and checks, against the input:
 
 from __future__ import annotations
 
+import struct
 from array import array
 from collections.abc import Iterable
 
@@ -232,30 +233,65 @@ def _check_relocations(inp: Payload, out: Payload, plan: Plan, symbol_map: Index
         by_section.setdefault(d.reloc_section, []).append(d)
     alias_index = {n: plan.aliases[name].index for n, name in plan.alias_for_replacement.items()}
     # Untouched sections were compared byte for byte (_check_sections).
-    todo = _edited_relocation_tables(inp, plan, symbol_map)
-    for idx in todo:
-        x, y = a.relocations(idx), b.relocations(idx)
-        if x.offsets != y.offsets or x.types != y.types:
-            raise _fail(f"relocation section {x.section.name!r}: places or types changed")
+    for idx in _edited_relocation_tables(inp, plan, symbol_map):
         moved = by_section.get(idx, [])
-        if not moved and not symbol_map.moves:
-            if y.syms != x.syms or y.addends != x.addends:
-                raise _fail(f"relocation section {x.section.name!r} changed without a plan")
-            continue
-        expect_syms = symbol_map.remap(x.syms, y.syms.typecode)
-        expect_add = array(x.addends.typecode, x.addends) if x.addends is not None else None
-        for d in moved:
-            assert d.replacement is not None
-            expect_syms[d.index] = alias_index[d.replacement]
-            if expect_add is not None:
-                expect_add[d.index] = plan.new_addends[(idx, d.index)]
-        if y.syms != expect_syms:
-            bad = next(i for i, (p, q) in enumerate(zip(y.syms, expect_syms, strict=True)) if p != q)
-            raise _fail(f"{x.section.name!r} entry {bad}: symbol {y.syms[bad]}, expected {expect_syms[bad]}")
-        if expect_add is not None and y.addends != expect_add:
-            raise _fail(f"{x.section.name!r}: an addend changed unexpectedly")
-        if x.addends is None:
+        # Without renumbering, a table is the input's with each planned entry
+        # re-encoded: one comparison of bytes. Any difference, and every table
+        # of a renumbering edit, is checked entry by entry (which names it).
+        if symbol_map.moves or _planned_table(inp, idx, moved, alias_index, plan) != b.section_data(idx):
+            _check_table(inp, out, plan, symbol_map, idx, moved, alias_index)
+        if a.sections.type[idx] == C.SHT_REL:
             for d in moved:
                 got = out.arch.implicit_addend(d.rtype, b.section_data(d.section), d.offset)
                 if got != plan.new_addends[(idx, d.index)]:
                     raise _fail(f"{a.sections[d.section].name}+{d.offset:#x}: implicit addend {got}")
+
+
+def _planned_table(inp: Payload, idx: int, moved: list[Decision], alias_index: dict[int, int], plan: Plan) -> bytearray:
+    """Relocation table ``idx`` of the input with the planned entries naming their alias (RELA: and their addend)."""
+    lay = inp.elf.layout
+    rela = inp.elf.sections.type[idx] == C.SHT_RELA
+    entsize = lay.reloc_entsize(inp.elf.sections.type[idx])
+    info_fmt, info_at = lay.rel_info
+    add_fmt, add_at = lay.rela_addend
+    table = bytearray(inp.elf.section_data(idx))
+    for d in moved:
+        assert d.replacement is not None
+        pos = d.index * entsize
+        struct.pack_into("<" + info_fmt, table, pos + info_at, lay.r_info(alias_index[d.replacement], d.rtype))
+        if rela:
+            struct.pack_into("<" + add_fmt, table, pos + add_at, plan.new_addends[(idx, d.index)])
+    return table
+
+
+def _check_table(
+    inp: Payload,
+    out: Payload,
+    plan: Plan,
+    symbol_map: IndexMap,
+    idx: int,
+    moved: list[Decision],
+    alias_index: dict[int, int],
+) -> None:
+    """Relocation table ``idx`` of the output, entry by entry against the input's and the plan."""
+    x, y = inp.elf.relocations(idx), out.elf.relocations(idx)
+    if x.offsets != y.offsets or x.types != y.types:
+        raise _fail(f"relocation section {x.section.name!r}: places or types changed")
+    if not moved and not symbol_map.moves:
+        if y.syms != x.syms or y.addends != x.addends:
+            raise _fail(f"relocation section {x.section.name!r} changed without a plan")
+        return
+    expect_syms = symbol_map.remap(x.syms, y.syms.typecode)
+    expect_add = array(x.addends.typecode, x.addends) if x.addends is not None else None
+    for d in moved:
+        assert d.replacement is not None
+        expect_syms[d.index] = alias_index[d.replacement]
+        if expect_add is not None:
+            expect_add[d.index] = plan.new_addends[(idx, d.index)]
+    if y.syms != expect_syms:
+        bad = next(i for i, (p, q) in enumerate(zip(y.syms, expect_syms, strict=True)) if p != q)
+        raise _fail(f"{x.section.name!r} entry {bad}: symbol {y.syms[bad]}, expected {expect_syms[bad]}")
+    if expect_add is not None and y.addends != expect_add:
+        raise _fail(f"{x.section.name!r}: an addend changed unexpectedly")
+    if not symbol_map.moves:  # the bytes differed, yet every field is as planned
+        raise _fail(f"relocation section {x.section.name!r}: an entry changed beyond its fields")
