@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
+from itertools import accumulate, repeat
+from operator import add, lt
 
 from lp_rewrite.decide import Decision, Decisions
 from lp_rewrite.elf import consts as C
@@ -230,29 +232,33 @@ def _check_places_unshared(payload: Payload, retargets: list[Decision]) -> None:
     """
     elf, types = payload.elf, payload.arch.types
     secs = elf.sections
+    info = secs.info
     wanted = {d.section for d in retargets}
-    by_target: dict[int, list[int]] = {}
-    for idx in elf.relocation_sections:
-        if secs.info[idx] in wanted:
-            by_target.setdefault(secs.info[idx], []).append(idx)
+    tables = [idx for idx in elf.relocation_sections if info[idx] in wanted]
     # Every place of a section, by offset (already sorted as compilers emit
     # them, so the sort is one linear pass). A retarget is then checked
     # against the few places within the widest field before its end.
     widths = {rtype: rt.width for rtype, rt in types.items()}  # an unknown type: taken as a word (4)
     widest = max([4, *widths.values()])
     places: dict[int, tuple[list[int], list[int]]] = {}
-    for section, tables in by_target.items():
-        offsets: list[int] = []
-        kinds: list[int] = []
-        for idx in tables:
-            table = elf.relocations(idx)
-            offsets += table.offsets
-            kinds += table.types
-        if len(tables) > 1 or offsets != sorted(offsets):
+    count: dict[int, int] = {}  # tables per section
+    for run in elf.relocation_runs(tables):
+        for idx, rows in zip(run.sections, run.slices(), strict=True):
+            offsets, kinds = places.setdefault(info[idx], ([], []))
+            offsets += run.offsets[rows]
+            kinds += run.types[rows]
+            count[info[idx]] = count.get(info[idx], 0) + 1
+    shared = set()  # the sections where two places share a byte (C loops; none in a compiler's output)
+    for section, (offsets, kinds) in places.items():
+        if count[section] > 1 or offsets != sorted(offsets):
             pairs = sorted(zip(offsets, kinds, strict=True))
-            offsets, kinds = [o for o, _k in pairs], [k for _o, k in pairs]
-        places[section] = (offsets, kinds)
+            offsets, kinds = places[section] = ([o for o, _k in pairs], [k for _o, k in pairs])
+        ends = accumulate(map(add, offsets, map(widths.get, kinds, repeat(4))), max)  # furthest byte written so far
+        if any(map(lt, offsets[1:], ends)):
+            shared.add(section)
     for d in retargets:
+        if d.section not in shared:
+            continue
         offsets, kinds = places[d.section]
         end = d.offset + types[d.rtype].width
         lo, hi = bisect.bisect_left(offsets, d.offset - widest + 1), bisect.bisect_left(offsets, end)
@@ -323,14 +329,15 @@ def _edit_relocations(editor: ElfEditor, payload: Payload, out: Plan) -> None:
     by_section: dict[int, list[Decision]] = {}
     for d in out.retargets:
         by_section.setdefault(d.reloc_section, []).append(d)
+    alias_index = {n: out.aliases[name].index for n, name in out.alias_for_replacement.items()}
     for ridx in sorted(by_section):
         todo = by_section[ridx]
-        entries, aliases, addends = [], [], []
+        entries = [d.index for d in todo]
+        aliases = []
         for d in todo:
             assert d.replacement is not None
-            entries.append(d.index)
-            aliases.append(out.aliases[out.alias_for_replacement[d.replacement]].index)
-            addends.append(out.new_addends[(ridx, d.index)])
+            aliases.append(alias_index[d.replacement])
+        addends = [out.new_addends[(ridx, i)] for i in entries]
         editor.set_relocation_symbols(ridx, entries, aliases)
         if payload.elf.sections.type[ridx] == C.SHT_RELA:
             editor.set_relocation_addends(ridx, entries, addends)

@@ -14,6 +14,7 @@ import struct
 from array import array
 from collections.abc import Mapping
 
+from lp_rewrite.elf.consts import SHT_NOBITS, SHT_NULL
 from lp_rewrite.elf.file import ElfFile
 
 # sh_addralign constrains where a section is *loaded* (a loader copies each one
@@ -68,35 +69,39 @@ def serialize(
             chunks.append(view[run_lo:run_hi])
 
     # Section 0 keeps its header as is (it holds e_shnum/e_shstrndx overflow).
+    # The loop runs once per section (100k in a stress object): its columns
+    # are plain lists and the alignment is inlined.
+    no_data = (SHT_NOBITS, SHT_NULL)
+    has_data = [t not in no_data for t in secs.type]
+    masks = [0 if a <= 1 else min(a, MAX_FILE_ALIGN) - 1 for a in aligns]
     for i in sorted(range(1, len(secs)), key=starts.__getitem__):  # stable: ties in index order
-        start = _align(pos, aligns[i])
-        if not secs.has_file_data(i):
+        mask = masks[i]
+        start = (pos + mask) & ~mask
+        if not has_data[i]:
             new_off[i] = start
             continue
-        replaced = new_data.get(i)
         old = starts[i]
-        if (
-            replaced is None
-            and run_lo >= 0
-            and old >= run_hi
-            and start - old == run_shift
-            and start - pos == old - run_hi
-        ):
-            run_hi = old + new_size[i]  # extends the run: same shift, same gap
-            new_off[i] = start
-            pos = start + new_size[i]
-            continue
-        flush()
-        run_lo = -1
-        if start > pos:
-            chunks.append(bytes(start - pos))
-        if replaced is None:
-            run_lo, run_hi, run_shift = old, old + new_size[i], start - old
+        size = new_size[i]
+        if i not in new_data:
+            if run_lo >= 0 and old >= run_hi and start - old == run_shift and start - pos == old - run_hi:
+                run_hi = old + size  # extends the run: same shift, same gap
+                new_off[i] = start
+                pos = start + size
+                continue
+            flush()
+            if start > pos:
+                chunks.append(bytes(start - pos))
+            run_lo, run_hi, run_shift = old, old + size, start - old
         else:
+            flush()
+            run_lo = -1
+            if start > pos:
+                chunks.append(bytes(start - pos))
+            replaced = new_data[i]
             chunks.append(replaced)
-            new_size[i] = len(replaced)
+            size = new_size[i] = len(replaced)
         new_off[i] = start
-        pos = start + new_size[i]
+        pos = start + size
     flush()
     shoff = _align(pos, lay.ptr_size)
     if shoff > pos:
