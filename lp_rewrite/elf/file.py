@@ -14,7 +14,7 @@ from bisect import insort
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from itertools import pairwise
+from itertools import compress, count, pairwise
 from typing import overload
 
 from lp_rewrite.elf import consts as C
@@ -179,6 +179,18 @@ class SectionTable(Sequence[Section]):
         return index > 0 and self.type[index] not in (C.SHT_NOBITS, C.SHT_NULL)
 
     @cached_property
+    def tables(self) -> list[int]:
+        """Index of every SHT_REL/SHT_RELA section past header 0, in index order."""
+        kinds = (C.SHT_REL, C.SHT_RELA)
+        return list(compress(range(1, self.total), map(kinds.__contains__, self.type[1:])))
+
+    @cached_property
+    def without_file_data(self) -> list[int]:
+        """Index 0 and every SHT_NOBITS/SHT_NULL section (no contents in the file)."""
+        no_data = (C.SHT_NOBITS, C.SHT_NULL)
+        return [0, *compress(range(1, self.total), map(no_data.__contains__, self.type[1:]))]
+
+    @cached_property
     def with_file_data(self) -> list[int]:
         """Index of every section with contents in the file, in index order."""
         no_data = (C.SHT_NOBITS, C.SHT_NULL)
@@ -273,8 +285,8 @@ class SymbolTable:
 
     def _find_shndx_section(self, elf: ElfFile) -> int | None:
         secs = elf.sections
-        for i, t in enumerate(secs.type):
-            if t == C.SHT_SYMTAB_SHNDX and secs.link[i] == self.section.index:
+        for i in compress(count(), map(C.SHT_SYMTAB_SHNDX.__eq__, secs.type)):
+            if secs.link[i] == self.section.index:
                 sec = secs[i]
                 if sec.sh_size != 4 * self.count:
                     raise InputError(f"section [{sec.index}] {sec.name!r}: size does not match the symbol table")
@@ -286,7 +298,7 @@ class SymbolTable:
             first = shndx.index(C.SHN_XINDEX)
             raise InputError(f"symbol [{first}] uses SHN_XINDEX but the object has no SHT_SYMTAB_SHNDX section")
         ext = column(elf.section_data(self.shndx_section), ("I", 0), 4)
-        extended = [i for i, s in enumerate(shndx) if s == C.SHN_XINDEX]
+        extended = list(compress(count(), map(C.SHN_XINDEX.__eq__, shndx)))
         self.extended = frozenset(extended)
         wide = array("I", shndx)  # an extended index may not fit st_shndx's 16 bits
         for i in extended:
@@ -490,16 +502,20 @@ class ElfFile:
             raise UnsupportedObject("linked section", found, f"{found}, not to a relocatable object")
         # A relocation section is a table of entries whatever it relocates
         # (a loader may skip one with no loaded target; other readers do not).
-        tables = [i for i, t in enumerate(secs.type) if i and (t == C.SHT_REL or t == C.SHT_RELA)]
-        for i in tables:
-            ent = lay.reloc_entsize(secs.type[i])
-            if secs.entsize[i] != ent:
-                raise InputError(f"{_Where(secs[i])}: sh_entsize {secs.entsize[i]} (expected {ent})")
-            if secs.size[i] % ent:
-                raise InputError(f"{_Where(secs[i])}: size {secs.size[i]} is not a multiple of {ent}")
-        no_data = (C.SHT_NOBITS, C.SHT_NULL)
-        ends = [0 if t in no_data else o + n for t, o, n in zip(secs.type, secs.offset, secs.size, strict=True)]
-        ends[0] = 0  # section 0 holds no data whatever its header says
+        tables = secs.tables
+        want = {C.SHT_REL: lay.rel.size, C.SHT_RELA: lay.rela.size}
+        ents = list(map(want.__getitem__, map(secs.type.__getitem__, tables)))
+        entsizes, sizes = list(map(secs.entsize.__getitem__, tables)), list(map(secs.size.__getitem__, tables))
+        if ents != entsizes or any(map(int.__mod__, sizes, ents)):  # C loops; the culprit only on failure
+            for i in tables:
+                ent = lay.reloc_entsize(secs.type[i])
+                if secs.entsize[i] != ent:
+                    raise InputError(f"{_Where(secs[i])}: sh_entsize {secs.entsize[i]} (expected {ent})")
+                if secs.size[i] % ent:
+                    raise InputError(f"{_Where(secs[i])}: size {secs.size[i]} is not a multiple of {ent}")
+        ends = list(map(int.__add__, secs.offset, secs.size))
+        for i in secs.without_file_data:
+            ends[i] = 0  # section 0 and NOBITS hold no data whatever their header says
         if max(ends) > size:
             i = next(i for i, e in enumerate(ends) if e > size)
             sec = secs[i]
@@ -517,6 +533,8 @@ class ElfFile:
         lay = self.layout
         secs = self.sections
         starts = secs.offset
+        if self._laid_out_in_order(ends):
+            return
         spans = [(starts[i], e, i) for i, e in enumerate(ends) if e > starts[i]]
         # Linkers write sections in index order: then no sort is needed.
         if any(a[0] > b[0] for a, b in pairwise(spans)):
@@ -538,8 +556,24 @@ class ElfFile:
             if stop > end:
                 end, owner = stop, who
 
+    def _laid_out_in_order(self, ends: list[int]) -> bool:
+        """Whether the sections with data, in file order, follow one another after
+        the ELF header and before the header table without overlapping (how a
+        linker writes them). C loops over the columns; False means "walk and see".
+        """
+        secs = self.sections
+        order = sorted(compress(count(), map(int.__gt__, ends, secs.offset)), key=secs.offset.__getitem__)
+        if not order:
+            return True
+        starts, stops = list(map(secs.offset.__getitem__, order)), list(map(ends.__getitem__, order))
+        return (
+            starts[0] >= self.layout.ehdr.size
+            and max(stops) <= self.e_shoff
+            and not any(map(int.__lt__, starts[1:], stops))  # each starts at or past the previous one's end
+        )
+
     def _find_symtab(self) -> int:
-        found = [i for i, t in enumerate(self.sections.type) if t == C.SHT_SYMTAB]
+        found = list(compress(count(), map(C.SHT_SYMTAB.__eq__, self.sections.type)))
         if not found:
             raise InputError("the object has no symbol table (stripped?)")
         if len(found) > 1:
@@ -573,10 +607,8 @@ class ElfFile:
         overflow, not a section), whatever its sh_type says. Not kept: only
         an edit that renumbers symbols needs the ones relocation_sections omits.
         """
-        secs = self.sections
-        symtab = self.symtab_index
-        link = secs.link
-        return [i for i, t in enumerate(secs.type) if i and (t == C.SHT_REL or t == C.SHT_RELA) and link[i] == symtab]
+        symtab, link = self.symtab_index, self.sections.link
+        return [i for i in self.sections.tables if link[i] == symtab]
 
     @cached_property
     def relocation_sections(self) -> list[int]:
@@ -588,11 +620,7 @@ class ElfFile:
         secs = self.sections
         symtab, n = self.symtab_index, len(secs)
         link, info = secs.link, secs.info
-        return [
-            i
-            for i, t in enumerate(secs.type)
-            if i and (t == C.SHT_REL or t == C.SHT_RELA) and link[i] == symtab and 0 < info[i] < n
-        ]
+        return [i for i in secs.tables if link[i] == symtab and 0 < info[i] < n]
 
     # -- relocation tables without building them ----------------------------
     #
@@ -690,11 +718,11 @@ class ElfFile:
         sizes, targets = secs.size, secs.info
         for run in self.relocation_runs(indices):
             # The tables with entries: each needs a target section, with room for every place.
-            full = [k for k, (lo, hi) in enumerate(zip(run.starts, run.stops, strict=True)) if lo < hi]
-            if not full:
+            full = list(map(int.__lt__, run.starts, run.stops))
+            if not any(full):
                 continue
-            slices = [slice(run.starts[k], run.stops[k]) for k in full]
-            goals = [targets[run.sections[k]] for k in full]
+            slices = list(compress(run.slices(), full))
+            goals = list(map(targets.__getitem__, compress(run.sections, full)))
             # A whole run's symbols are one column; a part's, each table's rows.
             highest_sym = max(run.syms) if run.whole else max(map(max, map(run.syms.__getitem__, slices)))
             ok = highest_sym < nsym and min(goals) > 0 and max(goals) < nsec

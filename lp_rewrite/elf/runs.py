@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Iterable, Sequence
-from itertools import accumulate, repeat
+from itertools import accumulate, compress, count, repeat
 from operator import floordiv, rshift
 from typing import TYPE_CHECKING
 
@@ -85,9 +85,9 @@ class RunIndex:
 
     def __init__(self, elf: ElfFile) -> None:
         secs = elf.sections
-        starts, sizes, entsizes, types = secs.offset, secs.size, secs.entsize, secs.type
+        starts, sizes, entsizes = secs.offset, secs.size, secs.entsize
         word = elf.layout.ptr_size  # every entry field sits at a multiple of its size from a word boundary
-        tables = [i for i, t in enumerate(types) if i and (t == C.SHT_REL or t == C.SHT_RELA)]
+        tables = secs.tables
         self.runs: list[_Run] = []
         self.where: dict[int, tuple[int, int]] = {}  # table -> (run, position in it)
         if not _NATIVE_LE:
@@ -111,37 +111,25 @@ class RunIndex:
             return
         n = len(self.runs)
         self.runs.append(_Run(elf, group, begin, end, ent))
-        self.where.update((i, (n, k)) for k, i in enumerate(group))
+        self.where.update(zip(group, zip(repeat(n, len(group)), range(len(group)), strict=True), strict=True))
 
     def select(self, elf: ElfFile, indices: Iterable[int]) -> list[RelocationRun]:
-        """The runs holding these tables, each with the rows of those tables."""
-        where = self.where
-        chosen: dict[int, list[int]] = {}
-        alone: list[int] = []
-        for i in indices:
-            w = where.get(i)
-            if w is None:
-                alone.append(i)
-            else:
-                chosen.setdefault(w[0], []).append(w[1])
+        """The runs holding these tables, each with the rows of those tables (C loops per run)."""
+        wanted = set(indices)
         out = []
-        for n in sorted(chosen):
-            run = self.runs[n]
-            picks = sorted(chosen[n])
+        for run in self.runs:
+            picks = list(compress(count(), map(wanted.__contains__, run.sections)))
+            if not picks:
+                continue
             first = run.first
-            whole = len(picks) == len(run.sections)
-            out.append(
-                RelocationRun(
-                    [run.sections[k] for k in picks],
-                    first[:-1] if whole else [first[k] for k in picks],
-                    first[1:] if whole else [first[k + 1] for k in picks],
-                    whole,
-                    run.columns,
-                )
-            )
-        for i in alone:
+            if len(picks) == len(run.sections):
+                out.append(RelocationRun(run.sections, first[:-1], first[1:], True, run.columns))
+                continue
+            sections = list(map(run.sections.__getitem__, picks))
+            starts, stops = list(map(first.__getitem__, picks)), list(map(first[1:].__getitem__, picks))
+            out.append(RelocationRun(sections, starts, stops, False, run.columns))
+        for i in sorted(wanted.difference(self.where)):  # not viewable in place: read and checked alone
             table = elf.relocations(i)
-            out.append(
-                RelocationRun([i], [0], [table.count], True, (table.offsets, table.types, table.syms, table.addends))
-            )
+            columns = (table.offsets, table.types, table.syms, table.addends)
+            out.append(RelocationRun([i], [0], [table.count], True, columns))
         return out
