@@ -14,6 +14,7 @@ import bisect
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from operator import itemgetter
 from typing import Any, TypeVar
 
 from lp_rewrite.arch import Classification, Kind
@@ -27,6 +28,7 @@ from lp_rewrite.policy import Policy
 from lp_rewrite.read import Payload
 
 T = TypeVar("T")
+_first = itemgetter(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +92,8 @@ class Context:
         if verdict is None:
             secs = self.elf.sections
             verdict = bool(secs.flags[section] & C.SHF_ALLOC)
-            if verdict:  # the name is decoded only for a loaded section
-                name = secs.name(section)
+            if verdict:  # only a loaded section is named (the Section is kept: classify() takes it)
+                name = secs[section].name
                 verdict = not self.exempt(name) and name not in HOOK_SECTIONS
             self._counts[section] = verdict
         return verdict
@@ -134,7 +136,7 @@ class Context:
         out = {}
         for sec, items in by_section.items():
             items.sort()
-            out[sec] = ([s for s, _e, _i in items], items)
+            out[sec] = (list(map(_first, items)), items)
         return out
 
     def function_at(self, section: int, offset: int) -> int | None:
@@ -207,7 +209,8 @@ class Context:
             for start, _end, sym in items:
                 key = (sec, start)
                 if key not in replaced:
-                    out[key] = self._preferred(out.get(key), sym)
+                    best = out.get(key)
+                    out[key] = sym if best is None else self._preferred(best, sym)
         return out
 
     @cached_property
