@@ -29,6 +29,7 @@ mechanics, and keeps the rules that are Xen's (which tables may change).
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate, repeat
 from operator import add, lt
@@ -37,6 +38,7 @@ from lp_rewrite.decide import Decision, Decisions
 from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.editor import ElfEditor, IndexMap, NewSymbol
 from lp_rewrite.elf.file import SymbolTable, decode_name
+from lp_rewrite.elf.runs import RelocationRun
 from lp_rewrite.errors import InputError, UsageError
 from lp_rewrite.identify import FuncsTable
 from lp_rewrite.policy import Policy
@@ -240,24 +242,31 @@ def _check_places_unshared(payload: Payload, retargets: list[Decision]) -> None:
     # against the few places within the widest field before its end.
     widths = {rtype: rt.width for rtype, rt in types.items()}  # an unknown type: taken as a word (4)
     widest = max([4, *widths.values()])
-    places: dict[int, tuple[list[int], list[int]]] = {}
-    count: dict[int, int] = {}  # tables per section
+    per_section: dict[int, list[tuple[RelocationRun, slice]]] = {}
     for run in elf.relocation_runs(tables):
         for idx, rows in zip(run.sections, run.slices(), strict=True):
-            offsets, kinds = places.setdefault(info[idx], ([], []))
-            offsets += run.offsets[rows]
-            kinds += run.types[rows]
-            count[info[idx]] = count.get(info[idx], 0) + 1
-    shared = set()  # the sections where two places share a byte (C loops; none in a compiler's output)
-    for section, (offsets, kinds) in places.items():
-        if count[section] > 1 or offsets != sorted(offsets):
+            per_section.setdefault(info[idx], []).append((run, rows))
+    # Only a section where two places share a byte (none in a compiler's output)
+    # is searched per retarget: found with C loops over views, no list per section.
+    places: dict[int, tuple[list[int], list[int]]] = {}
+    for section, parts in per_section.items():
+        if len(parts) == 1:
+            run, rows = parts[0]
+            offsets: Sequence[int] = run.offsets[rows]
+            kinds: Sequence[int] = run.types[rows]
+            in_order = all(map(int.__le__, offsets, offsets[1:]))
+        else:
+            offsets = [o for run, rows in parts for o in run.offsets[rows]]
+            kinds = [k for run, rows in parts for k in run.types[rows]]
+            in_order = False
+        if not in_order:
             pairs = sorted(zip(offsets, kinds, strict=True))
-            offsets, kinds = places[section] = ([o for o, _k in pairs], [k for _o, k in pairs])
+            offsets, kinds = [o for o, _k in pairs], [k for _o, k in pairs]
         ends = accumulate(map(add, offsets, map(widths.get, kinds, repeat(4))), max)  # furthest byte written so far
         if any(map(lt, offsets[1:], ends)):
-            shared.add(section)
+            places[section] = (list(offsets), list(kinds))
     for d in retargets:
-        if d.section not in shared:
+        if d.section not in places:
             continue
         offsets, kinds = places[d.section]
         end = d.offset + types[d.rtype].width

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Iterable, Sequence
-from itertools import accumulate, compress, count, repeat
+from itertools import accumulate, compress, count, filterfalse, repeat
 from operator import floordiv, rshift
 from typing import TYPE_CHECKING
 
@@ -89,7 +89,7 @@ class RunIndex:
         word = elf.layout.ptr_size  # every entry field sits at a multiple of its size from a word boundary
         tables = secs.tables
         self.runs: list[_Run] = []
-        self.where: dict[int, tuple[int, int]] = {}  # table -> (run, position in it)
+        self.viewable = bytearray(len(secs))  # 1 for a table in a run (a byte per section, not a dict entry)
         if not _NATIVE_LE:
             return
         group: list[int] = []
@@ -109,9 +109,9 @@ class RunIndex:
     def _add(self, elf: ElfFile, group: list[int], begin: int, end: int, ent: int) -> None:
         if not group:
             return
-        n = len(self.runs)
         self.runs.append(_Run(elf, group, begin, end, ent))
-        self.where.update(zip(group, zip(repeat(n, len(group)), range(len(group)), strict=True), strict=True))
+        for i in group:
+            self.viewable[i] = 1
 
     def select(self, elf: ElfFile, indices: Iterable[int]) -> list[RelocationRun]:
         """The runs holding these tables, each with the rows of those tables (C loops per run)."""
@@ -128,7 +128,8 @@ class RunIndex:
             sections = list(map(run.sections.__getitem__, picks))
             starts, stops = list(map(first.__getitem__, picks)), list(map(first[1:].__getitem__, picks))
             out.append(RelocationRun(sections, starts, stops, False, run.columns))
-        for i in sorted(wanted.difference(self.where)):  # not viewable in place: read and checked alone
+        # The tables not viewable in place: read (and checked) alone.
+        for i in sorted(filterfalse(self.viewable.__getitem__, wanted)):
             table = elf.relocations(i)
             columns = (table.offsets, table.types, table.syms, table.addends)
             out.append(RelocationRun([i], [0], [table.count], True, columns))
