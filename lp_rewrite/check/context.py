@@ -247,19 +247,12 @@ class Context:
         secs = elf.sections
         info = secs.info
         for ridx in elf.relocation_sections:
-            picked: Sequence[int]
-            if symbols is None:
-                picked = range(secs.size[ridx] // secs.entsize[ridx])
-            else:
-                rsyms = elf.relocation_syms(ridx)
-                if symbols.isdisjoint(rsyms):
-                    continue
-                picked = [i for i, sym in enumerate(rsyms) if sym in symbols]
+            picked = range(secs.size[ridx] // secs.entsize[ridx]) if symbols is None else self.against(ridx, symbols)
             target = info[ridx]
             if not picked or not wanted(target):
                 continue
             sec, data = secs[target], elf.section_data(target)
-            for i, rtype, sym, offset, addend in self._entries(ridx, picked):
+            for i, rtype, sym, offset, addend in self.entries(ridx, picked):
                 reloc = classify(rtype, sec, data, offset)
                 if reloc is None:
                     continue  # refused at load: LP003 reports it
@@ -267,7 +260,14 @@ class Context:
                     continue
                 yield self._resolve(ridx, i, sec, data, reloc, sym, offset, addend)
 
-    def _entries(self, ridx: int, picked: Iterable[int]) -> Iterator[tuple[int, int, int, int, int | None]]:
+    def against(self, ridx: int, symbols: set[int]) -> Sequence[int]:
+        """Entry numbers of a relocation table whose symbol is in ``symbols`` (one C loop when none is)."""
+        rsyms = self.elf.relocation_syms(ridx)
+        if symbols.isdisjoint(rsyms):
+            return ()
+        return [i for i, sym in enumerate(rsyms) if sym in symbols]
+
+    def entries(self, ridx: int, picked: Iterable[int]) -> Iterator[tuple[int, int, int, int, int | None]]:
         """(index, type, symbol, offset, explicit addend or None for REL) of entries ``picked`` of a relocation table.
 
         Each entry is unpacked from the table's bytes: no column of the whole table is built.
@@ -292,7 +292,7 @@ class Context:
         target = elf.sections.info[reloc_section]
         sec = elf.sections[target]
         data = elf.section_data(target)
-        _i, rtype, sym, offset, addend = next(self._entries(reloc_section, [index]))
+        _i, rtype, sym, offset, addend = next(self.entries(reloc_section, [index]))
         reloc = self.arch.classify(rtype, sec, data, offset)
         if reloc is None:
             return None

@@ -184,10 +184,14 @@ def _ambiguous_message(name: str, what: str) -> str:
     )
 
 
+def _undefined(ctx: Context) -> list[int]:
+    """The payload's undefined symbols (read off the section-index column), computed once per payload."""
+    return ctx.cache("undefined", lambda c: [i for i, s in enumerate(c.syms.shndx) if i and s == C.SHN_UNDEF])
+
+
 def check_names(ctx: Context, xen: XenImage) -> list[Finding]:
     syms = ctx.syms
-    undefined = [i for i in range(1, syms.count) if syms.shndx[i] == C.SHN_UNDEF]
-    problems = {i: p for i in undefined if (p := _name_problem(xen, syms.name(i))) is not None}
+    problems = {i: p for i in _undefined(ctx) if (p := _name_problem(xen, syms.name(i))) is not None}
     out = []
     if problems:
         first = _first_references(ctx, set(problems))
@@ -219,17 +223,18 @@ def check_names(ctx: Context, xen: XenImage) -> list[Finding]:
 
 
 def _first_references(ctx: Context, symbols: set[int]) -> dict[int, Place]:
+    """Symbol -> where its first relocation (in any relocated section) writes."""
     out: dict[int, Place] = {}
-    elf = ctx.elf
-    for ridx in elf.relocation_sections:
-        table = elf.relocations(ridx)
-        if symbols.isdisjoint(table.syms):
+    secs = ctx.elf.sections
+    for ridx in ctx.elf.relocation_sections:
+        picked = ctx.against(ridx, symbols)
+        if not picked:
             continue
-        sec = elf.sections[table.target]
-        for i, s in enumerate(table.syms):
-            if s in symbols and s not in out:
-                off = table.offsets[i]
-                out[s] = Place(sec.name, off, ctx.file_offset(sec.index, off), 4)
+        target = secs.info[ridx]
+        name = secs.name(target)
+        for _i, _type, s, off, _addend in ctx.entries(ridx, picked):
+            if s not in out:
+                out[s] = Place(name, off, ctx.file_offset(target, off), 4)
     return out
 
 
@@ -237,16 +242,23 @@ def _first_references(ctx: Context, symbols: set[int]) -> dict[int, Place]:
 
 
 def _xen_names(ctx: Context) -> dict[int, str]:
-    """Named SHN_ABS symbols -> the name Xen's table gives the function they stand for.
+    """Named SHN_ABS symbols -> the name Xen's table gives the function they stand for (computed once per payload).
 
     A global (or an alias already spelled ``path/file.c#foo``) is its own
     name; a bare local is looked up as prelink's lookup_local_symbol() does,
     in the scope of the nearest preceding FILE symbol (:func:`scoped_names`).
     """
+    return ctx.cache("xen names", _scoped_xen_names)
+
+
+def _scoped_xen_names(ctx: Context) -> dict[int, str]:
     syms = ctx.syms
+    # FILE symbols and SHN_ABS ones, from the columns (st_info's low nibble is the type); then exactly.
+    columns = enumerate(zip(syms.info, syms.shndx, strict=True))
+    near = [i for i, (info, s) in columns if i and (info & 0xF == C.STT_FILE or s == C.SHN_ABS)]
     wanted = [
         i
-        for i in range(1, syms.count)
+        for i in near
         if syms.type(i) == C.STT_FILE or (syms.is_absolute(i) and syms.type(i) != C.STT_SECTION and syms.name(i))
     ]
     entries = (
@@ -366,7 +378,7 @@ def check_ibt(ctx: Context, xen: XenImage, decisions: Decisions | None) -> list[
         return []
     syms = ctx.syms
     names = _xen_names(ctx)
-    wanted = {i for i in range(1, syms.count) if syms.shndx[i] == C.SHN_UNDEF} | set(names)
+    wanted = set(_undefined(ctx)) | set(names)
     out = []
     for ref in ctx.references(wanted, calls=False):
         if ref.kind not in (Kind.ADDRESS, Kind.POINTER):
@@ -460,8 +472,8 @@ def check_init(ctx: Context, xen: XenImage) -> list[Finding]:
     syms = ctx.syms
     # payload symbol -> (Xen's name, how to say it, the init section, what the name names)
     targets: dict[int, tuple[str, str, str, str | None]] = {}
-    for i in range(1, syms.count):
-        if syms.shndx[i] == C.SHN_UNDEF and syms.name(i):
+    for i in _undefined(ctx):
+        if syms.name(i):
             found = _init_symbol(xen, syms.name(i))
             if found is not None:
                 names = "function" if found.is_function else "variable"
@@ -495,19 +507,19 @@ def _init_references(ctx: Context, symbols: set[int]) -> dict[int, tuple[Referen
     out: dict[int, tuple[Reference, Kind, int]] = {}
     if not symbols:
         return out
-    elf = ctx.elf
-    secs = elf.sections
-    for ridx in elf.relocation_sections:
-        sec = secs[secs.info[ridx]]
-        if not sec.alloc or sec.name == FUNCS_SECTION or symbols.isdisjoint(elf.relocation_syms(ridx)):
+    secs = ctx.elf.sections
+    for ridx in ctx.elf.relocation_sections:
+        target = secs.info[ridx]
+        if not secs.flags[target] & C.SHF_ALLOC:
             continue
-        table = elf.relocations(ridx)
-        for i, s in enumerate(table.syms):
-            if s not in symbols:
-                continue
+        picked = ctx.against(ridx, symbols)
+        if not picked or secs.name(target) == FUNCS_SECTION:
+            continue
+        for i in picked:
             ref = ctx.reference(ridx, i)
             if ref is None:
                 continue  # a type Xen refuses: LP003
+            s = ref.symbol
             first, kind, n = out.get(s, (ref, ref.kind, 0))
             if kind is Kind.PAGE:
                 kind = ref.kind
