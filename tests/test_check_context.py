@@ -1,0 +1,109 @@
+"""check's Context reads relocation entries and section names from the raw tables: against pyelftools.
+
+The rules ask Context for the relocations they need (by symbol, by target
+section) and for sections by name; Context reads those straight from the
+relocation tables' and the name table's bytes, without building a table
+object per section. These tests compare what it reads with pyelftools's
+reading of the same file, on every committed payload of every architecture
+(RELA on x86-64 and AArch64, REL on 32-bit Arm).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from elftools.elf.elffile import ELFFile
+from elftools.elf.relocation import RelocationSection
+
+from lp_rewrite.arch import Kind
+from lp_rewrite.check.context import Context
+from lp_rewrite.errors import InputError
+from lp_rewrite.identify import identify
+from lp_rewrite.livepatch_abi import HOOK_SECTIONS
+from lp_rewrite.policy import Policy
+from lp_rewrite.read import read_payload
+from tests.conftest import ARCHES, COMMITTED
+
+PAYLOADS = sorted(p for arch in ARCHES for p in (COMMITTED / arch).glob("*.livepatch"))
+
+# (relocation section index, entry) -> (type, symbol, offset, addend or None for REL)
+Entries = dict[tuple[int, int], tuple[int, int, int, int | None]]
+
+
+def _context(path: Path) -> Context:
+    payload = read_payload(path)
+    try:
+        funcs = identify(payload, absent_ok=True)
+    except InputError:  # checked without replacements, as check_payload does
+        funcs = None
+    return Context(payload, Policy(), funcs)
+
+
+def _pyelftools_entries(path: Path) -> Entries:
+    elf = ELFFile(io.BytesIO(path.read_bytes()))
+    out: Entries = {}
+    for index, sec in enumerate(elf.iter_sections()):
+        if not isinstance(sec, RelocationSection):
+            continue
+        for i, rel in enumerate(sec.iter_relocations()):
+            addend = rel["r_addend"] if sec.is_RELA() else None
+            out[(index, i)] = (rel["r_info_type"], rel["r_info_sym"], rel["r_offset"], addend)
+    return out
+
+
+@pytest.mark.parametrize("path", PAYLOADS, ids=lambda p: f"{p.parent.name}-{p.stem}")
+def test_entries_are_what_pyelftools_reads(path: Path) -> None:
+    ctx = _context(path)
+    expected = _pyelftools_entries(path)
+    for ridx in ctx.elf.relocation_sections:
+        count = ctx.elf.sections.size[ridx] // ctx.elf.sections.entsize[ridx]
+        got = {(ridx, i): (t, s, o, a) for i, t, s, o, a in ctx.entries(ridx, range(count))}
+        assert got == {k: v for k, v in expected.items() if k[0] == ridx}
+
+
+@pytest.mark.parametrize("path", PAYLOADS, ids=lambda p: f"{p.parent.name}-{p.stem}")
+def test_references_by_symbol_are_those_of_every_reference(path: Path) -> None:
+    """Filtering by symbol (and leaving calls out) before classifying picks exactly what filtering after would."""
+    ctx = _context(path)
+    every = list(ctx.references())
+    entries = _pyelftools_entries(path)
+    assert every, "a payload with no reference in a loaded section"
+    for ref in every:
+        rtype, sym, offset, _addend = entries[(ref.reloc_section, ref.index)]
+        assert (ref.reloc.type.code, ref.symbol, ref.offset) == (rtype, sym, offset)
+        assert ctx.reference(ref.reloc_section, ref.index) == ref
+    symbols = {ref.symbol for k, ref in enumerate(every) if k % 3 == 0}
+    assert list(ctx.references(symbols)) == [ref for ref in every if ref.symbol in symbols]
+    no_calls = [ref for ref in every if ref.symbol in symbols and ref.kind is not Kind.CALL]
+    assert list(ctx.references(symbols, calls=False)) == no_calls
+
+
+@pytest.mark.parametrize("path", PAYLOADS, ids=lambda p: f"{p.parent.name}-{p.stem}")
+def test_sections_named_and_counted(path: Path) -> None:
+    ctx = _context(path)
+    elf = ELFFile(io.BytesIO(path.read_bytes()))
+    names = [sec.name for sec in elf.iter_sections()]
+    for wanted in ([".text"], list(HOOK_SECTIONS), [".livepatch.funcs", ".rodata"], [".no.such.section"]):
+        assert ctx.sections_named(wanted) == [i for i, n in enumerate(names) if i and n in wanted]
+    for i, sec in enumerate(elf.iter_sections()):
+        loaded = bool(sec["sh_flags"] & 0x2)  # SHF_ALLOC
+        assert ctx.counts(i) == (loaded and not ctx.exempt(sec.name) and sec.name not in HOOK_SECTIONS)
+
+
+@pytest.mark.parametrize("path", PAYLOADS, ids=lambda p: f"{p.parent.name}-{p.stem}")
+def test_payload_only_is_the_entries_that_replace_nothing(path: Path) -> None:
+    """Every executable entry with no replacement, named by the symbol function_at() prefers there."""
+    ctx = _context(path)
+    code = 0x2 | 0x4  # SHF_ALLOC | SHF_EXECINSTR
+    expected = {
+        (sec, start): ctx.function_at(sec, start)
+        for sec, (starts, _items) in ctx.functions.items()
+        if ctx.elf.sections.flags[sec] & code == code
+        for start in starts
+        if (sec, start) not in ctx.replacement_entries
+    }
+    if ctx.funcs is None and ctx.elf.section_by_name(".livepatch.funcs") is not None:
+        expected = {}
+    assert ctx.payload_only == expected
