@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from itertools import accumulate, repeat
 from operator import add, lt
 
@@ -43,36 +42,61 @@ from lp_rewrite.errors import InputError, UsageError
 from lp_rewrite.identify import FuncsTable
 from lp_rewrite.policy import Policy
 from lp_rewrite.read import Payload
+from lp_rewrite.record import Record
 
 
-@dataclass
-class Alias:
-    name: str
-    existing: int | None  # a symbol already in the payload that serves as the alias
-    binding: int
-    index: int = -1  # its index in the output's symbol table
-    # SHN_UNDEF (Xen resolves the name at load), or SHN_ABS holding the
-    # original's address (prelinked payloads, lp_rewrite/absolute.py).
-    shndx: int = C.SHN_UNDEF
-    value: int = 0
+class Alias(Record):
+    """The symbol a retargeted relocation names instead of the replacement."""
+
+    __slots__ = ("binding", "existing", "index", "name", "shndx", "value")
+
+    def __init__(
+        self,
+        name: str,
+        existing: int | None,  # a symbol already in the payload that serves as the alias
+        binding: int,
+        index: int = -1,  # its index in the output's symbol table
+        # SHN_UNDEF (Xen resolves the name at load), or SHN_ABS holding the
+        # original's address (prelinked payloads, lp_rewrite/absolute.py).
+        shndx: int = C.SHN_UNDEF,
+        value: int = 0,
+    ) -> None:
+        self.name = name
+        self.existing = existing
+        self.binding = binding
+        self.index = index
+        self.shndx = shndx
+        self.value = value
 
 
-@dataclass
-class Plan:
+class Plan(Record):
     """Everything the rewrite changes, in terms of the input's indices."""
 
-    aliases: dict[str, Alias] = field(default_factory=dict)
-    renames: dict[int, str] = field(default_factory=dict)  # symbol index -> new name
-    retargets: list[Decision] = field(default_factory=list)
-    # Local symbols inserted before input index `pos`: (pos, symbols) in order.
-    inserts: list[tuple[int, list[NewSymbol]]] = field(default_factory=list)
-    appended: list[NewSymbol] = field(default_factory=list)
-    new_addends: dict[tuple[int, int], int] = field(default_factory=dict)  # (reloc sec, entry) -> addend
-    alias_for_replacement: dict[int, str] = field(default_factory=dict)
-    # Section index -> new sh_addralign (--align-notes: the notes Xen reads, lp_rewrite/notes.py).
-    addralign: dict[int, int] = field(default_factory=dict)
-    # Input symbol index -> output symbol index: the editor's, recorded by apply().
-    symbol_map: IndexMap | None = None
+    __slots__ = (
+        "addralign",
+        "alias_for_replacement",
+        "aliases",
+        "appended",
+        "inserts",
+        "new_addends",
+        "renames",
+        "retargets",
+        "symbol_map",
+    )
+
+    def __init__(self, retargets: list[Decision] | None = None) -> None:
+        self.aliases: dict[str, Alias] = {}
+        self.renames: dict[int, str] = {}  # symbol index -> new name
+        self.retargets: list[Decision] = [] if retargets is None else retargets
+        # Local symbols inserted before input index `pos`: (pos, symbols) in order.
+        self.inserts: list[tuple[int, list[NewSymbol]]] = []
+        self.appended: list[NewSymbol] = []
+        self.new_addends: dict[tuple[int, int], int] = {}  # (reloc sec, entry) -> addend
+        self.alias_for_replacement: dict[int, str] = {}
+        # Section index -> new sh_addralign (--align-notes: the notes Xen reads, lp_rewrite/notes.py).
+        self.addralign: dict[int, int] = {}
+        # Input symbol index -> output symbol index: the editor's, recorded by apply().
+        self.symbol_map: IndexMap | None = None
 
     @property
     def changes(self) -> bool:

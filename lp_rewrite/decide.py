@@ -20,7 +20,6 @@ import re
 from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from itertools import accumulate, compress, count
 from typing import ClassVar
 
@@ -32,6 +31,7 @@ from lp_rewrite.errors import InputError
 from lp_rewrite.identify import FuncsTable, Replacement
 from lp_rewrite.policy import Policy
 from lp_rewrite.read import Payload
+from lp_rewrite.record import Record
 
 
 class Reason(enum.StrEnum):  # str-based: hashed in C, tens of thousands of times
@@ -61,36 +61,66 @@ _DESCRIPTIONS = {
 }
 
 
-@dataclass(slots=True)
-class Decision:
-    # Not frozen: frozen dataclasses initialise through object.__setattr__,
-    # and a stress object makes tens of thousands of decisions.
+class Decision(Record):
+    """What to do with one relocation, and why (``reason``)."""
 
-    reloc_section: int  # the SHT_REL/SHT_RELA section
-    index: int  # entry number in it
-    section: int  # the section being relocated (sh_info)
-    offset: int  # r_offset
-    rtype: int
-    symbol: int
-    addend: int  # explicit (RELA) or read from the place (REL)
-    bias: int
-    target_section: int | None  # where S + A + bias lies; None for undefined/absolute symbols
-    target_offset: int | None
-    replacement: int | None  # index into FuncsTable.replacements
-    reason: Reason
+    __slots__ = (
+        "addend",
+        "bias",
+        "index",
+        "offset",
+        "reason",
+        "reloc_section",
+        "replacement",
+        "rtype",
+        "section",
+        "symbol",
+        "target_offset",
+        "target_section",
+    )
+
+    def __init__(
+        self,
+        reloc_section: int,  # the SHT_REL/SHT_RELA section
+        index: int,  # entry number in it
+        section: int,  # the section being relocated (sh_info)
+        offset: int,  # r_offset
+        rtype: int,
+        symbol: int,
+        addend: int,  # explicit (RELA) or read from the place (REL)
+        bias: int,
+        target_section: int | None,  # where S + A + bias lies; None for undefined/absolute symbols
+        target_offset: int | None,
+        replacement: int | None,  # index into FuncsTable.replacements
+        reason: Reason,
+    ) -> None:
+        self.reloc_section = reloc_section
+        self.index = index
+        self.section = section
+        self.offset = offset
+        self.rtype = rtype
+        self.symbol = symbol
+        self.addend = addend
+        self.bias = bias
+        self.target_section = target_section
+        self.target_offset = target_offset
+        self.replacement = replacement
+        self.reason = reason
 
     @property
     def retarget(self) -> bool:
         return self.reason is Reason.RETARGET
 
 
-@dataclass
-class Decisions:
+class Decisions(Record):
     """The decision list, plus counts for relocations not materialised."""
 
-    items: list[Decision]
-    counts: Counter[Reason] = field(default_factory=Counter)
-    total: int = 0
+    __slots__ = ("counts", "items", "total")
+
+    def __init__(self, items: list[Decision], counts: Counter[Reason] | None = None, total: int = 0) -> None:
+        self.items = items
+        self.counts: Counter[Reason] = Counter() if counts is None else counts
+        self.total = total
 
     @property
     def retargets(self) -> list[Decision]:

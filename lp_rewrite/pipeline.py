@@ -7,7 +7,6 @@ import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from lp_rewrite.apply import Plan, apply, plan
@@ -20,20 +19,25 @@ from lp_rewrite.selfcheck import check_rewrite
 from lp_rewrite.write import write_atomic
 
 
-@dataclass
 class Analysis:
     """A payload with its replacements and the decision for each relocation."""
 
-    payload: Payload
-    funcs: FuncsTable
-    decisions: Decisions
+    def __init__(self, payload: Payload, funcs: FuncsTable, decisions: Decisions) -> None:
+        self.payload = payload
+        self.funcs = funcs
+        self.decisions = decisions
 
 
-@dataclass
 class RewriteResult(Analysis):
-    plan: Plan
-    output: bytes
-    written: Path | None
+    """An analysis with the plan made of it, the bytes it gives, and where they were written."""
+
+    def __init__(
+        self, payload: Payload, funcs: FuncsTable, decisions: Decisions, plan: Plan, output: bytes, written: Path | None
+    ) -> None:
+        super().__init__(payload, funcs, decisions)
+        self.plan = plan
+        self.output = output
+        self.written = written
 
     @property
     def changed(self) -> bool:

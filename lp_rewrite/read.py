@@ -5,7 +5,6 @@ before anything else looks at it (header, class/machine, relocation kinds).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from lp_rewrite.arch import Arch, arch_for
@@ -14,16 +13,19 @@ from lp_rewrite.elf.file import ElfFile, SectionCountError, UnsupportedObject
 from lp_rewrite.errors import InputError
 from lp_rewrite.inputs import MAX_INPUT_SIZE, Snapshot, read_input
 from lp_rewrite.livepatch_abi import MAX_NAME_LEN, MAX_PAYLOAD_SIZE, MAX_SECTIONS
+from lp_rewrite.record import Record
 
 
-@dataclass
-class Payload:
+class Payload(Record):
     """A validated payload: its bytes, its ELF view and its target."""
 
-    name: str
-    elf: ElfFile
-    arch: Arch
-    source: Snapshot | None = None  # the file it was read from, as it was then (None: from bytes)
+    __slots__ = ("arch", "elf", "name", "source")
+
+    def __init__(self, name: str, elf: ElfFile, arch: Arch, source: Snapshot | None = None) -> None:
+        self.name = name
+        self.elf = elf
+        self.arch = arch
+        self.source = source  # the file it was read from, as it was then (None: from bytes)
 
     @property
     def data(self) -> bytes:

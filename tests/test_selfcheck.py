@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from elftools.elf.elffile import ELFFile
+from elftools.elf.relocation import RelocationSection
 
 from lp_rewrite.apply import apply, plan
 from lp_rewrite.errors import VerificationError
@@ -44,7 +45,7 @@ def _relocations(data: bytes) -> dict[str, list[tuple[int, int, int]]]:
     elf = ELFFile(io.BytesIO(data))
     out = {}
     for sec in elf.iter_sections():
-        if sec["sh_type"] in ("SHT_REL", "SHT_RELA"):
+        if isinstance(sec, RelocationSection):
             at, ent = sec["sh_offset"], sec["sh_entsize"]
             out[sec.name] = [(at + k * ent, ent, r["r_info_sym"]) for k, r in enumerate(sec.iter_relocations())]
     return out

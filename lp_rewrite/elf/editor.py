@@ -27,7 +27,6 @@ import operator
 import struct
 from array import array
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import cached_property
 from itertools import repeat
 from typing import Final, Literal
@@ -37,16 +36,19 @@ from lp_rewrite.elf.file import ElfFile, encode_name
 from lp_rewrite.elf.layout import _NATIVE_LE
 from lp_rewrite.elf.writer import serialize
 from lp_rewrite.errors import InputError
+from lp_rewrite.record import Record
 
 
-@dataclass
-class NewSymbol:
+class NewSymbol(Record):
     """A symbol to add: its name, st_info, st_shndx (written as given) and st_value."""
 
-    name: str
-    info: int
-    shndx: int
-    value: int = 0
+    __slots__ = ("info", "name", "shndx", "value")
+
+    def __init__(self, name: str, info: int, shndx: int, value: int = 0) -> None:
+        self.name = name
+        self.info = info
+        self.shndx = shndx
+        self.value = value
 
 
 class IndexMap:

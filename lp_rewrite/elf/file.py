@@ -12,7 +12,6 @@ from __future__ import annotations
 from array import array
 from bisect import insort
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from functools import cached_property
 from itertools import compress, count, pairwise
 from typing import overload
@@ -21,24 +20,54 @@ from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.layout import _NATIVE_LE, ITEM_SIZE, ClassLayout, column, layout_for
 from lp_rewrite.elf.runs import RelocationRun, RunIndex
 from lp_rewrite.errors import InputError
+from lp_rewrite.record import Record
 
 
-@dataclass(slots=True)
-class Section:
+class Section(Record):
     """One section header, plus its resolved name."""
 
-    index: int
-    name: str
-    sh_name: int
-    sh_type: int
-    sh_flags: int
-    sh_addr: int
-    sh_offset: int
-    sh_size: int
-    sh_link: int
-    sh_info: int
-    sh_addralign: int
-    sh_entsize: int
+    __slots__ = (
+        "index",
+        "name",
+        "sh_addr",
+        "sh_addralign",
+        "sh_entsize",
+        "sh_flags",
+        "sh_info",
+        "sh_link",
+        "sh_name",
+        "sh_offset",
+        "sh_size",
+        "sh_type",
+    )
+
+    def __init__(
+        self,
+        index: int,
+        name: str,
+        sh_name: int,
+        sh_type: int,
+        sh_flags: int,
+        sh_addr: int,
+        sh_offset: int,
+        sh_size: int,
+        sh_link: int,
+        sh_info: int,
+        sh_addralign: int,
+        sh_entsize: int,
+    ) -> None:
+        self.index = index
+        self.name = name
+        self.sh_name = sh_name
+        self.sh_type = sh_type
+        self.sh_flags = sh_flags
+        self.sh_addr = sh_addr
+        self.sh_offset = sh_offset
+        self.sh_size = sh_size
+        self.sh_link = sh_link
+        self.sh_info = sh_info
+        self.sh_addralign = sh_addralign
+        self.sh_entsize = sh_entsize
 
     @property
     def alloc(self) -> bool:
