@@ -8,9 +8,11 @@ traceback). Heavy modules are imported inside the commands that need them.
 # No `from __future__ import annotations`: typer would eval() every string
 # annotation of every command on each start (~10 ms of a build hook's budget).
 
+import atexit
 import contextlib
 import enum
 import functools
+import gc
 import os
 import sys
 from collections.abc import Callable, Iterable
@@ -231,7 +233,21 @@ def _click_exceptions() -> Any:
         return importlib.import_module("click.exceptions")
 
 
+def _skip_the_final_collections() -> None:
+    """At interpreter exit, after the command: move every object to the permanent generation.
+
+    The collector's passes at shutdown then skip the heap (typer's modules and ours,
+    ~20k objects: about 15 ms of a realistic rewrite's start-to-exit). Objects are
+    still freed and the standard streams flushed; only cyclic garbage is left to the
+    OS, and the command has written and closed its files by then.
+    """
+    gc.freeze()
+
+
 def main() -> None:
+    # At exit only (atexit), so a program that calls main() in-process keeps its collector.
+    atexit.unregister(_skip_the_final_collections)  # once, however often main() runs
+    atexit.register(_skip_the_final_collections)
     args = sys.argv[1:]
     if args != ["--version"]:  # eager: it prints and exits before a command is looked up, so it needs none
         register(args[:1] if args[:1] and args[0] in COMMANDS else None)  # --help, typos: every command
