@@ -5,6 +5,8 @@ before anything else looks at it (header, class/machine, relocation kinds).
 from __future__ import annotations
 
 import os
+from itertools import compress
+from operator import not_
 from typing import NamedTuple
 
 from lp_rewrite.arch import Arch, arch_for
@@ -192,10 +194,17 @@ def unsupported_relocations(payload: Payload) -> list[UnsupportedRelocation]:
     """Every relocation Xen would refuse ("Unhandled relocation"), in file order."""
     known = payload.arch.types
     elf = payload.elf
-    out = []
-    for idx in elf.relocation_sections:
-        if not elf.sections.flags[elf.sections.info[idx]] & C.SHF_ALLOC or elf.relocation_types(idx) <= known.keys():
+    secs = elf.sections
+    loaded = [idx for idx in elf.relocation_sections if secs.flags[secs.info[idx]] & C.SHF_ALLOC]
+    applied = frozenset(known)
+    suspects: list[int] = []  # the tables with a type Xen does not apply: C loops over each run's types
+    for run in elf.relocation_runs(loaded):
+        if run.whole and applied.issuperset(run.types):
             continue
+        all_applied = map(applied.issuperset, map(run.types.__getitem__, run.slices()))
+        suspects += compress(run.sections, map(not_, all_applied))
+    out = []
+    for idx in sorted(suspects):
         table = elf.relocations(idx)
         target = payload.elf.sections[table.target].name
         for i, t in enumerate(table.types):
