@@ -170,8 +170,9 @@ def _compare_unchanged(a: ElfFile, b: ElfFile, indices: list[int]) -> None:
     sa, sb = a.sections, b.sections
     # File order of every section with contents, to know which ones are adjacent.
     with_data = sorted(sa.with_file_data, key=sa.offset.__getitem__)
-    place = {k: n for n, k in enumerate(with_data)}
-    wanted = set(indices)
+    wanted = bytearray(len(sa))  # a byte per section, not a set of 100k ints
+    for k in indices:
+        wanted[k] = 1
     run: list[int] = []
 
     def flush() -> None:
@@ -185,15 +186,15 @@ def _compare_unchanged(a: ElfFile, b: ElfFile, indices: list[int]) -> None:
                     raise _fail(f"section [{k}] {sa.name(k)!r}: contents changed")
         run.clear()
 
-    for k in with_data:
-        if k not in wanted:
+    for k in with_data:  # a run only grows by the next section in file order
+        if not wanted[k]:
             flush()
             continue
         if run:
             prev = run[-1]
             gap_a = sa.offset[k] - (sa.offset[prev] + sa.size[prev])
             gap_b = sb.offset[k] - (sb.offset[prev] + sb.size[prev])
-            if gap_a != gap_b or gap_a < 0 or place[k] != place[prev] + 1:
+            if gap_a != gap_b or gap_a < 0:
                 flush()
         run.append(k)
     flush()

@@ -12,6 +12,7 @@ from __future__ import annotations
 from array import array
 from bisect import insort
 from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from functools import cached_property
 from itertools import compress, count, pairwise
 from typing import overload
@@ -140,6 +141,29 @@ class StringTable:
         return decode_name(self.data[offset:end])
 
 
+class IndexMask(AbstractSet[int]):
+    """A set of indices below ``size`` held as a byte per index.
+
+    A stress object's 85k extended-index symbols cost 100 KB this way, where
+    a frozenset of them costs 6 MB.
+    """
+
+    def __init__(self, size: int, flags: Iterable[bool]) -> None:
+        self._bits = bytes(flags)
+        if len(self._bits) != size:
+            raise ValueError(f"{len(self._bits)} flags for {size} indices")
+        self._count = self._bits.count(1)
+
+    def __contains__(self, index: object) -> bool:
+        return isinstance(index, int) and 0 <= index < len(self._bits) and self._bits[index] == 1
+
+    def __iter__(self) -> Iterator[int]:
+        return compress(count(), self._bits)
+
+    def __len__(self) -> int:
+        return self._count
+
+
 class SectionTable(Sequence[Section]):
     """The section header table, as columns; Section objects on demand.
 
@@ -208,10 +232,10 @@ class SectionTable(Sequence[Section]):
         return index > 0 and self.type[index] not in (C.SHT_NOBITS, C.SHT_NULL)
 
     @cached_property
-    def tables(self) -> list[int]:
+    def tables(self) -> array[int]:
         """Index of every SHT_REL/SHT_RELA section past header 0, in index order."""
         kinds = (C.SHT_REL, C.SHT_RELA)
-        return list(compress(range(1, self.total), map(kinds.__contains__, self.type[1:])))
+        return array("I", compress(range(1, self.total), map(kinds.__contains__, self.type[1:])))
 
     @cached_property
     def without_file_data(self) -> list[int]:
@@ -292,7 +316,7 @@ class SymbolTable:
         self.shndx_section = self._find_shndx_section(elf)
         # Symbols whose real section index came through SHN_XINDEX: their index
         # may be >= SHN_LORESERVE and still be a section, not a special value.
-        self.extended: frozenset[int] = frozenset()
+        self.extended: AbstractSet[int] = frozenset()
         if C.SHN_XINDEX in shndx:
             shndx = self._resolve_xindex(elf, shndx)
         nsec = len(elf.sections)
@@ -327,8 +351,7 @@ class SymbolTable:
             first = shndx.index(C.SHN_XINDEX)
             raise InputError(f"symbol [{first}] uses SHN_XINDEX but the object has no SHT_SYMTAB_SHNDX section")
         ext = column(elf.section_data(self.shndx_section), ("I", 0), 4)
-        extended = list(compress(count(), map(C.SHN_XINDEX.__eq__, shndx)))
-        self.extended = frozenset(extended)
+        self.extended = extended = IndexMask(len(shndx), map(C.SHN_XINDEX.__eq__, shndx))
         wide = array("I", shndx)  # an extended index may not fit st_shndx's 16 bits
         for i in extended:
             wide[i] = ext[i]

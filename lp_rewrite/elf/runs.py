@@ -36,8 +36,8 @@ class RelocationRun:
     def __init__(
         self,
         sections: list[int],
-        starts: list[int],
-        stops: list[int],
+        starts: Sequence[int],
+        stops: Sequence[int],
         whole: bool,
         columns: tuple[Sequence[int], Sequence[int], Sequence[int], Sequence[int] | None],
     ) -> None:
@@ -70,7 +70,8 @@ class _Run:
 
         sizes = elf.sections.size
         self.sections = sections
-        self.first = list(accumulate(map(floordiv, map(sizes.__getitem__, sections), repeat(ent)), initial=0))
+        # An array: a stress object's 50k tables cost 8 bytes each, not an int object each.
+        self.first = array("Q", accumulate(map(floordiv, map(sizes.__getitem__, sections), repeat(ent)), initial=0))
         if lay.rel_sym is not None:
             syms: Sequence[int] = field(lay.rel_sym)
         else:

@@ -53,8 +53,8 @@ def serialize(
         aligns = array(aligns.typecode, aligns)
         for i, value in new_addralign.items():
             aligns[i] = value
-    new_off = list(starts)
-    new_size = list(secs.size)
+    new_off = array("Q", starts)  # arrays, not lists: a stress object's 100k offsets as machine words
+    new_size = array("Q", secs.size)
     chunks: list[bytes | bytearray | memoryview] = [b""]  # placeholder for the ELF header
     pos = lay.ehdr.size
     view = elf.view
@@ -72,8 +72,8 @@ def serialize(
     # The loop runs once per section (100k in a stress object): its columns
     # are plain lists and the alignment is inlined.
     no_data = (SHT_NOBITS, SHT_NULL)
-    has_data = [t not in no_data for t in secs.type]
-    masks = [0 if a <= 1 else min(a, MAX_FILE_ALIGN) - 1 for a in aligns]
+    has_data = bytes(t not in no_data for t in secs.type)
+    masks = array("Q", [0 if a <= 1 else min(a, MAX_FILE_ALIGN) - 1 for a in aligns])
     for i in sorted(range(1, len(secs)), key=starts.__getitem__):  # stable: ties in index order
         mask = masks[i]
         start = (pos + mask) & ~mask
@@ -112,7 +112,7 @@ def serialize(
         fmt, byte = field
         words: memoryview = memoryview(headers).cast(fmt)  # type: ignore[call-overload]
         step = lay.shdr.size // words.itemsize
-        words[byte // words.itemsize :: step] = memoryview(array(fmt, values))
+        words[byte // words.itemsize :: step] = memoryview(values if fmt == "Q" else array(fmt, values))
     for field_index, updates in ((7, new_info), (8, new_addralign), (9, new_entsize)):
         fmt, byte = lay.shdr_fields[field_index]
         for i, value in (updates or {}).items():
