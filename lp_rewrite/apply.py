@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
-from itertools import accumulate, repeat
+from itertools import accumulate, compress, count, repeat
 from operator import add, lt
 
 from lp_rewrite.decide import Decision, Decisions
@@ -127,16 +127,18 @@ def plan(payload: Payload, funcs: FuncsTable, decisions: Decisions, policy: Poli
         return out
     reps = sorted({d.replacement for d in out.retargets if d.replacement is not None})
     undefined: dict[str, int] = {}
-    for i, s in enumerate(syms.shndx):
-        if i and s == C.SHN_UNDEF and syms.type(i) not in (C.STT_SECTION, C.STT_FILE):
+    # Symbol-table scans select their few rows with C loops (a stress object has 150k symbols).
+    for i in compress(count(), map(C.SHN_UNDEF.__eq__, syms.shndx)):
+        if i and syms.type(i) not in (C.STT_SECTION, C.STT_FILE):
             undefined.setdefault(syms.name(i), i)
     entry_points = {(funcs.replacements[n].section, funcs.replacements[n].offset) for n in reps}
     entry_sections = {sec for sec, _off in entry_points}
     at_entry: dict[tuple[int, int], list[int]] = {}
     values = syms.value
-    for i, s in enumerate(syms.shndx):
-        if s in entry_sections and (s, values[i]) in entry_points:
-            at_entry.setdefault((s, values[i]), []).append(i)
+    shndx = syms.shndx
+    for i in compress(count(), map(entry_sections.__contains__, shndx)):
+        if (shndx[i], values[i]) in entry_points:
+            at_entry.setdefault((shndx[i], values[i]), []).append(i)
     # A literal old_addr means a prelinked payload: its aliases hold addresses too.
     absolute = {funcs.replacements[n].original for n in reps if policy.absolute or funcs.replacements[n].old_literal}
     for n in reps:
