@@ -463,6 +463,8 @@ def test_a_rewrite_imports_only_what_it_runs(arch: str, tmp_path: Path) -> None:
     assert "lp_rewrite.cli.rewrite" in loaded
     assert not {"lp_rewrite.cli.check", "lp_rewrite.cli.explain", "lp_rewrite.cli.verify"} & loaded
     assert not any(m.startswith(("lp_rewrite.check", "lp_rewrite.loader")) for m in loaded)
+    # Start-up cost: a dataclass costs about a millisecond to create; a quiet rewrite prints no report.
+    assert not {"dataclasses", "lp_rewrite.report"} & loaded
 
 
 def test_help_lists_every_command() -> None:
