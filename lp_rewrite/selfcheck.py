@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import struct
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from lp_rewrite.apply import Plan
 from lp_rewrite.decide import Decision, decide
@@ -234,35 +234,87 @@ def _check_relocations(inp: Payload, out: Payload, plan: Plan, symbol_map: Index
         by_section.setdefault(d.reloc_section, []).append(d)
     alias_index = {n: plan.aliases[name].index for n, name in plan.alias_for_replacement.items()}
     # Untouched sections were compared byte for byte (_check_sections).
-    for idx in _edited_relocation_tables(inp, plan, symbol_map):
-        moved = by_section.get(idx, [])
-        # Without renumbering, a table is the input's with each planned entry
-        # re-encoded: one comparison of bytes. Any difference, and every table
-        # of a renumbering edit, is checked entry by entry (which names it).
-        if symbol_map.moves or _planned_table(inp, idx, moved, alias_index, plan) != b.section_data(idx):
-            _check_table(inp, out, plan, symbol_map, idx, moved, alias_index)
+    edited = _edited_relocation_tables(inp, plan, symbol_map)
+    if symbol_map.moves:  # every entry names a renumbered symbol: checked entry by entry
+        for idx in edited:
+            _check_table(inp, out, plan, symbol_map, idx, by_section.get(idx, []), alias_index)
+    else:
+        # The output's tables are the input's with each planned entry re-encoded:
+        # a window of adjacent tables is one comparison of bytes. A window that
+        # differs is checked table by table, and a table entry by entry (which names it).
+        planned = _PlannedBytes(inp, by_section, alias_index, plan)
+        for window in _windows(a, edited):
+            if not planned.matches(b, window):
+                for idx in window:
+                    if planned.table(idx) != b.section_data(idx):
+                        _check_table(inp, out, plan, symbol_map, idx, by_section.get(idx, []), alias_index)
+    for idx in edited:
         if a.sections.type[idx] == C.SHT_REL:
-            for d in moved:
+            for d in by_section.get(idx, []):
                 got = out.arch.implicit_addend(d.rtype, b.section_data(d.section), d.offset)
                 if got != plan.new_addends[(idx, d.index)]:
                     raise _fail(f"{a.sections[d.section].name}+{d.offset:#x}: implicit addend {got}")
 
 
-def _planned_table(inp: Payload, idx: int, moved: list[Decision], alias_index: dict[int, int], plan: Plan) -> bytearray:
-    """Relocation table ``idx`` of the input with the planned entries naming their alias (RELA: and their addend)."""
-    lay = inp.elf.layout
-    rela = inp.elf.sections.type[idx] == C.SHT_RELA
-    entsize = lay.reloc_entsize(inp.elf.sections.type[idx])
-    info_fmt, info_at = lay.rel_info
-    add_fmt, add_at = lay.rela_addend
-    table = bytearray(inp.elf.section_data(idx))
-    for d in moved:
-        assert d.replacement is not None
-        pos = d.index * entsize
-        struct.pack_into("<" + info_fmt, table, pos + info_at, lay.r_info(alias_index[d.replacement], d.rtype))
-        if rela:
-            struct.pack_into("<" + add_fmt, table, pos + add_at, plan.new_addends[(idx, d.index)])
-    return table
+def _windows(elf: ElfFile, tables: list[int]) -> Iterator[list[int]]:
+    """These tables in file order, in windows of tables adjacent in the file spanning at most _WINDOW bytes."""
+    secs = elf.sections
+    starts, sizes = secs.offset, secs.size
+    window: list[int] = []
+    for run in elf.relocation_runs(tables):
+        for idx in run.sections:
+            if window and starts[idx] + sizes[idx] - starts[window[0]] > _WINDOW:
+                yield window
+                window = []
+            window.append(idx)
+        if window:
+            yield window
+            window = []
+
+
+class _PlannedBytes:
+    """The input's relocation tables with the planned entries naming their alias (RELA: and their addend)."""
+
+    def __init__(
+        self, inp: Payload, by_section: dict[int, list[Decision]], alias_index: dict[int, int], plan: Plan
+    ) -> None:
+        self.elf = inp.elf
+        self.by_section = by_section
+        self.alias_index = alias_index
+        self.plan = plan
+
+    def _patch(self, buf: bytearray, at: int, idx: int) -> None:
+        """Re-encode the planned entries of table ``idx``, which starts at ``buf[at]``."""
+        lay = self.elf.layout
+        kind = self.elf.sections.type[idx]
+        entsize = lay.reloc_entsize(kind)
+        info_fmt, info_at = lay.rel_info
+        add_fmt, add_at = lay.rela_addend
+        for d in self.by_section.get(idx, []):
+            assert d.replacement is not None
+            pos = at + d.index * entsize
+            struct.pack_into("<" + info_fmt, buf, pos + info_at, lay.r_info(self.alias_index[d.replacement], d.rtype))
+            if kind == C.SHT_RELA:
+                struct.pack_into("<" + add_fmt, buf, pos + add_at, self.plan.new_addends[(idx, d.index)])
+
+    def table(self, idx: int) -> bytearray:
+        buf = bytearray(self.elf.section_data(idx))
+        self._patch(buf, 0, idx)
+        return buf
+
+    def matches(self, out: ElfFile, window: list[int]) -> bool:
+        """Whether ``out`` holds these tables as planned, all at one shift from the input's
+        (and what lies between them as it is)."""
+        sa, sb = self.elf.sections, out.sections
+        lo = sa.offset[window[0]]
+        hi = sa.offset[window[-1]] + sa.size[window[-1]]
+        shift = sb.offset[window[0]] - lo
+        if any(sb.offset[i] - sa.offset[i] != shift or sb.size[i] != sa.size[i] for i in window):
+            return False
+        buf = bytearray(self.elf.view[lo:hi])
+        for idx in window:
+            self._patch(buf, sa.offset[idx] - lo, idx)
+        return buf == out.view[lo + shift : hi + shift]
 
 
 def _check_table(
