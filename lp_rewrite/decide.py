@@ -222,7 +222,7 @@ def decide(
     for n, rep in enumerate(funcs.replacements):
         by_section.setdefault(rep.section, _Entries()).add(n, rep)
     shndx = syms.shndx
-    interesting = {i for i, s in enumerate(shndx) if s in by_section}
+    interesting = set(compress(count(), map(by_section.__contains__, shndx)))  # C loops over 150k symbols
     exempt = ExemptSections(policy)
     out = Decisions([])
     secs = elf.sections
