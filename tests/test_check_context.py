@@ -94,16 +94,27 @@ def test_sections_named_and_counted(path: Path) -> None:
 
 @pytest.mark.parametrize("path", PAYLOADS, ids=lambda p: f"{p.parent.name}-{p.stem}")
 def test_payload_only_is_the_entries_that_replace_nothing(path: Path) -> None:
-    """Every executable entry with no replacement, named by the symbol function_at() prefers there."""
+    """Every executable entry with no replacement, named by its first global function (else its first function).
+
+    "First" in (entry, end, symbol index) order; the symbols as pyelftools reads them.
+    """
     ctx = _context(path)
-    code = 0x2 | 0x4  # SHF_ALLOC | SHF_EXECINSTR
-    expected = {
-        (sec, start): ctx.function_at(sec, start)
-        for sec, (starts, _items) in ctx.functions.items()
-        if ctx.elf.sections.flags[sec] & code == code
-        for start in starts
-        if (sec, start) not in ctx.replacement_entries
-    }
+    elf = ELFFile(io.BytesIO(path.read_bytes()))
+    flags = [sec["sh_flags"] for sec in elf.iter_sections()]
+    thumb = ctx.arch.function_value_flags
+    here: dict[tuple[int, int], list[tuple[int, int, bool]]] = {}
+    for i, sym in enumerate(elf.get_section_by_name(".symtab").iter_symbols()):  # type: ignore[union-attr]
+        shndx = sym["st_shndx"]
+        if i == 0 or sym["st_info"]["type"] != "STT_FUNC" or not isinstance(shndx, int) or shndx == 0:
+            continue
+        start = sym["st_value"] & ~thumb
+        here.setdefault((shndx, start), []).append((start + sym["st_size"], i, sym["st_info"]["bind"] == "STB_LOCAL"))
+    expected = {}
+    for (sec, start), found in here.items():
+        if flags[sec] & 0x6 == 0x6 and (sec, start) not in ctx.replacement_entries:  # SHF_ALLOC | SHF_EXECINSTR
+            found.sort()
+            expected[(sec, start)] = next((i for _end, i, local in found if not local), found[0][1])
+            assert ctx.function_at(sec, start) == expected[(sec, start)]
     if ctx.funcs is None and ctx.elf.section_by_name(".livepatch.funcs") is not None:
         expected = {}
     assert ctx.payload_only == expected

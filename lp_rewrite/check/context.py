@@ -121,18 +121,22 @@ class Context:
     # -- symbols --------------------------------------------------------------
 
     @cached_property
-    def functions(self) -> dict[int, tuple[list[int], list[tuple[int, int, int]]]]:
-        """Per section: sorted starts and (start, end, symbol) of its STT_FUNC symbols."""
+    def _function_symbols(self) -> list[tuple[int, int, int]]:
+        """(section, entry, symbol) of every STT_FUNC symbol defined in a section, in symbol order."""
         syms = self.syms
-        value, size, shndx = syms.value, syms.size, syms.shndx
-        flags = self.arch.function_value_flags
+        value, shndx = syms.value, syms.shndx
+        mask = ~self.arch.function_value_flags
         # The type is st_info's low nibble, read off the column: other symbols cost no call.
         funcs = [i for i, info in enumerate(syms.info) if i and info & 0xF == C.STT_FUNC]
+        return [(shndx[i], value[i] & mask, i) for i in funcs if syms.is_defined_in_section(i)]
+
+    @cached_property
+    def functions(self) -> dict[int, tuple[list[int], list[tuple[int, int, int]]]]:
+        """Per section: sorted starts and (start, end, symbol) of its STT_FUNC symbols."""
+        size = self.syms.size
         by_section: dict[int, list[tuple[int, int, int]]] = {}
-        for i in funcs:
-            if syms.is_defined_in_section(i):
-                start = value[i] & ~flags
-                by_section.setdefault(shndx[i], []).append((start, start + size[i], i))
+        for sec, start, sym in self._function_symbols:
+            by_section.setdefault(sec, []).append((start, start + size[sym], sym))
         out = {}
         for sec, items in by_section.items():
             items.sort()
@@ -140,24 +144,19 @@ class Context:
         return out
 
     def function_at(self, section: int, offset: int) -> int | None:
-        """A function symbol whose entry is exactly here (globals first)."""
+        """The function symbol whose entry is exactly here (:meth:`_rank`: globals first)."""
         found = self.functions.get(section)
         if found is None:
             return None
         starts, items = found
-        k = bisect.bisect_left(starts, offset)
-        best: int | None = None
-        while k < len(items) and items[k][0] == offset:
-            best = self._preferred(best, items[k][2])
-            k += 1
-        return best
+        here = [
+            sym for _start, _end, sym in items[bisect.bisect_left(starts, offset) : bisect.bisect_right(starts, offset)]
+        ]
+        return min(here, key=self._rank) if here else None
 
-    def _preferred(self, best: int | None, sym: int) -> int:
-        """Of two functions at one entry, in symbol order: the first, unless it is local and ``sym`` is not."""
-        bind = self.syms.bind
-        if best is None or (bind(best) == C.STB_LOCAL and bind(sym) != C.STB_LOCAL):
-            return sym
-        return best
+    def _rank(self, sym: int) -> tuple[bool, int, int]:
+        """Of several functions at one entry, the least names it: a global before a local, the shorter, the first."""
+        return self.syms.bind(sym) == C.STB_LOCAL, self.syms.size[sym], sym
 
     def containing_function(self, section: int, offset: int) -> int | None:
         found = self.functions.get(section)
@@ -202,15 +201,13 @@ class Context:
         code = C.SHF_ALLOC | C.SHF_EXECINSTR
         replaced = self.replacement_entries
         out: dict[tuple[int, int], int] = {}
-        for sec, (_starts, items) in self.functions.items():
-            if flags[sec] & code != code:
+        for sec, start, sym in self._function_symbols:
+            key = (sec, start)
+            if flags[sec] & code != code or key in replaced:
                 continue
-            # One pass over the sorted functions: those at one entry are adjacent.
-            for start, _end, sym in items:
-                key = (sec, start)
-                if key not in replaced:
-                    best = out.get(key)
-                    out[key] = sym if best is None else self._preferred(best, sym)
+            prior = out.get(key)
+            if prior is None or self._rank(sym) < self._rank(prior):
+                out[key] = sym
         return out
 
     @cached_property
