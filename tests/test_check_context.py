@@ -118,3 +118,39 @@ def test_payload_only_is_the_entries_that_replace_nothing(path: Path) -> None:
     if ctx.funcs is None and ctx.elf.section_by_name(".livepatch.funcs") is not None:
         expected = {}
     assert ctx.payload_only == expected
+
+
+def _naive_tables_against(ctx: Context, symbols: set[int]) -> list[tuple[int, list[int]]]:
+    out = []
+    for ridx in ctx.elf.relocation_sections:
+        count = ctx.elf.sections.size[ridx] // ctx.elf.sections.entsize[ridx]
+        picked = [i for i, _t, sym, _o, _a in ctx.entries(ridx, range(count)) if sym in symbols]
+        if picked:
+            out.append((ridx, picked))
+    return out
+
+
+@pytest.mark.parametrize("path", PAYLOADS, ids=lambda p: f"{p.parent.name}-{p.stem}")
+def test_tables_against_is_every_table_with_a_match(path: Path) -> None:
+    ctx = _context(path)
+    count = ctx.syms.count
+    for symbols in ({0}, set(range(count)), set(range(1, count, 3)), {count - 1}, set()):
+        assert ctx.tables_against(symbols) == _naive_tables_against(ctx, symbols)
+
+
+def test_tables_against_skips_a_table_left_out_between_others() -> None:
+    """A relocation table that relocates no section (sh_info 0) is in its run of tables but never matched."""
+    path = COMMITTED / "x86_64" / "payload_only.livepatch"
+    data = bytearray(path.read_bytes())
+    elf = ELFFile(io.BytesIO(bytes(data)))
+    tables = [i for i, s in enumerate(elf.iter_sections()) if isinstance(s, RelocationSection) and s["sh_info"]]
+    left_out = tables[len(tables) // 2]
+    shoff, shentsize = elf["e_shoff"], elf["e_shentsize"]
+    data[shoff + left_out * shentsize + 44 : shoff + left_out * shentsize + 48] = bytes(4)  # Elf64_Shdr.sh_info
+    payload = read_payload(bytes(data), "left-out")
+    ctx = Context(payload, Policy(), None)
+    assert left_out not in ctx.elf.relocation_sections
+    everything = set(range(ctx.syms.count))
+    found = ctx.tables_against(everything)
+    assert left_out not in dict(found)
+    assert found == _naive_tables_against(ctx, everything)

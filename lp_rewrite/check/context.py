@@ -14,7 +14,8 @@ import bisect
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from operator import itemgetter
+from itertools import compress, count, repeat
+from operator import itemgetter, sub
 from typing import Any, TypeVar
 
 from lp_rewrite.arch import Classification, Kind
@@ -236,15 +237,20 @@ class Context:
     ) -> Iterator[Reference]:
         """References in the relocation tables whose target section is ``wanted``, against ``symbols``.
 
-        A table is picked by its target section and its symbol column (one C
-        loop each); then only its entries against ``symbols`` are read and
-        classified: classifying (decoding x86 code) is the expensive part.
+        The entries against ``symbols`` are found in the symbol columns first
+        (:meth:`tables_against`), a table's target section is judged only when
+        it has one, and only those entries are read and classified: classifying
+        (decoding x86 code) is the expensive part.
         """
         elf, classify = self.elf, self.arch.classify
         secs = elf.sections
         info = secs.info
-        for ridx in elf.relocation_sections:
-            picked = range(secs.size[ridx] // secs.entsize[ridx]) if symbols is None else self.against(ridx, symbols)
+        tables: Iterable[tuple[int, Sequence[int]]]
+        if symbols is None:
+            tables = ((ridx, range(secs.size[ridx] // secs.entsize[ridx])) for ridx in elf.relocation_sections)
+        else:
+            tables = self.tables_against(symbols)
+        for ridx, picked in tables:
             target = info[ridx]
             if not picked or not wanted(target):
                 continue
@@ -257,12 +263,28 @@ class Context:
                     continue
                 yield self._resolve(ridx, i, sec, data, reloc, sym, offset, addend)
 
-    def against(self, ridx: int, symbols: set[int]) -> Sequence[int]:
-        """Entry numbers of a relocation table whose symbol is in ``symbols`` (one C loop when none is)."""
-        rsyms = self.elf.relocation_syms(ridx)
-        if symbols.isdisjoint(rsyms):
-            return ()
-        return [i for i, sym in enumerate(rsyms) if sym in symbols]
+    def tables_against(self, symbols: set[int]) -> list[tuple[int, list[int]]]:
+        """(relocation section, its entry numbers against ``symbols``) of each table that has one, in index order.
+
+        The symbol column of each run of adjacent tables (:meth:`~lp_rewrite.elf.file.ElfFile.relocation_runs`)
+        is matched in one C loop; only the matching rows are then placed in their tables.
+        """
+        elf = self.elf
+        found: list[tuple[int, list[int]]] = []
+        for run in elf.relocation_runs(elf.relocation_sections):
+            rows = list(compress(count(), map(symbols.__contains__, run.syms)))
+            starts, stops = run.starts, run.stops
+            pos = 0
+            while pos < len(rows):  # from table to table that has a match (bisections, not a step per table)
+                k = bisect.bisect_right(starts, rows[pos]) - 1
+                if k >= 0 and rows[pos] < stops[k]:
+                    end = bisect.bisect_left(rows, stops[k], pos)
+                    found.append((run.sections[k], list(map(sub, rows[pos:end], repeat(starts[k])))))
+                    pos = end
+                else:  # rows of tables left out of the run's selection
+                    pos = bisect.bisect_left(rows, starts[k + 1], pos) if k + 1 < len(starts) else len(rows)
+        found.sort()
+        return found
 
     def entries(self, ridx: int, picked: Iterable[int]) -> Iterator[tuple[int, int, int, int, int | None]]:
         """(index, type, symbol, offset, explicit addend or None for REL) of entries ``picked`` of a relocation table.

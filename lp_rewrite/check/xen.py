@@ -226,10 +226,7 @@ def _first_references(ctx: Context, symbols: set[int]) -> dict[int, Place]:
     """Symbol -> where its first relocation (in any relocated section) writes."""
     out: dict[int, Place] = {}
     secs = ctx.elf.sections
-    for ridx in ctx.elf.relocation_sections:
-        picked = ctx.against(ridx, symbols)
-        if not picked:
-            continue
+    for ridx, picked in ctx.tables_against(symbols):
         target = secs.info[ridx]
         name = secs.name(target)
         for _i, _type, s, off, _addend in ctx.entries(ridx, picked):
@@ -508,12 +505,9 @@ def _init_references(ctx: Context, symbols: set[int]) -> dict[int, tuple[Referen
     if not symbols:
         return out
     secs = ctx.elf.sections
-    for ridx in ctx.elf.relocation_sections:
+    for ridx, picked in ctx.tables_against(symbols):
         target = secs.info[ridx]
-        if not secs.flags[target] & C.SHF_ALLOC:
-            continue
-        picked = ctx.against(ridx, symbols)
-        if not picked or secs.name(target) == FUNCS_SECTION:
+        if not secs.flags[target] & C.SHF_ALLOC or secs.name(target) == FUNCS_SECTION:
             continue
         for i in picked:
             ref = ctx.reference(ridx, i)
