@@ -38,6 +38,7 @@ from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.editor import ElfEditor, IndexMap, NewSymbol
 from lp_rewrite.elf.file import SymbolTable, decode_name
 from lp_rewrite.elf.runs import RelocationRun
+from lp_rewrite.elf.writer import Chunk
 from lp_rewrite.errors import InputError, UsageError
 from lp_rewrite.identify import FuncsTable
 from lp_rewrite.policy import Policy
@@ -91,12 +92,21 @@ class Plan(Record):
         # Local symbols inserted before input index `pos`: (pos, symbols) in order.
         self.inserts: list[tuple[int, list[NewSymbol]]] = []
         self.appended: list[NewSymbol] = []
-        self.new_addends: dict[tuple[int, int], int] = {}  # (reloc sec, entry) -> addend
+        # The addend each retarget gets, in the order of ``retargets`` (a list, not a dict
+        # keyed by place: a stress object has 64k of them, most the same small int).
+        self.new_addends: list[int] = []
         self.alias_for_replacement: dict[int, str] = {}
         # Section index -> new sh_addralign (--align-notes: the notes Xen reads, lp_rewrite/notes.py).
         self.addralign: dict[int, int] = {}
         # Input symbol index -> output symbol index: the editor's, recorded by apply().
         self.symbol_map: IndexMap | None = None
+
+    def by_table(self) -> dict[int, list[tuple[Decision, int]]]:
+        """Each retarget with its new addend, by relocation table (in the order of ``retargets``)."""
+        tables: dict[int, list[tuple[Decision, int]]] = {}
+        for d, addend in zip(self.retargets, self.new_addends, strict=True):
+            tables.setdefault(d.reloc_section, []).append((d, addend))
+        return tables
 
     @property
     def changes(self) -> bool:
@@ -183,7 +193,7 @@ def plan(payload: Payload, funcs: FuncsTable, decisions: Decisions, policy: Poli
     for d in out.retargets:
         assert d.replacement is not None
         rep = funcs.replacements[d.replacement]
-        out.new_addends[(d.reloc_section, d.index)] = d.addend + syms.value[d.symbol] - rep.offset
+        out.new_addends.append(d.addend + syms.value[d.symbol] - rep.offset)
     return out
 
 
@@ -313,13 +323,23 @@ def apply(payload: Payload, funcs: FuncsTable, out: Plan) -> bytes:
     Records the input -> output symbol index map on the plan (``symbol_map``)
     and each alias's output index (``Alias.index``), for the self-check.
     """
+    return edit(payload, funcs, out).to_bytes()
+
+
+def apply_chunks(payload: Payload, funcs: FuncsTable, out: Plan) -> list[Chunk]:
+    """The rewritten object as consecutive pieces (what :func:`apply` joins), to be written in turn."""
+    return edit(payload, funcs, out).to_chunks()
+
+
+def edit(payload: Payload, funcs: FuncsTable, out: Plan) -> ElfEditor:
+    """The editor holding the plan's edits of the payload (recording the index maps on the plan)."""
     elf = payload.elf
     editor = ElfEditor(elf)
     for index, value in out.addralign.items():  # --align-notes
         editor.set_section_field(index, "sh_addralign", value)
     out.symbol_map = editor.symbol_map
     if not out.retargets:
-        return editor.to_bytes()  # at most section headers change
+        return editor  # at most section headers change
     if out.inserts and C.SHT_LLVM_ADDRSIG in elf.sections.type:
         s = elf.sections[elf.sections.type.index(C.SHT_LLVM_ADDRSIG)]
         raise UsageError(
@@ -335,7 +355,7 @@ def apply(payload: Payload, funcs: FuncsTable, out: Plan) -> bytes:
                 f"section [{idx}] {elf.sections[idx].name!r} is SHF_ALLOC: Xen would load this table, "
                 "and the rewrite must change it"
             )
-    return editor.to_bytes()
+    return editor
 
 
 def _edit_symbols(editor: ElfEditor, out: Plan) -> None:
@@ -361,22 +381,19 @@ def _edit_symbols(editor: ElfEditor, out: Plan) -> None:
 
 def _edit_relocations(editor: ElfEditor, payload: Payload, out: Plan) -> None:
     """Each retarget names its alias with its new addend (RELA: the field; REL: the place, re-encoded)."""
-    by_section: dict[int, list[Decision]] = {}
-    for d in out.retargets:
-        by_section.setdefault(d.reloc_section, []).append(d)
+    by_table = out.by_table()
     alias_index = {n: out.aliases[name].index for n, name in out.alias_for_replacement.items()}
-    for ridx in sorted(by_section):
-        todo = by_section[ridx]
-        entries = [d.index for d in todo]
+    for ridx in sorted(by_table):
+        todo = by_table[ridx]
+        entries = [d.index for d, _a in todo]
         aliases = []
-        for d in todo:
+        for d, _a in todo:
             assert d.replacement is not None
             aliases.append(alias_index[d.replacement])
-        addends = [out.new_addends[(ridx, i)] for i in entries]
         editor.set_relocation_symbols(ridx, entries, aliases)
         if payload.elf.sections.type[ridx] == C.SHT_RELA:
-            editor.set_relocation_addends(ridx, entries, addends)
+            editor.set_relocation_addends(ridx, entries, [a for _d, a in todo])
             continue
-        for d, addend in zip(todo, addends, strict=True):
+        for d, addend in todo:
             if addend != d.addend:
                 payload.arch.write_implicit_addend(d.rtype, editor.contents(d.section), d.offset, addend)

@@ -247,6 +247,9 @@ def decide(
     return out
 
 
+_SCAN_ROWS = 1 << 16  # relocation entries scanned per window
+
+
 def _entries_naming(
     elf: ElfFile, tables: list[int], symbols: set[int]
 ) -> dict[int, tuple[RelocationRun, int, list[int]]]:
@@ -254,7 +257,10 @@ def _entries_naming(
     where the table starts in it, and those entries' numbers."""
     found: dict[int, tuple[RelocationRun, int, list[int]]] = {}
     for run in elf.relocation_runs(tables):
-        hits = list(compress(count(), map(symbols.__contains__, run.syms)))
+        hits: list[int] = []
+        for lo in range(0, len(run.syms), _SCAN_ROWS):  # a window at a time: a mapped file lets it go after
+            hits += compress(count(lo), map(symbols.__contains__, run.syms[lo : lo + _SCAN_ROWS]))
+            elf.release(*run.file_span(lo, lo + _SCAN_ROWS))
         starts, stops = run.starts, run.stops
         j = 0
         while j < len(hits):

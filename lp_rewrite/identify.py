@@ -18,6 +18,7 @@ gets an empty table (:attr:`FuncsTable.present` false).
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_left, bisect_right
 from typing import NamedTuple
 
@@ -184,8 +185,10 @@ def _read_string(payload: Payload, places: _RelocatedPlaces, section: int, offse
     if end == start:
         raise InputError(f"name string at {sec.name}+{offset:#x} is empty", location=at)
     places.refuse_overlap(section, offset, offset + (end - start), at)
+    raw = payload.elf.data[start:end]
+    payload.elf.release(start, end)  # names lie a page apart in a big object: a mapped file lets each go
     try:
-        return payload.elf.data[start:end].decode("ascii")
+        return raw.decode("ascii")
     except UnicodeDecodeError:
         raise InputError(f"name string at {sec.name}+{offset:#x} is not ASCII", location=at) from None
 
@@ -212,20 +215,28 @@ class _RelocatedPlaces:
 
     def __init__(self, payload: Payload) -> None:
         self.payload = payload
-        self._by_target: dict[int, list[int]] | None = None
+        # Relocation tables sorted by the section they relocate, and those sections:
+        # found by bisection (a stress object has 50k tables; a dict of lists costs 10 MB).
+        self._tables: list[int] | None = None
+        self._targets: array[int] | None = None
         self._spans: dict[int, tuple[list[int], list[int]]] = {}
+
+    def _relocating(self, section: int) -> list[int]:
+        """The relocation tables whose target is ``section``, in index order."""
+        if self._tables is None or self._targets is None:
+            info = self.payload.elf.sections.info
+            self._tables = sorted(self.payload.elf.relocation_sections, key=info.__getitem__)
+            self._targets = array("I", map(info.__getitem__, self._tables))
+        lo = bisect_left(self._targets, section)
+        return self._tables[lo : bisect_right(self._targets, section, lo)]
 
     def _section(self, section: int) -> tuple[list[int], list[int]]:
         spans = self._spans.get(section)
         if spans is None:
             elf, types = self.payload.elf, self.payload.arch.types
-            if self._by_target is None:
-                self._by_target = {}
-                for idx in elf.relocation_sections:
-                    self._by_target.setdefault(elf.sections.info[idx], []).append(idx)
             pairs = sorted(
                 (off, off + (types[t].width if t in types else 4))
-                for idx in self._by_target.get(section, ())
+                for idx in self._relocating(section)
                 for off, t in zip(elf.relocations(idx).offsets, elf.relocations(idx).types, strict=True)
             )
             spans = self._spans[section] = ([a for a, _ in pairs], [b for _, b in pairs])

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import gc
+import mmap
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from lp_rewrite.apply import Plan, apply, plan
+from lp_rewrite.apply import Plan, apply_chunks, plan
 from lp_rewrite.decide import Decisions, decide, nothing_to_retarget
+from lp_rewrite.elf.writer import Chunk
 from lp_rewrite.errors import InputError, UsageError, VerificationError
 from lp_rewrite.identify import FuncsTable, identify
 from lp_rewrite.policy import Policy
@@ -32,12 +34,26 @@ class RewriteResult(Analysis):
     """An analysis with the plan made of it, the bytes it gives, and where they were written."""
 
     def __init__(
-        self, payload: Payload, funcs: FuncsTable, decisions: Decisions, plan: Plan, output: bytes, written: Path | None
+        self,
+        payload: Payload,
+        funcs: FuncsTable,
+        decisions: Decisions,
+        plan: Plan,
+        output: bytes | list[Chunk],
+        written: Path | None,
     ) -> None:
         super().__init__(payload, funcs, decisions)
         self.plan = plan
-        self.output = output
+        self._output = output
         self.written = written
+
+    @property
+    def output(self) -> bytes:
+        """The rewritten bytes. A written output is kept as the pieces that were
+        written (views of the input, mostly) and joined only when asked for."""
+        if not isinstance(self._output, bytes):
+            self._output = b"".join(self._output)
+        return self._output
 
     @property
     def changed(self) -> bool:
@@ -190,7 +206,7 @@ def _rewrite(
         edits = plan(payload, analysis.funcs, analysis.decisions, policy)
         if edits.changes:
             _refuse_signed(payload)
-        data = apply(payload, analysis.funcs, edits)
+        pieces: list[Chunk] = apply_chunks(payload, analysis.funcs, edits) if edits.changes else [payload.data]
     except InputError as exc:  # names read late, tables Xen would load: still about this input
         raise exc.prefixed(payload.name) from None
     dest: Path | None = None
@@ -200,6 +216,7 @@ def _rewrite(
     elif output is not None:
         dest = Path(output)
     if dest is None or (in_place and not edits.changes):
+        data = b"".join(pieces) if edits.changes else payload.data
         if edits.changes:  # nothing is written: the bytes in the result are what is proven
             prove_edit(analysis, edits, data, policy)
         return RewriteResult(payload, analysis.funcs, analysis.decisions, edits, data, None if dest is None else dest)
@@ -207,8 +224,8 @@ def _rewrite(
 
     def check_written(tmp: Path) -> None:
         # The proof is of the file about to be renamed into place, read back
-        # from disk, not of the bytes handed to the writer.
-        _check_written(analysis, edits, data, policy, tmp)
+        # from disk, not of the pieces handed to the writer.
+        _check_written(analysis, edits, pieces, policy, tmp)
         if hook_fn is not None:
             hook_fn(payload, tmp)
 
@@ -217,17 +234,17 @@ def _rewrite(
     snap = payload.source
     write_atomic(
         dest,
-        data,
+        pieces,
         mode_from=snap,
         backup_suffix=backup_suffix,
         before_rename=check_written,
         expect=snap if in_place else None,
         original=payload.data if in_place and backup_suffix else None,
     )
-    return RewriteResult(payload, analysis.funcs, analysis.decisions, edits, data, dest)
+    return RewriteResult(payload, analysis.funcs, analysis.decisions, edits, pieces, dest)
 
 
-def prove_edit(analysis: Analysis, edits: Plan, data: bytes, policy: Policy) -> None:
+def prove_edit(analysis: Analysis, edits: Plan, data: bytes | mmap.mmap, policy: Policy) -> None:
     """Parse ``data`` and prove it is the input with exactly the planned edits (raises VerificationError)."""
     reps = {r.section for r in analysis.funcs.replacements}
     # The relocation sections deciding looked at (decisions about relocations
@@ -236,15 +253,15 @@ def prove_edit(analysis: Analysis, edits: Plan, data: bytes, policy: Policy) -> 
     check_rewrite(analysis.payload, analysis.funcs, edits, data, policy, looked_at)
 
 
-def _check_written(analysis: Analysis, edits: Plan, data: bytes, policy: Policy, tmp: Path) -> None:
+def _check_written(analysis: Analysis, edits: Plan, pieces: list[Chunk], policy: Policy, tmp: Path) -> None:
     """The self-check, on the temporary output file as it is on disk.
 
-    The file is read back in windows and must be ``data`` byte for byte
-    (padding and unchanged copies included); the proof then parses ``data``,
-    which is what the file holds, without a second copy of the output in memory.
+    The file is read back in windows and must be the pieces byte for byte
+    (padding and unchanged copies included); the proof then parses the file
+    itself, mapped read-only: the output is never held whole in memory.
     """
     try:
-        at = _first_difference(tmp, data)
+        at = _first_difference(tmp, pieces)
     except OSError as exc:
         raise VerificationError(f"self-check of the rewritten payload failed: cannot read it back: {exc}") from None
     if at is not None:
@@ -252,26 +269,33 @@ def _check_written(analysis: Analysis, edits: Plan, data: bytes, policy: Policy,
             f"self-check of the rewritten payload failed: the written file is not what was planned ({at})"
         )
     if edits.changes:
-        prove_edit(analysis, edits, data, policy)
+        try:
+            with tmp.open("rb") as f:
+                mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError) as exc:
+            raise VerificationError(f"self-check of the rewritten payload failed: cannot map it: {exc}") from None
+        prove_edit(analysis, edits, mapped, policy)  # the mapping is released with the last view of it
 
 
 _WINDOW = 1 << 20
 
 
-def _first_difference(path: Path, data: bytes) -> str | None:
-    """Where the file at ``path`` first differs from ``data``, or None when it is ``data``."""
-    view = memoryview(data)
+def _first_difference(path: Path, pieces: list[Chunk]) -> str | None:
+    """Where the file at ``path`` first differs from the pieces laid end to end, or None when it is them."""
+    total = sum(memoryview(p).nbytes for p in pieces)
     with path.open("rb") as f:
         pos = 0
-        while True:
-            chunk = f.read(_WINDOW)
-            if not chunk:
-                break
-            want = view[pos : pos + len(chunk)]
-            if len(want) < len(chunk):
-                return f"more than {len(data)} bytes"
-            if chunk != want:
-                at = pos + next(i for i, (x, y) in enumerate(zip(chunk, want, strict=True)) if x != y)
-                return f"byte {at:#x} differs"
-            pos += len(chunk)
-    return None if pos == len(data) else f"{pos} bytes, not {len(data)}"
+        for piece in pieces:
+            view = memoryview(piece)
+            for lo in range(0, view.nbytes, _WINDOW):
+                want = view[lo : lo + _WINDOW]
+                chunk = f.read(want.nbytes)
+                if chunk != want:
+                    if len(chunk) < want.nbytes and chunk == want[: len(chunk)]:
+                        return f"{pos + len(chunk)} bytes, not {total}"
+                    at = pos + next(i for i, (x, y) in enumerate(zip(chunk, want, strict=False)) if x != y)
+                    return f"byte {at:#x} differs"
+                pos += want.nbytes
+        if f.read(1):
+            return f"more than {total} bytes"
+    return None

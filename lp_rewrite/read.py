@@ -4,6 +4,7 @@ before anything else looks at it (header, class/machine, relocation kinds).
 
 from __future__ import annotations
 
+import mmap
 import os
 from itertools import compress
 from operator import not_
@@ -31,7 +32,12 @@ class Payload(Record):
 
     @property
     def data(self) -> bytes:
-        return self.elf.data
+        """The payload's bytes. A payload read from a mapping (the self-check's view
+        of a written output) is read through its ``elf`` only: it has no bytes to give."""
+        data = self.elf.data
+        if isinstance(data, mmap.mmap):
+            raise TypeError(f"{self.name}: a mapped payload is read through its ElfFile")
+        return data
 
 
 class UnsupportedRelocation(NamedTuple):
@@ -76,7 +82,7 @@ def read_file(path: str | os.PathLike[str], limit: int = MAX_INPUT_SIZE) -> byte
 
 
 def read_payload(
-    source: str | os.PathLike[str] | bytes,
+    source: str | os.PathLike[str] | bytes | mmap.mmap,
     name: str | None = None,
     *,
     xen_limits: bool = True,
@@ -88,7 +94,7 @@ def read_payload(
     sections): intermediate objects and stress tests.
     """
     snapshot = None
-    if isinstance(source, bytes):
+    if isinstance(source, (bytes, mmap.mmap)):  # in memory, or a file mapped read-only
         data, label = source, name or "<bytes>"
     else:
         # Xen's upload limit is checked on the file's size, before it is read.
@@ -114,7 +120,7 @@ _NOT_A_PAYLOAD = {
 }
 
 
-def _parse(data: bytes, label: str, xen_limits: bool) -> ElfFile:
+def _parse(data: bytes | mmap.mmap, label: str, xen_limits: bool) -> ElfFile:
     """The ELF reader with Xen's limits: names of at most MAX_NAME_LEN bytes, and,
     unless they are lifted, fewer than MAX_SECTIONS sections."""
     try:

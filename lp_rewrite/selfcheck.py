@@ -16,6 +16,7 @@ new image from scratch and checks, against the input:
 
 from __future__ import annotations
 
+import mmap
 import struct
 from array import array
 from collections.abc import Iterable, Iterator
@@ -39,7 +40,7 @@ def check_rewrite(
     inp: Payload,
     funcs: FuncsTable,
     plan: Plan,
-    data: bytes,
+    data: bytes | mmap.mmap,
     policy: Policy,
     candidates: Iterable[int] | None = None,
 ) -> Payload:
@@ -59,11 +60,14 @@ def check_rewrite(
         out.elf.check_relocations(changed)
     except Exception as exc:  # the output must parse; anything else is our bug
         raise _fail(f"the output does not parse: {exc}") from exc
+    # A mapped output's pages are let go after each step that reads much of it.
+    out.elf.release()
     _check_sections(inp, out, plan, symbol_map)
     if plan.addralign:
         _check_notes_aligned(out, plan)
     _check_symbols(inp, out, plan, symbol_map)
     _check_relocations(inp, out, plan, symbol_map)
+    out.elf.release()
     out_funcs = identify(out, absent_ok=True)  # a hooks-only payload whose notes were aligned
     if [(r.original, r.entry) for r in out_funcs.replacements] != [(r.original, r.entry) for r in funcs.replacements]:
         raise _fail("the output's .livepatch.funcs no longer identifies the same replacements")
@@ -149,12 +153,14 @@ def _check_sections(inp: Payload, out: Payload, plan: Plan, symbol_map: IndexMap
 _WINDOW = 1 << 20
 
 
-def _same_bytes(x: bytes, i: int, y: bytes, j: int, n: int) -> bool:
+def _same_bytes(x: ElfFile, i: int, y: ElfFile, j: int, n: int) -> bool:
     """x[i:i+n] == y[j:j+n], a window at a time: bytes compares are memcmp,
     memoryview compares are not, and whole-run slices would copy the file."""
     for k in range(0, n, _WINDOW):
         m = min(_WINDOW, n - k)
-        if x[i + k : i + k + m] != y[j + k : j + k + m]:
+        same = x.data[i + k : i + k + m] == y.data[j + k : j + k + m]
+        y.release(j + k, j + k + m)
+        if not same:
             return False
     return True
 
@@ -180,10 +186,11 @@ def _compare_unchanged(a: ElfFile, b: ElfFile, indices: list[int]) -> None:
             return
         lo, hi = sa.offset[run[0]], sa.offset[run[-1]] + sa.size[run[-1]]
         shift = sb.offset[run[0]] - lo
-        if not _same_bytes(a.data, lo, b.data, lo + shift, hi - lo):
+        if not _same_bytes(a, lo, b, lo + shift, hi - lo):
             for k in run:
                 if a.section_data(k) != b.section_data(k):
                     raise _fail(f"section [{k}] {sa.name(k)!r}: contents changed")
+            b.release(lo + shift, hi + shift)
         run.clear()
 
     for k in with_data:  # a run only grows by the next section in file order
@@ -229,9 +236,7 @@ def _check_symbols(inp: Payload, out: Payload, plan: Plan, symbol_map: IndexMap)
 
 def _check_relocations(inp: Payload, out: Payload, plan: Plan, symbol_map: IndexMap) -> None:
     a, b = inp.elf, out.elf
-    by_section: dict[int, list[Decision]] = {}
-    for d in plan.retargets:
-        by_section.setdefault(d.reloc_section, []).append(d)
+    by_section = plan.by_table()
     alias_index = {n: plan.aliases[name].index for n, name in plan.alias_for_replacement.items()}
     # Untouched sections were compared byte for byte (_check_sections).
     edited = _edited_relocation_tables(inp, plan, symbol_map)
@@ -250,9 +255,9 @@ def _check_relocations(inp: Payload, out: Payload, plan: Plan, symbol_map: Index
                         _check_table(inp, out, plan, symbol_map, idx, by_section.get(idx, []), alias_index)
     for idx in edited:
         if a.sections.type[idx] == C.SHT_REL:
-            for d in by_section.get(idx, []):
+            for d, addend in by_section.get(idx, []):
                 got = out.arch.implicit_addend(d.rtype, b.section_data(d.section), d.offset)
-                if got != plan.new_addends[(idx, d.index)]:
+                if got != addend:
                     raise _fail(f"{a.sections[d.section].name}+{d.offset:#x}: implicit addend {got}")
 
 
@@ -276,7 +281,7 @@ class _PlannedBytes:
     """The input's relocation tables with the planned entries naming their alias (RELA: and their addend)."""
 
     def __init__(
-        self, inp: Payload, by_section: dict[int, list[Decision]], alias_index: dict[int, int], plan: Plan
+        self, inp: Payload, by_section: dict[int, list[tuple[Decision, int]]], alias_index: dict[int, int], plan: Plan
     ) -> None:
         self.elf = inp.elf
         self.by_section = by_section
@@ -290,12 +295,12 @@ class _PlannedBytes:
         entsize = lay.reloc_entsize(kind)
         info_fmt, info_at = lay.rel_info
         add_fmt, add_at = lay.rela_addend
-        for d in self.by_section.get(idx, []):
+        for d, addend in self.by_section.get(idx, []):
             assert d.replacement is not None
             pos = at + d.index * entsize
             struct.pack_into("<" + info_fmt, buf, pos + info_at, lay.r_info(self.alias_index[d.replacement], d.rtype))
             if kind == C.SHT_RELA:
-                struct.pack_into("<" + add_fmt, buf, pos + add_at, self.plan.new_addends[(idx, d.index)])
+                struct.pack_into("<" + add_fmt, buf, pos + add_at, addend)
 
     def table(self, idx: int) -> bytearray:
         buf = bytearray(self.elf.section_data(idx))
@@ -314,7 +319,9 @@ class _PlannedBytes:
         buf = bytearray(self.elf.view[lo:hi])
         for idx in window:
             self._patch(buf, sa.offset[idx] - lo, idx)
-        return buf == out.view[lo + shift : hi + shift]
+        same = buf == out.view[lo + shift : hi + shift]
+        out.release(lo + shift, hi + shift)
+        return same
 
 
 def _check_table(
@@ -323,7 +330,7 @@ def _check_table(
     plan: Plan,
     symbol_map: IndexMap,
     idx: int,
-    moved: list[Decision],
+    moved: list[tuple[Decision, int]],
     alias_index: dict[int, int],
 ) -> None:
     """Relocation table ``idx`` of the output, entry by entry against the input's and the plan."""
@@ -336,11 +343,11 @@ def _check_table(
         return
     expect_syms = symbol_map.remap(x.syms, y.syms.typecode)
     expect_add = array(x.addends.typecode, x.addends) if x.addends is not None else None
-    for d in moved:
+    for d, addend in moved:
         assert d.replacement is not None
         expect_syms[d.index] = alias_index[d.replacement]
         if expect_add is not None:
-            expect_add[d.index] = plan.new_addends[(idx, d.index)]
+            expect_add[d.index] = addend
     if y.syms != expect_syms:
         bad = next(i for i, (p, q) in enumerate(zip(y.syms, expect_syms, strict=True)) if p != q)
         raise _fail(f"{x.section.name!r} entry {bad}: symbol {y.syms[bad]}, expected {expect_syms[bad]}")

@@ -30,11 +30,12 @@ import signal
 import stat
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
+from lp_rewrite.elf.writer import Chunk
 from lp_rewrite.errors import InputError
 from lp_rewrite.inputs import Snapshot
 
@@ -99,15 +100,28 @@ def _signals_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+# Pieces per writev(2) call: at most IOV_MAX (1024 on Linux).
+_IOV_BATCH = 1024
+
+
+def _write_all(fd: int, pieces: Sequence[Chunk]) -> None:
+    """Write the pieces in order, whole: a stress object's output is 30k of them (views of the input)."""
+    pending = [memoryview(p) for p in pieces if len(p)]
+    k = 0
+    while k < len(pending):
+        written = os.writev(fd, pending[k : k + _IOV_BATCH])
+        while written:  # skip what was written; a partly written piece keeps its rest
+            size = pending[k].nbytes
+            if written < size:
+                pending[k] = pending[k][written:]
+                break
+            written -= size
+            k += 1
 
 
 def write_atomic(
     dest: Path,
-    data: bytes,
+    data: bytes | Sequence[Chunk],
     *,
     mode_from: Path | Snapshot | None = None,
     backup_suffix: str | None = None,
@@ -115,7 +129,7 @@ def write_atomic(
     expect: Snapshot | None = None,
     original: bytes | None = None,
 ) -> None:
-    """Write ``data`` to ``dest`` so that ``dest`` is always whole.
+    """Write ``data`` (bytes, or pieces written in turn) to ``dest`` so that ``dest`` is always whole.
 
     ``expect``: replace ``dest`` only while it is still this file (an in-place
     rewrite), giving the output its mode and owner; ``original``: the bytes the
@@ -137,8 +151,9 @@ def write_atomic(
     if expect is not None:
         mode = expect.mode
     target = _Target(dest, expect, original)
+    pieces = [data] if isinstance(data, (bytes, bytearray, memoryview)) else data
     with _signals_raise():
-        _replace_via_temporary(dest, directory, data, mode, backup_suffix, before_rename, target)
+        _replace_via_temporary(dest, directory, pieces, mode, backup_suffix, before_rename, target)
     _fsync_dir(directory)
 
 
@@ -230,7 +245,7 @@ class _Scratch:
 def _replace_via_temporary(
     dest: Path,
     directory: Path,
-    data: bytes,
+    pieces: Sequence[Chunk],
     mode: int | None,
     backup_suffix: str | None,
     before_rename: Callable[[Path], None] | None,
@@ -244,7 +259,7 @@ def _replace_via_temporary(
     try:
         with scratch as tmp:
             assert tmp.path is not None
-            _write_all(tmp.fd, data)
+            _write_all(tmp.fd, pieces)
             target.own(tmp.fd)
             os.fsync(tmp.fd)
             tmp.close()
@@ -273,7 +288,7 @@ def _write_backup(target: _Target, dst: Path) -> None:
     try:
         with _Scratch(dst, dst.parent) as tmp:
             assert tmp.path is not None
-            _write_all(tmp.fd, target.original)
+            _write_all(tmp.fd, [target.original])
             os.fchmod(tmp.fd, target.expect.mode)
             target.own(tmp.fd)
             os.fsync(tmp.fd)

@@ -302,7 +302,7 @@ def _failing(exc: OSError) -> Callable[..., None]:
     ("target", "exc", "expect"),
     [
         ("fsync", OSError(errno.ENOSPC, "No space left on device"), "cannot write: No space left on device"),
-        ("write", OSError(errno.EIO, "Input/output error"), "cannot write: Input/output error"),
+        ("writev", OSError(errno.EIO, "Input/output error"), "cannot write: Input/output error"),
         ("replace", PermissionError(errno.EACCES, "Permission denied"), "cannot write: Permission denied"),
         ("chmod", PermissionError(errno.EPERM, "Operation not permitted"), "cannot write: Operation not permitted"),
     ],
@@ -327,7 +327,7 @@ def test_failed_backup_leaves_target_and_no_backup(tmp_path: Path, monkeypatch: 
     real_write_all = write_mod._write_all
     writes: list[int] = []
 
-    def no_space_for_the_backup(fd: int, data: bytes) -> None:
+    def no_space_for_the_backup(fd: int, data: list[bytes]) -> None:
         writes.append(fd)  # the output first, then the backup (written from the bytes read)
         if len(writes) == 2:
             raise OSError(errno.ENOSPC, "No space left on device")

@@ -356,11 +356,11 @@ def test_self_check_reads_back_the_written_file(kind: str, tmp_path: Path, monke
     expect = f"the written file is not what was planned (byte {pos:#x} differs)"
     real = write_mod._write_all
 
-    def corrupting_write(fd: int, data: bytes) -> None:
-        assert data == planned
-        flipped = bytearray(data)
+    def corrupting_write(fd: int, pieces: list[bytes]) -> None:
+        flipped = bytearray(b"".join(pieces))
+        assert flipped == planned
         flipped[pos] ^= 0x40
-        real(fd, bytes(flipped))
+        real(fd, [bytes(flipped)])
 
     monkeypatch.setattr(write_mod, "_write_all", corrupting_write)
     out = tmp_path / "out" / "o.livepatch"

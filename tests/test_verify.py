@@ -317,7 +317,7 @@ def test_rewrite_verify_stops_a_wrong_output(tmp_path: Path, monkeypatch: pytest
     from lp_rewrite import pipeline
 
     bad, _expect = _half_rewritten()
-    monkeypatch.setattr(pipeline, "apply", lambda *_a: bad)
+    monkeypatch.setattr(pipeline, "apply_chunks", lambda *_a: [bad])
     monkeypatch.setattr(pipeline, "check_rewrite", lambda *_a: None)
     out = tmp_path / "r.livepatch"
     with pytest.raises(VerificationError, match="still designates the payload's copy"):

@@ -23,6 +23,7 @@ with a Python object or call per entry.
 from __future__ import annotations
 
 import bisect
+import mmap
 import operator
 import struct
 from array import array
@@ -34,7 +35,7 @@ from typing import Final, Literal
 from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.file import ElfFile, encode_name
 from lp_rewrite.elf.layout import _NATIVE_LE
-from lp_rewrite.elf.writer import serialize
+from lp_rewrite.elf.writer import Chunk, chunks
 from lp_rewrite.errors import InputError
 from lp_rewrite.record import Record
 
@@ -340,8 +341,12 @@ class ElfEditor:
     def to_bytes(self) -> bytes:
         """The edited object (the input's bytes when nothing was edited)."""
         if not self._tables and not self._contents and not any(self._headers.values()):
-            return self.elf.data
+            return bytes(self.elf.data) if isinstance(self.elf.data, mmap.mmap) else self.elf.data
+        return b"".join(self.to_chunks())
+
+    def to_chunks(self) -> list[Chunk]:
+        """The edited object as consecutive pieces, most of them views of the input (:func:`writer.chunks`)."""
         data: dict[int, bytes | bytearray] = dict(self._tables)
         data.update(self._contents)
         h = self._headers
-        return serialize(self.elf, data, h["sh_info"], h["sh_entsize"], h["sh_addralign"])
+        return chunks(self.elf, data, h["sh_info"], h["sh_entsize"], h["sh_addralign"])

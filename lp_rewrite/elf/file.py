@@ -9,6 +9,7 @@ followed through links more than once.
 
 from __future__ import annotations
 
+import mmap
 from array import array
 from bisect import insort
 from collections.abc import Iterable, Iterator, Sequence
@@ -335,6 +336,10 @@ class SymbolTable:
         if not 0 < self.first_global <= self.count:
             raise InputError(f"{where}: sh_info {self.first_global} is not a valid first-global index")
         self._names: dict[int, str] = {}
+        # Columns and the name table are copies: a mapped file's pages of them can go.
+        for k in (section.index, strsec.index, self.shndx_section):
+            if k is not None:
+                elf.release(elf.sections.offset[k], elf.sections.offset[k] + elf.sections.size[k])
 
     def _find_shndx_section(self, elf: ElfFile) -> int | None:
         secs = elf.sections
@@ -434,12 +439,17 @@ class RelocTable:
                 )
 
 
+_FAULT_AROUND = 1 << 21
+# Relocation tables validated per batch (bounds what a mapped file holds in memory at once).
+_CHECK_BATCH = 2048
+
+
 class ElfFile:
     """A parsed, validated ELF relocatable object held in memory."""
 
     def __init__(
         self,
-        data: bytes,
+        data: bytes | mmap.mmap,
         name: str = "<input>",
         max_sections: int | None = None,
         max_name_len: int | None = None,
@@ -456,6 +466,8 @@ class ElfFile:
         self._parse_header()
         self._parse_sections()
         self.symtab_index = self._find_symtab()
+        # The header table is read into columns (copies): a mapped file's pages of it can go.
+        self.release(self.e_shoff, self.e_shoff + self.shnum * self.layout.shdr.size)
         self._relocs: dict[int, RelocTable] = {}
 
     # -- header -------------------------------------------------------------
@@ -642,6 +654,23 @@ class ElfFile:
         off = secs.offset[index]
         return self.view[off : off + secs.size[index]]
 
+    def release(self, lo: int = 0, hi: int | None = None) -> None:
+        """Let the pages of bytes ``[lo, hi)`` of a mapped file go from this process.
+
+        They stay in the page cache and come back on the next read. A file in
+        memory (bytes) is unaffected. A pass over most of a mapped file calls
+        this as it goes, so that the process does not end up holding all of it.
+        """
+        data = self.data
+        if isinstance(data, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+            # A read fault maps neighbouring cached pages too (Linux maps a
+            # whole large folio, up to 2 MiB, or 64 KiB of fault-around):
+            # let those go with the ones read.
+            start = lo - lo % _FAULT_AROUND
+            end = len(data) if hi is None else min(hi + -hi % _FAULT_AROUND, len(data))
+            if end > start:
+                data.madvise(mmap.MADV_DONTNEED, start, end - start)
+
     def section_by_name(self, name: str) -> Section | None:
         """The first section with this name (what a lookup by name finds)."""
         i = self.sections.find(name)
@@ -761,29 +790,36 @@ class ElfFile:
     def check_relocations(self, indices: Iterable[int]) -> None:
         """Validate symbol indices and places of these sections (as RelocTable does).
 
-        Per run of adjacent tables: the highest symbol index, and each table's
-        highest place, are C loops over the run's columns. Only a run that
-        fails is built table by table, as RelocTables, whose checks name the entry.
+        Per run of adjacent tables, a batch of tables at a time: the highest
+        symbol index, and each table's highest place, are C loops over the
+        run's columns (a mapped file's pages are let go after each batch).
+        Only a batch that fails is built table by table, as RelocTables,
+        whose checks name the entry.
         """
         secs = self.sections
         nsec, nsym = len(secs), self.symbols.count
         sizes, targets = secs.size, secs.info
         for run in self.relocation_runs(indices):
-            # The tables with entries: each needs a target section, with room for every place.
-            full = list(map(int.__lt__, run.starts, run.stops))
-            if not any(full):
-                continue
-            slices = list(compress(run.slices(), full))
-            goals = list(map(targets.__getitem__, compress(run.sections, full)))
-            # A whole run's symbols are one column; a part's, each table's rows.
-            highest_sym = max(run.syms) if run.whole else max(map(max, map(run.syms.__getitem__, slices)))
-            ok = highest_sym < nsym and min(goals) > 0 and max(goals) < nsec
-            if ok:
-                highest = map(max, map(run.offsets.__getitem__, slices))
-                ok = not any(map(int.__ge__, highest, map(sizes.__getitem__, goals)))
-            if not ok:
-                for i in run.sections:
-                    self.relocations(i)
+            for k in range(0, len(run.sections), _CHECK_BATCH):
+                part = slice(k, k + _CHECK_BATCH)
+                tables, starts, stops = run.sections[part], run.starts[part], run.stops[part]
+                # The tables with entries: each needs a target section, with room for every place.
+                full = list(map(int.__lt__, starts, stops))
+                if not any(full):
+                    continue
+                slices = list(compress(map(slice, starts, stops), full))
+                goals = list(map(targets.__getitem__, compress(tables, full)))
+                # A whole run's symbols are one column; a part's, each table's rows.
+                whole = run.whole and len(tables) == len(run.sections)
+                highest_sym = max(run.syms) if whole else max(map(max, map(run.syms.__getitem__, slices)))
+                ok = highest_sym < nsym and min(goals) > 0 and max(goals) < nsec
+                if ok:
+                    highest = map(max, map(run.offsets.__getitem__, slices))
+                    ok = not any(map(int.__ge__, highest, map(sizes.__getitem__, goals)))
+                if not ok:
+                    for i in tables:
+                        self.relocations(i)
+                self.release(secs.offset[tables[0]], secs.offset[tables[-1]] + sizes[tables[-1]])
 
     def relocations(self, index: int) -> RelocTable:
         table = self._relocs.get(index)

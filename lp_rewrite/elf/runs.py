@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 class RelocationRun:
     """Some relocation tables of one run, with the run's columns."""
 
-    __slots__ = ("addends", "offsets", "sections", "starts", "stops", "syms", "types", "whole")
+    __slots__ = ("addends", "offsets", "place", "sections", "starts", "stops", "syms", "types", "whole")
 
     def __init__(
         self,
@@ -40,12 +40,19 @@ class RelocationRun:
         stops: Sequence[int],
         whole: bool,
         columns: tuple[Sequence[int], Sequence[int], Sequence[int], Sequence[int] | None],
+        place: tuple[int, int],
     ) -> None:
         self.sections = sections  # in file order
         self.starts = starts
         self.stops = stops
         self.whole = whole  # every row of the columns belongs to one of ``sections``
         self.offsets, self.types, self.syms, self.addends = columns  # addends: None for SHT_REL
+        self.place = place  # (file offset of row 0, entry size)
+
+    def file_span(self, lo: int, hi: int) -> tuple[int, int]:
+        """The file bytes of rows ``[lo, hi)``."""
+        begin, ent = self.place
+        return begin + lo * ent, begin + hi * ent
 
     def rows(self) -> int:
         return sum(self.stops) - sum(self.starts)
@@ -58,7 +65,7 @@ class RelocationRun:
 class _Run:
     """One run of the object: its tables in file order, their first rows, and its columns."""
 
-    __slots__ = ("columns", "first", "sections")
+    __slots__ = ("columns", "first", "place", "sections")
 
     def __init__(self, elf: ElfFile, sections: list[int], begin: int, end: int, ent: int) -> None:
         lay = elf.layout
@@ -79,6 +86,7 @@ class _Run:
         rela = elf.sections.type[sections[0]] == C.SHT_RELA  # one entry size: one kind
         addends = field(lay.rela_addend) if rela else None
         self.columns = (field(lay.rel_offset), field(lay.rel_type), syms, addends)
+        self.place = (begin, ent)
 
 
 class RunIndex:
@@ -124,14 +132,15 @@ class RunIndex:
                 continue
             first = run.first
             if len(picks) == len(run.sections):
-                out.append(RelocationRun(run.sections, first[:-1], first[1:], True, run.columns))
+                out.append(RelocationRun(run.sections, first[:-1], first[1:], True, run.columns, run.place))
                 continue
             sections = list(map(run.sections.__getitem__, picks))
             starts, stops = list(map(first.__getitem__, picks)), list(map(first[1:].__getitem__, picks))
-            out.append(RelocationRun(sections, starts, stops, False, run.columns))
+            out.append(RelocationRun(sections, starts, stops, False, run.columns, run.place))
         # The tables not viewable in place: read (and checked) alone.
         for i in sorted(filterfalse(self.viewable.__getitem__, wanted)):
             table = elf.relocations(i)
             columns = (table.offsets, table.types, table.syms, table.addends)
-            out.append(RelocationRun([i], [0], [table.count], True, columns))
+            place = (elf.sections.offset[i], table.entsize)
+            out.append(RelocationRun([i], [0], [table.count], True, columns, place))
         return out

@@ -31,6 +31,9 @@ def _align(pos: int, alignment: int) -> int:
     return (pos + alignment - 1) & ~(alignment - 1)
 
 
+Chunk = bytes | bytearray | memoryview
+
+
 def serialize(
     elf: ElfFile,
     new_data: Mapping[int, bytes | bytearray],
@@ -38,7 +41,20 @@ def serialize(
     new_entsize: Mapping[int, int] | None = None,
     new_addralign: Mapping[int, int] | None = None,
 ) -> bytes:
-    """The bytes of ``elf`` with section ``i``'s data replaced by ``new_data[i]``.
+    """The bytes of ``elf`` with section ``i``'s data replaced by ``new_data[i]`` (see :func:`chunks`)."""
+    return b"".join(chunks(elf, new_data, new_info, new_entsize, new_addralign))
+
+
+def chunks(
+    elf: ElfFile,
+    new_data: Mapping[int, bytes | bytearray],
+    new_info: Mapping[int, int] | None = None,
+    new_entsize: Mapping[int, int] | None = None,
+    new_addralign: Mapping[int, int] | None = None,
+) -> list[Chunk]:
+    """The bytes of ``elf`` with section ``i``'s data replaced by ``new_data[i]``, as
+    consecutive pieces: most are views of the input, so the output need never be
+    held whole (a caller writes them to a file in turn).
 
     ``new_info`` replaces ``sh_info`` of the given sections (the symbol table's
     first-global index moves when local symbols are inserted); ``new_entsize``
@@ -55,7 +71,7 @@ def serialize(
             aligns[i] = value
     new_off = array("Q", starts)  # arrays, not lists: a stress object's 100k offsets as machine words
     new_size = array("Q", secs.size)
-    chunks: list[bytes | bytearray | memoryview] = [b""]  # placeholder for the ELF header
+    out: list[Chunk] = [b""]  # placeholder for the ELF header
     pos = lay.ehdr.size
     view = elf.view
     # Unchanged sections that stay adjacent and keep one shift are copied as a
@@ -66,7 +82,7 @@ def serialize(
 
     def flush() -> None:
         if run_lo >= 0:
-            chunks.append(view[run_lo:run_hi])
+            out.append(view[run_lo:run_hi])
 
     # Section 0 keeps its header as is (it holds e_shnum/e_shstrndx overflow).
     # The loop runs once per section (100k in a stress object): its columns
@@ -90,22 +106,22 @@ def serialize(
                 continue
             flush()
             if start > pos:
-                chunks.append(bytes(start - pos))
+                out.append(bytes(start - pos))
             run_lo, run_hi, run_shift = old, old + size, start - old
         else:
             flush()
             run_lo = -1
             if start > pos:
-                chunks.append(bytes(start - pos))
+                out.append(bytes(start - pos))
             replaced = new_data[i]
-            chunks.append(replaced)
+            out.append(replaced)
             size = new_size[i] = len(replaced)
         new_off[i] = start
         pos = start + size
     flush()
     shoff = _align(pos, lay.ptr_size)
     if shoff > pos:
-        chunks.append(bytes(shoff - pos))
+        out.append(bytes(shoff - pos))
     # The header table: the input's, with offsets and sizes rewritten as columns.
     headers = bytearray(view[elf.e_shoff : elf.e_shoff + len(secs) * lay.shdr.size])
     for field, values in ((lay.shdr_fields[4], new_off), (lay.shdr_fields[5], new_size)):
@@ -117,8 +133,8 @@ def serialize(
         fmt, byte = lay.shdr_fields[field_index]
         for i, value in (updates or {}).items():
             struct.pack_into("<" + fmt, headers, i * lay.shdr.size + byte, value)
-    chunks.append(headers)
+    out.append(headers)
     ehdr = list(lay.ehdr.unpack_from(elf.data, 0))
     ehdr[6] = shoff  # e_shoff
-    chunks[0] = lay.ehdr.pack(*ehdr)
-    return b"".join(chunks)
+    out[0] = lay.ehdr.pack(*ehdr)
+    return out
