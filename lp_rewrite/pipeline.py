@@ -283,18 +283,20 @@ _WINDOW = 1 << 20
 def _first_difference(path: Path, pieces: list[Chunk]) -> str | None:
     """Where the file at ``path`` first differs from the pieces laid end to end, or None when it is them."""
     total = sum(memoryview(p).nbytes for p in pieces)
-    with path.open("rb") as f:
+    window = bytearray(_WINDOW)  # read into, and compared as a bytearray: memcmp (memoryviews compare per item)
+    with path.open("rb", buffering=0) as f:
         pos = 0
         for piece in pieces:
             view = memoryview(piece)
             for lo in range(0, view.nbytes, _WINDOW):
                 want = view[lo : lo + _WINDOW]
-                chunk = f.read(want.nbytes)
-                if chunk != want:
-                    if len(chunk) < want.nbytes and chunk == want[: len(chunk)]:
-                        return f"{pos + len(chunk)} bytes, not {total}"
-                    at = pos + next(i for i, (x, y) in enumerate(zip(chunk, want, strict=False)) if x != y)
-                    return f"byte {at:#x} differs"
+                got = memoryview(window)[: want.nbytes]
+                n = f.readinto(got)
+                if n != want.nbytes or window[: want.nbytes] != want:
+                    at = next((i for i in range(n) if got[i] != want[i]), None)
+                    if at is None:
+                        return f"{pos + n} bytes, not {total}"
+                    return f"byte {pos + at:#x} differs"
                 pos += want.nbytes
         if f.read(1):
             return f"more than {total} bytes"
