@@ -145,28 +145,48 @@ def nothing_to_retarget(funcs: FuncsTable, decisions: Decisions) -> str | None:
 class ExemptSections:
     """The keep list, matched by name (shell-style patterns).
 
-    The patterns become one regular expression, and verdicts are shared by
-    every payload checked with the same list (a batch of a thousand payloads
-    repeats the same section names).
+    Literal names and ``prefix*`` patterns (all of the default list) are
+    matched with string operations; any other pattern joins one regular
+    expression, compiled only then (a compile costs a millisecond of every
+    start-up). Verdicts are shared by every payload checked with the same
+    list (a batch of a thousand payloads repeats the same section names).
     """
 
-    _shared: ClassVar[dict[tuple[str, ...], tuple[re.Pattern[str], dict[str, bool]]]] = {}
+    _shared: ClassVar[dict[tuple[str, ...], tuple[_NameMatcher, dict[str, bool]]]] = {}
 
     def __init__(self, policy: Policy) -> None:
         self.patterns = policy.keep_patterns()
         entry = self._shared.get(self.patterns)
         if entry is None:
-            entry = (re.compile("|".join(fnmatch.translate(p) for p in self.patterns)), {})
+            entry = (_NameMatcher(self.patterns), {})
             self._shared[self.patterns] = entry
-        self._regex, self._cache = entry
+        self._match, self._cache = entry
 
     def __call__(self, name: str) -> bool:
         hit = self._cache.get(name)
         if hit is None:
-            hit = self._regex.match(name) is not None
+            hit = self._match(name)
             if len(self._cache) < 100_000:  # bounded: section names come from input files
                 self._cache[name] = hit
         return hit
+
+
+class _NameMatcher:
+    """Whether a name matches one of some shell-style patterns (as fnmatch.fnmatchcase)."""
+
+    def __init__(self, patterns: tuple[str, ...]) -> None:
+        def glob(p: str) -> bool:
+            return any(c in p for c in "*?[")
+
+        self._names = frozenset(p for p in patterns if not glob(p))
+        self._prefixes = tuple(p[:-1] for p in patterns if glob(p) and p.endswith("*") and not glob(p[:-1]))
+        rest = [p for p in patterns if glob(p) and not (p.endswith("*") and not glob(p[:-1]))]
+        self._regex = re.compile("|".join(fnmatch.translate(p) for p in rest)) if rest else None
+
+    def __call__(self, name: str) -> bool:
+        if name in self._names or name.startswith(self._prefixes):
+            return True
+        return self._regex is not None and self._regex.match(name) is not None
 
 
 class _Entries:

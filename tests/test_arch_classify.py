@@ -228,6 +228,22 @@ def test_keep_lists_share_verdicts_only_with_the_same_patterns() -> None:
     assert not a(".text.foo") and c(".text.foo") and not b(".text.foo")
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_keep_list_matches_as_fnmatch_does(seed: int) -> None:
+    """Literal names and ``prefix*`` are matched without a regex; every verdict is fnmatchcase's."""
+    import fnmatch
+    import random
+
+    patterns = (".ex_table", ".bug_frames.*", "foo?bar", "x[ab]*", "*.cold", "pre*fix*", "a*b", ".ARM.exidx*")
+    exempt = ExemptSections(Policy(default_keep=False, keep_sections=patterns))
+    rng = random.Random(seed)
+    names = [".ex_table", ".ex_table1", ".bug_frames.", ".bug_frames\n", "fooXbar", "xa", "x.cold", "a\nb"]
+    names += ["".join(rng.choice("ab.*?x[]\nfoprexit_c") for _ in range(rng.randint(0, 9))) for _ in range(2000)]
+    for name in names:
+        want = any(fnmatch.fnmatchcase(name, p) for p in exempt.patterns)
+        assert exempt(name) == want, name
+
+
 # -- the entry lookup (decide._Entries) --------------------------------------------------
 
 
