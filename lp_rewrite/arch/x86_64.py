@@ -45,7 +45,10 @@ _ABS32: Final = "a 32-bit absolute address (-fno-pic / -mcmodel=kernel): build w
 _S32 = struct.Struct("<i")
 _U64 = struct.Struct("<Q")
 # lea with a RIP-relative ModRM (mod=00, rm=101): 8D 05/0D/.../3D, disp32 follows.
-_LEA_RIP: Final = re.compile(rb"(?=\x8d[\x05\x0d\x15\x1d\x25\x2d\x35\x3d])")
+# lea with a RIP-relative ModRM. No lookahead needed: a match cannot overlap the
+# next, since a ModRM byte of this form is never 0x8D.
+_LEA_RIP: Final = re.compile(rb"\x8d[\x05\x0d\x15\x1d\x25\x2d\x35\x3d]")
+_FAST_FORMS: dict[int, tuple[Classification, Classification, Classification]] = {}
 
 
 class X86_64(Arch):
@@ -103,14 +106,29 @@ class X86_64(Arch):
         plain = self._plain.get(rtype)
         if plain is None or rtype not in _REL32 or not section.executable:
             return plain
-        site = fast_rel32(data, offset)  # the common forms, without formatting a location
-        if site is None:
-            try:
-                site = decode_rel32(data, offset, f"{section.name}+{offset:#x}")
-            except InputError as exc:
-                # Undecodable: assume the worst (an address after a bare rel32), and say so.
-                return Classification(plain.type, Kind.ADDRESS, 4, str(exc))
+        form = fast_rel32(data, offset)  # the common forms, without formatting a location
+        if form is not None:  # the field ends its instruction: one shared value per type and form
+            calls, addresses, accesses = self._fast_forms(rtype, plain)
+            return addresses if form is Form.LEA else accesses if form is Form.MEMORY else calls
+        try:
+            site = decode_rel32(data, offset, f"{section.name}+{offset:#x}")
+        except InputError as exc:
+            # Undecodable: assume the worst (an address after a bare rel32), and say so.
+            return Classification(plain.type, Kind.ADDRESS, 4, str(exc))
         return Classification(plain.type, _FORM_KIND[site.form], site.bias(offset))
+
+    def _fast_forms(self, rtype: int, plain: Classification) -> tuple[Classification, Classification, Classification]:
+        """A rel32 that ends its instruction, classified once per type: call or jump, lea, other access."""
+        found = _FAST_FORMS.get(rtype)
+        if found is None:
+            t = plain.type
+            found = (
+                Classification(t, Kind.CALL, 4),
+                Classification(t, Kind.ADDRESS, 4),
+                Classification(t, Kind.MEMORY, 4),
+            )
+            _FAST_FORMS[rtype] = found
+        return found
 
     def address_computations(
         self, data: bytes, targets: Set[int], in_data: Callable[[int], bool], decode_from: Callable[[int], int]

@@ -44,24 +44,29 @@ _LEA = 0x8D
 _NO_IMM_RIP_OPCODES = frozenset([0x89, 0x8B, 0x8D, 0xFF])
 
 
-def _fast(code: memoryview, field: int) -> Rel32Site | None:
-    """Recognise call/jmp/jcc rel32 and lea/mov/indirect-branch RIP forms."""
+def _fast_form(code: memoryview, field: int) -> Form | None:
+    """The form of a call/jmp/jcc rel32 or lea/mov/indirect-branch RIP field (it ends its instruction)."""
     if field < 1:
         return None
     b1 = code[field - 1]
-    end = field + 4
     if b1 == 0xE8:
-        return Rel32Site(end, Form.CALL)
+        return Form.CALL
     if b1 == 0xE9:
-        return Rel32Site(end, Form.JUMP)
+        return Form.JUMP
     if field < 2:
         return None
     b2 = code[field - 2]
     if b2 == 0x0F and 0x80 <= b1 <= 0x8F:
-        return Rel32Site(end, Form.JUMP)
+        return Form.JUMP
     if (b1 & 0xC7) == 0x05 and b2 in _NO_IMM_RIP_OPCODES:
-        return Rel32Site(end, Form.LEA if b2 == _LEA else Form.MEMORY)
+        return Form.LEA if b2 == _LEA else Form.MEMORY
     return None
+
+
+def _fast(code: memoryview, field: int) -> Rel32Site | None:
+    """Recognise call/jmp/jcc rel32 and lea/mov/indirect-branch RIP forms."""
+    form = _fast_form(code, field)
+    return None if form is None else Rel32Site(field + 4, form)
 
 
 # The last section decoded: (its view, its bytes, instruction starts, sizes,
@@ -126,5 +131,6 @@ def decode_rel32(code: memoryview, field: int, where: str) -> Rel32Site:
     return _fast(code, field) or _capstone(code, field, where)
 
 
-# The decoder's first stage alone: None when capstone would be needed.
-fast_rel32 = _fast
+# The decoder's first stage alone: None when capstone would be needed. The
+# field then ends its instruction (the site's bias is 4).
+fast_rel32 = _fast_form
