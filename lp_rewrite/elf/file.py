@@ -566,20 +566,16 @@ class ElfFile:
             raise UnsupportedObject("linked section", found, f"{found}, not to a relocatable object")
         # A relocation section is a table of entries whatever it relocates
         # (a loader may skip one with no loaded target; other readers do not).
-        tables = secs.tables
-        want = {C.SHT_REL: lay.rel.size, C.SHT_RELA: lay.rela.size}
-        ents = list(map(want.__getitem__, map(secs.type.__getitem__, tables)))
-        entsizes, sizes = list(map(secs.entsize.__getitem__, tables)), list(map(secs.size.__getitem__, tables))
-        if ents != entsizes or any(map(int.__mod__, sizes, ents)):  # C loops; the culprit only on failure
-            for i in tables:
-                ent = lay.reloc_entsize(secs.type[i])
-                if secs.entsize[i] != ent:
-                    raise InputError(f"{_Where(secs[i])}: sh_entsize {secs.entsize[i]} (expected {ent})")
-                if secs.size[i] % ent:
-                    raise InputError(f"{_Where(secs[i])}: size {secs.size[i]} is not a multiple of {ent}")
-        ends = list(map(int.__add__, secs.offset, secs.size))
-        for i in secs.without_file_data:
-            ends[i] = 0  # section 0 and NOBITS hold no data whatever their header says
+        tables = [i for i, t in enumerate(secs.type) if i and (t == C.SHT_REL or t == C.SHT_RELA)]
+        for i in tables:
+            ent = lay.reloc_entsize(secs.type[i])
+            if secs.entsize[i] != ent:
+                raise InputError(f"{_Where(secs[i])}: sh_entsize {secs.entsize[i]} (expected {ent})")
+            if secs.size[i] % ent:
+                raise InputError(f"{_Where(secs[i])}: size {secs.size[i]} is not a multiple of {ent}")
+        no_data = (C.SHT_NOBITS, C.SHT_NULL)
+        ends = [0 if t in no_data else o + n for t, o, n in zip(secs.type, secs.offset, secs.size, strict=True)]
+        ends[0] = 0  # section 0 holds no data whatever its header says
         if max(ends) > size:
             i = next(i for i, e in enumerate(ends) if e > size)
             sec = secs[i]
@@ -597,8 +593,6 @@ class ElfFile:
         lay = self.layout
         secs = self.sections
         starts = secs.offset
-        if self._laid_out_in_order(ends):
-            return
         spans = [(starts[i], e, i) for i, e in enumerate(ends) if e > starts[i]]
         # Linkers write sections in index order: then no sort is needed.
         if any(a[0] > b[0] for a, b in pairwise(spans)):
@@ -619,22 +613,6 @@ class ElfFile:
                 raise InputError(f"{what(who)} at {off:#x} overlaps {what(owner)}")
             if stop > end:
                 end, owner = stop, who
-
-    def _laid_out_in_order(self, ends: list[int]) -> bool:
-        """Whether the sections with data, in file order, follow one another after
-        the ELF header and before the header table without overlapping (how a
-        linker writes them). C loops over the columns; False means "walk and see".
-        """
-        secs = self.sections
-        order = sorted(compress(count(), map(int.__gt__, ends, secs.offset)), key=secs.offset.__getitem__)
-        if not order:
-            return True
-        starts, stops = list(map(secs.offset.__getitem__, order)), list(map(ends.__getitem__, order))
-        return (
-            starts[0] >= self.layout.ehdr.size
-            and max(stops) <= self.e_shoff
-            and not any(map(int.__lt__, starts[1:], stops))  # each starts at or past the previous one's end
-        )
 
     def _find_symtab(self) -> int:
         found = list(compress(count(), map(C.SHT_SYMTAB.__eq__, self.sections.type)))
