@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import mmap
 import os
+from collections.abc import Callable, Iterable
 from itertools import compress
 from operator import not_
 from typing import NamedTuple
@@ -200,17 +201,8 @@ def unsupported_relocations(payload: Payload) -> list[UnsupportedRelocation]:
     """Every relocation Xen would refuse ("Unhandled relocation"), in file order."""
     known = payload.arch.types
     elf = payload.elf
-    secs = elf.sections
-    loaded = [idx for idx in elf.relocation_sections if secs.flags[secs.info[idx]] & C.SHF_ALLOC]
-    applied = frozenset(known)
-    suspects: list[int] = []  # the tables with a type Xen does not apply: C loops over each run's types
-    for run in elf.relocation_runs(loaded):
-        if run.whole and applied.issuperset(run.types):
-            continue
-        all_applied = map(applied.issuperset, map(run.types.__getitem__, run.slices()))
-        suspects += compress(run.sections, map(not_, all_applied))
     out = []
-    for idx in sorted(suspects):
+    for idx in _tables_not(elf, _loaded_tables(elf), frozenset(known).issuperset):
         table = elf.relocations(idx)
         target = payload.elf.sections[table.target].name
         for i, t in enumerate(table.types):
@@ -234,13 +226,14 @@ def misapplied_relocations(payload: Payload) -> list[MisappliedRelocation]:
     secs = elf.sections
     by_kind = {C.SHT_REL: arch.misapplied_types(False), C.SHT_RELA: arch.misapplied_types(True)}
     out: list[MisappliedRelocation] = []
-    if not any(by_kind.values()):
-        return out  # x86-64, AArch64: not a single table is read
-    for idx in elf.relocation_sections:
+    tables = []
+    for kind, watched in by_kind.items():  # none watched on x86-64 and AArch64: no table is read
+        if watched:
+            of_kind = [idx for idx in _loaded_tables(elf) if secs.type[idx] == kind]
+            tables += _tables_not(elf, of_kind, watched.isdisjoint)
+    for idx in sorted(tables):
         target = secs.info[idx]
-        watched = by_kind.get(secs.type[idx])
-        if not watched or not secs.flags[target] & C.SHF_ALLOC or watched.isdisjoint(elf.relocation_types(idx)):
-            continue
+        watched = by_kind[secs.type[idx]]
         table = elf.relocations(idx)
         data = elf.section_data(target)
         for i, t in enumerate(table.types):
@@ -257,6 +250,26 @@ def misapplied_relocations(payload: Payload) -> list[MisappliedRelocation]:
                     )
                 )
     return out
+
+
+def _loaded_tables(elf: ElfFile) -> list[int]:
+    """The relocation tables Xen applies: those of SHF_ALLOC sections."""
+    secs = elf.sections
+    return [idx for idx in elf.relocation_sections if secs.flags[secs.info[idx]] & C.SHF_ALLOC]
+
+
+def _tables_not(elf: ElfFile, tables: list[int], clean: Callable[[Iterable[int]], bool]) -> list[int]:
+    """Those of ``tables`` whose set of relocation types is not ``clean``, in index order.
+
+    ``clean`` holds of every subset of a clean set (no type of interest among
+    them), so a run that is clean as a whole is skipped with one C loop.
+    """
+    found: list[int] = []
+    for run in elf.relocation_runs(tables):
+        if run.whole and clean(run.types):
+            continue
+        found += compress(run.sections, map(not_, map(clean, map(run.types.__getitem__, run.slices()))))
+    return sorted(found)
 
 
 def symbol_label(payload: Payload, sym: int) -> str:

@@ -239,12 +239,6 @@ class SectionTable(Sequence[Section]):
         return array("I", compress(range(1, self.total), map(kinds.__contains__, self.type[1:])))
 
     @cached_property
-    def without_file_data(self) -> list[int]:
-        """Index 0 and every SHT_NOBITS/SHT_NULL section (no contents in the file)."""
-        no_data = (C.SHT_NOBITS, C.SHT_NULL)
-        return [0, *compress(range(1, self.total), map(no_data.__contains__, self.type[1:]))]
-
-    @cached_property
     def with_file_data(self) -> list[int]:
         """Index of every section with contents in the file, in index order."""
         no_data = (C.SHT_NOBITS, C.SHT_NULL)
@@ -683,8 +677,9 @@ class ElfFile:
 
     # -- relocation tables without building them ----------------------------
     #
-    # A stress object has 50k relocation sections. These read one field of
-    # every entry through a strided memoryview: a C loop per section, no list.
+    # A stress object has 50k relocation sections. Tables adjacent in the file
+    # are read as runs (lp_rewrite/elf/runs.py): one strided view per field
+    # over the file-wide typed view, a C loop per run.
 
     @cached_property
     def _typed_views(self) -> dict[str, memoryview]:
@@ -709,53 +704,6 @@ class ElfFile:
             view = self.typed_view(fmt)
             return array(fmt, view[(start + off) // item : (start + size) // item : entsize // item].tobytes())
         return column(self.section_data(index), field, entsize)
-
-    @cached_property
-    def _words(self) -> dict[int, memoryview]:
-        """The whole file as 4- and 8-byte words (for strided reads)."""
-        return {4: self.typed_view("I"), 8: self.typed_view("Q")}
-
-    # Every REL/RELA section past section 0 has its type's entry size and a
-    # whole number of entries (_parse_sections refuses any other): the
-    # strided reads below need only alignment and file data.
-
-    def _reloc_view(self, index: int, fmt: str) -> memoryview | None:
-        secs = self.sections
-        if not _NATIVE_LE or not secs.has_file_data(index):
-            return None
-        off = secs.offset[index]
-        view: memoryview = self.view[off : off + secs.size[index]].cast(fmt)  # type: ignore[call-overload]
-        return view
-
-    def relocation_syms(self, index: int) -> Iterable[int]:
-        """Symbol index of every entry of a relocation section."""
-        lay = self.layout
-        secs = self.sections
-        if lay.rel_sym is not None and _NATIVE_LE:
-            # A slice of the file-wide word view: no cast per section.
-            off, size, ent = secs.offset[index], secs.size[index], secs.entsize[index]
-            if not off % 4 and secs.has_file_data(index):
-                return self._words[4][(off + lay.rel_sym[1]) // 4 : (off + size) // 4 : ent // 4]
-        if lay.rel_sym is not None:
-            view = self._reloc_view(index, "I")
-            if view is not None:
-                ent = self.sections.entsize[index] // 4
-                return view[lay.rel_sym[1] // 4 :: ent]
-        return self.relocations(index).syms
-
-    def relocation_types(self, index: int) -> set[int]:
-        """The distinct relocation types of a section."""
-        lay = self.layout
-        fmt, off = lay.rel_type
-        secs = self.sections
-        start, size, ent = secs.offset[index], secs.size[index], secs.entsize[index]
-        if fmt == "I" and _NATIVE_LE and not start % 4 and secs.has_file_data(index):  # a slice of the file view
-            return set(self._words[4][(start + off) // 4 : (start + size) // 4 : ent // 4])
-        view = self._reloc_view(index, fmt)
-        if view is None:
-            return set(self.relocations(index).types)
-        step = self.sections.entsize[index] // view.itemsize
-        return set(view[off // view.itemsize :: step])
 
     @cached_property
     def _runs(self) -> RunIndex:

@@ -54,9 +54,6 @@ class RelocationRun:
         begin, ent = self.place
         return begin + lo * ent, begin + hi * ent
 
-    def rows(self) -> int:
-        return sum(self.stops) - sum(self.starts)
-
     def slices(self) -> Iterable[slice]:
         """Each table's rows, as a slice of the columns."""
         return map(slice, self.starts, self.stops)
