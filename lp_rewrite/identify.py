@@ -185,10 +185,8 @@ def _read_string(payload: Payload, places: _RelocatedPlaces, section: int, offse
     if end == start:
         raise InputError(f"name string at {sec.name}+{offset:#x} is empty", location=at)
     places.refuse_overlap(section, offset, offset + (end - start), at)
-    raw = payload.elf.data[start:end]
-    payload.elf.release(start, end)  # names lie a page apart in a big object: a mapped file lets each go
     try:
-        return raw.decode("ascii")
+        return payload.elf.data[start:end].decode("ascii")
     except UnicodeDecodeError:
         raise InputError(f"name string at {sec.name}+{offset:#x} is not ASCII", location=at) from None
 

@@ -247,7 +247,7 @@ def _check_relocations(inp: Payload, out: Payload, plan: Plan, symbol_map: Index
         # The output's tables are the input's with each planned entry re-encoded:
         # a window of adjacent tables is one comparison of bytes. A window that
         # differs is checked table by table, and a table entry by entry (which names it).
-        planned = _PlannedBytes(inp, by_section, alias_index, plan)
+        planned = _PlannedBytes(inp, by_section, alias_index)
         for window in _windows(a, edited):
             if not planned.matches(b, window):
                 for idx in window:
@@ -281,12 +281,11 @@ class _PlannedBytes:
     """The input's relocation tables with the planned entries naming their alias (RELA: and their addend)."""
 
     def __init__(
-        self, inp: Payload, by_section: dict[int, list[tuple[Decision, int]]], alias_index: dict[int, int], plan: Plan
+        self, inp: Payload, by_section: dict[int, list[tuple[Decision, int]]], alias_index: dict[int, int]
     ) -> None:
         self.elf = inp.elf
         self.by_section = by_section
         self.alias_index = alias_index
-        self.plan = plan
 
     def _patch(self, buf: bytearray, at: int, idx: int) -> None:
         """Re-encode the planned entries of table ``idx``, which starts at ``buf[at]``."""
