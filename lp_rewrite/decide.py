@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 import fnmatch
 import re
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from itertools import accumulate, compress, count
@@ -25,8 +25,8 @@ from typing import ClassVar
 
 from lp_rewrite.arch import Kind
 from lp_rewrite.elf import consts as C
-from lp_rewrite.elf.file import ElfFile, RelocTable
-from lp_rewrite.elf.runs import RelocationRun
+from lp_rewrite.elf.file import RelocTable
+from lp_rewrite.elf.runs import RelocationRun, entries_naming
 from lp_rewrite.errors import InputError
 from lp_rewrite.identify import FuncsTable, Replacement
 from lp_rewrite.policy import Policy
@@ -259,41 +259,11 @@ def decide(
     else:
         # Only entries naming a symbol in a replacement's section can reach one:
         # found a run of tables at a time (C loops), decided in table order.
-        found = sorted(_entries_naming(elf, tables, interesting).items())
-        for ridx, (run, base, todo) in found:
+        for ridx, run, base, todo in entries_naming(elf, tables, interesting):
             _decide_entries(payload, ridx, run, base, todo, by_section, interesting, exempt, out.items)
         out.counts[Reason.KEEP_NOT_REPLACED] += out.total - len(out.items)
     out.counts.update(d.reason for d in out.items)
     return out
-
-
-_SCAN_ROWS = 1 << 16  # relocation entries scanned per window
-
-
-def _entries_naming(
-    elf: ElfFile, tables: list[int], symbols: set[int]
-) -> dict[int, tuple[RelocationRun, int, list[int]]]:
-    """Per relocation table with an entry naming one of ``symbols``: its run,
-    where the table starts in it, and those entries' numbers."""
-    found: dict[int, tuple[RelocationRun, int, list[int]]] = {}
-    for run in elf.relocation_runs(tables):
-        hits: list[int] = []
-        for lo in range(0, len(run.syms), _SCAN_ROWS):  # a window at a time: a mapped file lets it go after
-            hits += compress(count(lo), map(symbols.__contains__, run.syms[lo : lo + _SCAN_ROWS]))
-            elf.release(*run.file_span(lo, lo + _SCAN_ROWS))
-        starts, stops = run.starts, run.stops
-        j = 0
-        while j < len(hits):
-            k = bisect_right(starts, hits[j]) - 1  # the table whose rows begin last before this one
-            stop = stops[k] if k >= 0 else 0
-            end = bisect_left(hits, stop, j)
-            if end > j:  # rows of one of the tables asked about
-                base = starts[k]
-                found[run.sections[k]] = (run, base, [h - base for h in hits[j:end]])
-                j = end
-            else:  # a row of a table not asked about: skip to the next table's rows
-                j = bisect_left(hits, starts[k + 1], j) if k + 1 < len(starts) else len(hits)
-    return found
 
 
 def _decide_entries(

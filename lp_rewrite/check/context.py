@@ -14,14 +14,14 @@ import bisect
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from itertools import compress, count, repeat
-from operator import itemgetter, sub
+from operator import itemgetter
 from typing import Any, TypeVar
 
 from lp_rewrite.arch import Classification, Kind
 from lp_rewrite.decide import ExemptSections
 from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.file import Section, encode_name
+from lp_rewrite.elf.runs import entries_naming
 from lp_rewrite.errors import InputError
 from lp_rewrite.identify import FuncsTable, Replacement
 from lp_rewrite.livepatch_abi import FUNCS_SECTION, HOOK_SECTIONS
@@ -264,27 +264,12 @@ class Context:
                 yield self._resolve(ridx, i, sec, data, reloc, sym, offset, addend)
 
     def tables_against(self, symbols: set[int]) -> list[tuple[int, list[int]]]:
-        """(relocation section, its entry numbers against ``symbols``) of each table that has one, in index order.
-
-        The symbol column of each run of adjacent tables (:meth:`~lp_rewrite.elf.file.ElfFile.relocation_runs`)
-        is matched in one C loop; only the matching rows are then placed in their tables.
-        """
-        elf = self.elf
-        found: list[tuple[int, list[int]]] = []
-        for run in elf.relocation_runs(elf.relocation_sections):
-            rows = list(compress(count(), map(symbols.__contains__, run.syms)))
-            starts, stops = run.starts, run.stops
-            pos = 0
-            while pos < len(rows):  # from table to table that has a match (bisections, not a step per table)
-                k = bisect.bisect_right(starts, rows[pos]) - 1
-                if k >= 0 and rows[pos] < stops[k]:
-                    end = bisect.bisect_left(rows, stops[k], pos)
-                    found.append((run.sections[k], list(map(sub, rows[pos:end], repeat(starts[k])))))
-                    pos = end
-                else:  # rows of tables left out of the run's selection
-                    pos = bisect.bisect_left(rows, starts[k + 1], pos) if k + 1 < len(starts) else len(rows)
-        found.sort()
-        return found
+        """(relocation section, its entry numbers against ``symbols``) of each table that has one, in index order
+        (:func:`lp_rewrite.elf.runs.entries_naming`: C loops over each run of adjacent tables)."""
+        return [
+            (ridx, picked)
+            for ridx, _run, _base, picked in entries_naming(self.elf, self.elf.relocation_sections, symbols)
+        ]
 
     def entries(self, ridx: int, picked: Iterable[int]) -> Iterator[tuple[int, int, int, int, int | None]]:
         """(index, type, symbol, offset, explicit addend or None for REL) of entries ``picked`` of a relocation table.

@@ -16,7 +16,8 @@ the columns :class:`~lp_rewrite.elf.file.RelocTable` reads and validates.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterable, Sequence
+from bisect import bisect_left, bisect_right
+from collections.abc import Container, Iterable, Sequence
 from itertools import accumulate, compress, count, filterfalse, repeat
 from operator import floordiv, rshift
 from typing import TYPE_CHECKING
@@ -141,3 +142,38 @@ class RunIndex:
             place = (elf.sections.offset[i], table.entsize)
             out.append(RelocationRun([i], [0], [table.count], True, columns, place))
         return out
+
+
+# Relocation entries scanned per window: a mapped file lets each window's pages go.
+_SCAN_ROWS = 1 << 16
+
+
+def entries_naming(
+    elf: ElfFile, tables: Iterable[int], symbols: Container[int]
+) -> list[tuple[int, RelocationRun, int, list[int]]]:
+    """``(table, its run, the table's first row in the run, its entries naming one of symbols)``
+    for each of ``tables`` with such an entry, in table index order.
+
+    A run's symbol column is matched with C loops, a window at a time; only
+    the matching rows are then placed in their tables (bisections, not a
+    step per table).
+    """
+    found: list[tuple[int, RelocationRun, int, list[int]]] = []
+    for run in elf.relocation_runs(tables):
+        rows: list[int] = []
+        for lo in range(0, len(run.syms), _SCAN_ROWS):
+            rows += compress(count(lo), map(symbols.__contains__, run.syms[lo : lo + _SCAN_ROWS]))
+            elf.release(*run.file_span(lo, lo + _SCAN_ROWS))
+        starts, stops = run.starts, run.stops
+        j = 0
+        while j < len(rows):
+            k = bisect_right(starts, rows[j]) - 1  # the table whose rows begin last before this one
+            end = bisect_left(rows, stops[k], j) if k >= 0 else j
+            if end > j:  # rows of one of the tables asked about
+                base = starts[k]
+                found.append((run.sections[k], run, base, [r - base for r in rows[j:end]]))
+                j = end
+            else:  # a row of a table not asked about: skip to the next table's rows
+                j = bisect_left(rows, starts[k + 1], j) if k + 1 < len(starts) else len(rows)
+    found.sort(key=lambda hit: hit[0])
+    return found
