@@ -23,7 +23,7 @@ refuses it anyway, and the rules that see why say so.
 from __future__ import annotations
 
 from lp_rewrite.check.context import Context
-from lp_rewrite.check.findings import Finding, Place, make
+from lp_rewrite.check.findings import Finding, make
 from lp_rewrite.check.xen import XenImage
 from lp_rewrite.errors import InputError
 from lp_rewrite.loader import LoadedPayload, MisdirectedBranch, default_base, load, synthetic_table, wanted_names
@@ -87,7 +87,7 @@ def check(ctx: Context, xen: XenImage | None) -> list[Finding]:
                 f"{target} {short} bytes short (it clears bit 0 of the word offset, which is odd here at any "
                 f"page-aligned load address, as Xen's are): it will execute the instruction before {target} "
                 f"instead; {_FIX}",
-                Place(ctx.elf.sections[r.section].name, r.offset, ctx.file_offset(r.section, r.offset), r.width),
+                ctx.place(r.section, r.offset, r.width),
                 symbol=symbol,
             )
         )

@@ -18,6 +18,7 @@ from operator import itemgetter
 from typing import Any, TypeVar
 
 from lp_rewrite.arch import Classification, Kind
+from lp_rewrite.check.findings import Place
 from lp_rewrite.decide import ExemptSections
 from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.file import Section, encode_name
@@ -86,6 +87,10 @@ class Context:
     def file_offset(self, section: int, offset: int) -> int | None:
         secs = self.elf.sections
         return secs.offset[section] + offset if secs.has_file_data(section) else None
+
+    def place(self, section: int, offset: int, width: int) -> Place:
+        """Where a finding points: ``width`` bytes at ``offset`` in section ``section``, and in the file."""
+        return Place(self.elf.sections.name(section), offset, self.file_offset(section, offset), width)
 
     def counts(self, section: int) -> bool:
         """Whether references in section ``section`` reach the running hypervisor as they are."""

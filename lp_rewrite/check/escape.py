@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from lp_rewrite.arch import Kind
 from lp_rewrite.check.context import Context, Reference
-from lp_rewrite.check.findings import Finding, Place, make
+from lp_rewrite.check.findings import Finding, make
 
 
 def _hook_kind(section: str) -> str:
@@ -58,7 +58,7 @@ def escape_message(ctx: Context, name: str, section: int, offset: int, how: str,
 def _finding(ctx: Context, ref: Reference, name: str) -> Finding:
     how = ref.reloc.name + (f"; {ref.note}" if ref.note else "")
     msg = escape_message(ctx, name, ref.section.index, ref.offset, how, ref.kind is Kind.POINTER)
-    place = Place(ref.section.name, ref.offset, ctx.file_offset(ref.section.index, ref.offset), ref.reloc.width or 4)
+    place = ctx.place(ref.section.index, ref.offset, ctx.arch.place_width(ref.reloc.type.code))
     return make("LP002", msg, place, symbol=name)
 
 

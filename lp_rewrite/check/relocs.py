@@ -45,7 +45,6 @@ def not_rewritten(ctx: Context, decisions: Decisions | None) -> list[Finding]:
     if decisions is None or ctx.funcs is None:
         return []
     out = []
-    elf = ctx.elf
     for d in decisions.retargets:
         rep = ctx.funcs.replacements[d.replacement] if d.replacement is not None else None
         orig = rep.original if rep else "a replaced function"
@@ -59,7 +58,7 @@ def not_rewritten(ctx: Context, decisions: Decisions | None) -> list[Finding]:
                 "LP001",
                 f"{ctx.where(d.section, d.offset)}: {rt.name} {what}. The payload was not rewritten (or with "
                 f"another keep list): run `lp-rewrite rewrite`{keep}",
-                Place(elf.sections[d.section].name, d.offset, ctx.file_offset(d.section, d.offset), rt.width or 4),
+                ctx.place(d.section, d.offset, ctx.arch.place_width(d.rtype)),
                 symbol=orig,
             )
         )
@@ -90,7 +89,7 @@ def _out_of_reach(ctx: Context, decisions: Decisions) -> list[Finding]:
                 f"{ctx.where(d.section, d.offset)}: {rt.name} {what}. No rewrite can move it: the field reaches "
                 f"{rt.reach:#x} bytes either way, and Xen places a payload up to {ctx.arch.livepatch_range:#x} "
                 f"bytes from the functions it patches; {ctx.arch.out_of_reach_fix}",
-                Place(ctx.elf.sections[d.section].name, d.offset, ctx.file_offset(d.section, d.offset), rt.width or 4),
+                ctx.place(d.section, d.offset, ctx.arch.place_width(d.rtype)),
                 symbol=orig,
             )
         )
@@ -99,7 +98,7 @@ def _out_of_reach(ctx: Context, decisions: Decisions) -> list[Finding]:
 
 def _at(ctx: Context, r: UnsupportedRelocation | MisappliedRelocation) -> tuple[str, Place]:
     """Where a refused or misapplied relocation writes: ``function+0x..`` and its place in the file."""
-    return ctx.where(r.target, r.offset), Place(r.section, r.offset, ctx.file_offset(r.target, r.offset), 4)
+    return ctx.where(r.target, r.offset), ctx.place(r.target, r.offset, 4)
 
 
 def unsupported(ctx: Context) -> list[Finding]:

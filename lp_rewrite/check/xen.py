@@ -228,10 +228,9 @@ def _first_references(ctx: Context, symbols: set[int]) -> dict[int, Place]:
     secs = ctx.elf.sections
     for ridx, picked in ctx.tables_against(symbols):
         target = secs.info[ridx]
-        name = secs.name(target)
         for _i, _type, s, off, _addend in ctx.entries(ridx, picked):
             if s not in out:
-                out[s] = Place(name, off, ctx.file_offset(target, off), 4)
+                out[s] = ctx.place(target, off, 4)
     return out
 
 
@@ -394,7 +393,7 @@ def check_ibt(ctx: Context, xen: XenImage, decisions: Decisions | None) -> list[
                 make(
                     "LP007",
                     f"{ctx.where(ref.section.index, ref.offset)} takes the address of {what}, which {why}: {_IBT_FIX}",
-                    Place(ref.section.name, ref.offset, ctx.file_offset(ref.section.index, ref.offset), 4),
+                    ctx.place(ref.section.index, ref.offset, 4),
                     symbol=name,
                 )
             )
@@ -405,13 +404,12 @@ def check_ibt(ctx: Context, xen: XenImage, decisions: Decisions | None) -> list[
             rep = ctx.funcs.replacements[d.replacement]
             why = _ibt_problem(xen, pad, rep.old_literal or _address_of(xen, rep.original))
             if why is not None:
-                section = ctx.elf.sections[d.section]
                 out.append(
                     make(
                         "LP007",
                         f"{ctx.where(d.section, d.offset)} takes the address of {rep.original}, which the rewrite "
                         f"retargets to the hypervisor's original, which {why}: {_IBT_FIX}",
-                        Place(section.name, d.offset, ctx.file_offset(d.section, d.offset), 4),
+                        ctx.place(d.section, d.offset, 4),
                         symbol=rep.original,
                     )
                 )
@@ -483,7 +481,7 @@ def check_init(ctx: Context, xen: XenImage) -> list[Finding]:
     out = []
     for i, (ref, use, n) in _init_references(ctx, set(targets)).items():
         name, what, section, kind = targets[i]
-        place = Place(ref.section.name, ref.offset, ctx.file_offset(ref.section.index, ref.offset), 4)
+        place = ctx.place(ref.section.index, ref.offset, 4)
         out.append(
             make(
                 "LP018",
