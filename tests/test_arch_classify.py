@@ -10,18 +10,20 @@ fails here.
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import pytest
 
-from lp_rewrite.arch import DEFAULT_HINT, GOT_HINT, Arch, Kind
+from lp_rewrite.arch import DEFAULT_HINT, GOT_HINT, Arch, Kind, arch_for
 from lp_rewrite.arch.aarch64 import ARCH as AARCH64
 from lp_rewrite.arch.arm import ARCH as ARM
 from lp_rewrite.arch.x86_64 import ARCH as X86
 from lp_rewrite.decide import ExemptSections, _Entries
 from lp_rewrite.elf import consts as C
-from lp_rewrite.elf.file import Section
+from lp_rewrite.elf.file import ElfFile, Section
 from lp_rewrite.identify import Replacement
 from lp_rewrite.policy import Policy
+from tests.conftest import COMMITTED
 
 K = Kind
 # name -> (kind, bias, width, reach); the bias is the type's own (no decoding).
@@ -191,6 +193,46 @@ def test_x86_rel32_that_no_decoder_places_is_the_worst_case_with_a_note() -> Non
     kind, bias, note = _x86(b"\x06" + bytes(4), 1)  # 0x06 is invalid in 64-bit mode
     assert (kind, bias) == (K.ADDRESS, 4)
     assert note == ".text+0x1: cannot decode the instruction holding this rel32 field"
+
+
+def test_x86_classify_all_answers_as_classify_field_by_field() -> None:
+    """One call for a table's fields gives what classify() gives each: the call/jmp shortcut
+    included, a field at offset 0 (no byte before it to read) and types Xen refuses."""
+    code = b"".join(
+        [
+            bytes(4),  # a rel32 at offset 0: nothing precedes it
+            b"\xe8" + bytes(4),  # call
+            b"\xe9" + bytes(4),  # jmp
+            b"\x0f\x84" + bytes(4),  # je
+            b"\x48\x8d\x05" + bytes(4),  # lea
+            b"\x48\x8b\x05" + bytes(4),  # mov
+            b"\x83\x3d" + bytes(4) + b"\x01",  # cmpl $1: capstone
+            b"\x06" + bytes(4),  # undecodable
+            b"\xe8",  # the last byte, which data[0 - 1] would read
+        ]
+    )
+    view = memoryview(code)
+    fields = [0, 5, 10, 17, 24, 31, 36, 42]
+    for section in (TEXT, DATA):
+        for rtypes in ([_PC32] * len(fields), [_PLT32] * len(fields), [_PC32, 1, _PLT32, 0, 99, _PC32, _PLT32, 1]):
+            want = [X86.classify(t, section, view, off) for t, off in zip(rtypes, fields, strict=True)]
+            assert X86.classify_all(section, view, rtypes, fields) == want
+    # The shortcut is taken where it may be: a call, and not the field at offset 0.
+    got = X86.classify_all(TEXT, view, [_PC32, _PC32], [0, 5])
+    assert got[0] is not None and got[0].kind is K.ADDRESS and got[0].note
+    assert got[1] is not None and got[1].kind is K.CALL
+
+
+@pytest.mark.parametrize("payload", sorted(COMMITTED.glob("*/*.livepatch")), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_classify_all_answers_as_classify_on_every_committed_table(payload: Path) -> None:
+    elf = ElfFile(payload.read_bytes(), payload.name)
+    arch = arch_for(elf)
+    for idx in elf.relocation_sections:
+        table = elf.relocations(idx)
+        target = elf.sections.info[idx]
+        section, data = elf.sections[target], elf.section_data(target)
+        want = [arch.classify(t, section, data, off) for t, off in zip(table.types, table.offsets, strict=True)]
+        assert arch.classify_all(section, data, list(table.types), list(table.offsets)) == want, section.name
 
 
 def test_arm_branch_bias_is_the_pipeline_offset() -> None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import enum
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Set
+from collections.abc import Callable, Iterator, Mapping, Sequence, Set
 from functools import cached_property
 from types import MappingProxyType
 from typing import Final, NamedTuple
@@ -167,6 +167,18 @@ class Arch(ABC):
         the worst case, with a ``note`` saying why.
         """
         return self._plain.get(rtype)
+
+    def classify_all(
+        self, section: Section, data: memoryview, rtypes: Sequence[int], offsets: Sequence[int]
+    ) -> list[Classification | None]:
+        """:meth:`classify` of each (type, offset) pair of one section, in one call.
+
+        The rewrite and the gate classify a table's entries together; a target
+        whose classification needs more than the type (x86-64) answers them in
+        one loop rather than one method call each.
+        """
+        classify = self.classify
+        return [classify(rtype, section, data, offset) for rtype, offset in zip(rtypes, offsets, strict=True)]
 
     def check_header(self, elf: ElfFile) -> None:
         """Raise InputError unless Xen would accept this object's header."""

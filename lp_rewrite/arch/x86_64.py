@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Callable, Iterator, Mapping, Set
+from collections.abc import Callable, Iterator, Mapping, Sequence, Set
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any, Final
 
 from lp_rewrite.arch import GOT_HINT, AddressSite, Arch, Classification, Kind, LoadError, RelocType
-from lp_rewrite.arch.x86_insn import Form, decode_rel32, fast_rel32
+from lp_rewrite.arch.x86_insn import CALL_JMP_OPCODES, Form, decode_rel32, fast_rel32
 from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.file import ElfFile, Section
 from lp_rewrite.errors import InputError
@@ -48,6 +49,7 @@ _U64 = struct.Struct("<Q")
 # lea with a RIP-relative ModRM. No lookahead needed: a match cannot overlap the
 # next, since a ModRM byte of this form is never 0x8D.
 _LEA_RIP: Final = re.compile(rb"\x8d[\x05\x0d\x15\x1d\x25\x2d\x35\x3d]")
+_CALL_JMP: Final = CALL_JMP_OPCODES
 _FAST_FORMS: dict[int, tuple[Classification, Classification, Classification]] = {}
 
 
@@ -106,9 +108,43 @@ class X86_64(Arch):
         plain = self._plain.get(rtype)
         if plain is None or rtype not in _REL32 or not section.executable:
             return plain
+        return self._in_code(rtype, plain, section, data, offset)
+
+    def classify_all(
+        self, section: Section, data: memoryview, rtypes: Sequence[int], offsets: Sequence[int]
+    ) -> list[Classification | None]:
+        """As :meth:`classify` per entry. A payload's fields in code are mostly call/jmp rel32
+        (E8/E9 just before the field): those are answered in one comprehension, the first test
+        of the decoder's fast path; only the rest are classified one by one."""
+        plain = self._plain
+        if not section.executable:
+            return list(map(plain.get, rtypes))
+        calls = self._calls
+        out: list[Classification | None] = [
+            calls.get(rtype) if offset and data[offset - 1] in _CALL_JMP else None
+            for rtype, offset in zip(rtypes, offsets, strict=True)
+        ]
+        for k in [k for k, found in enumerate(out) if found is None]:
+            rtype = rtypes[k]
+            found = plain.get(rtype)
+            if found is not None and rtype in _REL32:
+                found = self._in_code(rtype, found, section, data, offsets[k])
+            out[k] = found
+        return out
+
+    @cached_property
+    def _calls(self) -> dict[int, Classification]:
+        """The classification of a call/jmp rel32, per rel32 type."""
+        plain = self._plain
+        return {rtype: self._fast_forms(rtype, plain[rtype])[0] for rtype in _REL32}
+
+    def _in_code(
+        self, rtype: int, plain: Classification, section: Section, data: memoryview, offset: int
+    ) -> Classification:
+        """A rel32 field in code, classified by the instruction that holds it."""
         form = fast_rel32(data, offset)  # the common forms, without formatting a location
         if form is not None:  # the field ends its instruction: one shared value per type and form
-            calls, addresses, accesses = self._fast_forms(rtype, plain)
+            calls, addresses, accesses = _FAST_FORMS.get(rtype) or self._fast_forms(rtype, plain)
             return addresses if form is Form.LEA else accesses if form is Form.MEMORY else calls
         try:
             site = decode_rel32(data, offset, f"{section.name}+{offset:#x}")

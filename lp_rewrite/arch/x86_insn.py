@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 from bisect import bisect_right
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from lp_rewrite.errors import InputError
 
@@ -41,6 +41,9 @@ class Rel32Site(NamedTuple):
 # byte before that is the opcode's last byte. For these four it always means
 # "no immediate follows" (they are never the tail of an opcode with an imm8).
 _LEA = 0x8D
+# The opcode just before the rel32 field of call and jmp: the decoder's first
+# test, which callers with many fields may apply to all of them at once.
+CALL_JMP_OPCODES: Final = (0xE8, 0xE9)
 _NO_IMM_RIP_OPCODES = frozenset([0x89, 0x8B, 0x8D, 0xFF])
 
 

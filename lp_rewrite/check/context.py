@@ -22,7 +22,7 @@ from lp_rewrite.check.findings import Place
 from lp_rewrite.decide import ExemptSections
 from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.file import Section, encode_name
-from lp_rewrite.elf.runs import entries_naming
+from lp_rewrite.elf.runs import RelocationRun, entries_naming
 from lp_rewrite.errors import InputError
 from lp_rewrite.identify import FuncsTable, Replacement
 from lp_rewrite.livepatch_abi import FUNCS_SECTION, HOOK_SECTIONS
@@ -247,26 +247,33 @@ class Context:
         it has one, and only those entries are read and classified: classifying
         (decoding x86 code) is the expensive part.
         """
-        elf, classify = self.elf, self.arch.classify
+        elf, classify_all = self.elf, self.arch.classify_all
         secs = elf.sections
         info = secs.info
-        tables: Iterable[tuple[int, Sequence[int]]]
+        tables: Iterable[tuple[int, RelocationRun, int, Sequence[int]]]
         if symbols is None:
-            tables = ((ridx, range(secs.size[ridx] // secs.entsize[ridx])) for ridx in elf.relocation_sections)
+            tables = (
+                (ridx, run, start, range(stop - start))
+                for run in elf.relocation_runs(elf.relocation_sections)
+                for ridx, start, stop in zip(run.sections, run.starts, run.stops, strict=True)
+            )
         else:
-            tables = self.tables_against(symbols)
-        for ridx, picked in tables:
+            tables = entries_naming(elf, elf.relocation_sections, symbols)
+        for ridx, run, base, picked in tables:
             target = info[ridx]
             if not picked or not wanted(target):
                 continue
             sec, data = secs[target], elf.section_data(target)
-            for i, rtype, sym, offset, addend in self.entries(ridx, picked):
-                reloc = classify(rtype, sec, data, offset)
+            rows = [base + i for i in picked]
+            offsets, addends, syms = run.offsets, run.addends, run.syms
+            kinds = classify_all(sec, data, [run.types[r] for r in rows], [offsets[r] for r in rows])
+            for i, row, reloc in zip(picked, rows, kinds, strict=True):
                 if reloc is None:
                     continue  # refused at load: LP003 reports it
                 if not calls and reloc.kind is Kind.CALL:
                     continue
-                yield self._resolve(ridx, i, sec, data, reloc, sym, offset, addend)
+                addend = addends[row] if addends is not None else None
+                yield self._resolve(ridx, i, sec, data, reloc, syms[row], offsets[row], addend)
 
     def tables_against(self, symbols: set[int]) -> list[tuple[int, list[int]]]:
         """(relocation section, its entry numbers against ``symbols``) of each table that has one, in index order
