@@ -20,9 +20,12 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left, bisect_right
+from collections.abc import Callable
+from functools import partial
 from typing import NamedTuple
 
 from lp_rewrite.arch import Kind
+from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.file import Section
 from lp_rewrite.errors import InputError, Location
 from lp_rewrite.livepatch_abi import (
@@ -168,36 +171,57 @@ class _Entry:
         return rel
 
 
-def _read_string(payload: Payload, places: _RelocatedPlaces, section: int, offset: int, at: Location) -> str:
-    """The name string at ``section+offset``; errors are located at the pointer field ``at``."""
-    sec = payload.elf.sections[section]
-    if not sec.has_file_data or not 0 <= offset < sec.sh_size:
-        raise InputError(f"name pointer {sec.name}+{offset:#x} is outside its section", location=at)
+def _string_bounds(payload: Payload, section: int, offset: int) -> tuple[int, int] | None:
+    """The file bytes a name string at ``section+offset`` may span (its NUL and the name bound included),
+    or None when the offset is not inside a section with contents."""
+    secs = payload.elf.sections
+    size = secs.size[section]
+    if not secs.has_file_data(section) or not 0 <= offset < size:
+        return None
+    start = secs.offset[section] + offset
+    return start, min(secs.offset[section] + size, start + MAX_NAME_LEN + 1)
+
+
+def _place(payload: Payload, section: int, offset: int) -> str:
+    return f"{payload.elf.sections.name(section)}+{offset:#x}"
+
+
+def _read_string(
+    payload: Payload, places: _RelocatedPlaces, section: int, offset: int, at: Callable[[], Location]
+) -> str:
+    """The name string at ``section+offset``; errors are located at the pointer field ``at()``
+    (built only for an error: a payload has an entry per replaced function)."""
+    bounds = _string_bounds(payload, section, offset)
+    if bounds is None:
+        raise InputError(f"name pointer {_place(payload, section, offset)} is outside its section", location=at())
     # Search the file bytes in place, within the section and the name bound:
     # copying the rest of the section for every entry would be quadratic.
-    start = sec.sh_offset + offset
-    stop = min(sec.sh_offset + sec.sh_size, start + MAX_NAME_LEN + 1)
+    start, stop = bounds
     end = payload.elf.data.find(b"\0", start, stop)
     if end < 0:
         if stop - start > MAX_NAME_LEN:
-            raise InputError(f"name string at {sec.name}+{offset:#x} is longer than {MAX_NAME_LEN} bytes", location=at)
-        raise InputError(f"name string at {sec.name}+{offset:#x} has no NUL terminator", location=at)
+            raise InputError(
+                f"name string at {_place(payload, section, offset)} is longer than {MAX_NAME_LEN} bytes", location=at()
+            )
+        raise InputError(f"name string at {_place(payload, section, offset)} has no NUL terminator", location=at())
     if end == start:
-        raise InputError(f"name string at {sec.name}+{offset:#x} is empty", location=at)
+        raise InputError(f"name string at {_place(payload, section, offset)} is empty", location=at())
     places.refuse_overlap(section, offset, offset + (end - start), at)
     try:
         return payload.elf.data[start:end].decode("ascii")
     except UnicodeDecodeError:
-        raise InputError(f"name string at {sec.name}+{offset:#x} is not ASCII", location=at) from None
+        raise InputError(f"name string at {_place(payload, section, offset)} is not ASCII", location=at()) from None
 
 
-def _nop_name_unrelocated(payload: Payload, places: _RelocatedPlaces, section: int, offset: int, at: Location) -> None:
+def _nop_name_unrelocated(
+    payload: Payload, places: _RelocatedPlaces, section: int, offset: int, at: Callable[[], Location]
+) -> None:
     """A NOP entry's name is only read by Xen: refuse it only if a relocation writes into it."""
-    sec = payload.elf.sections[section]
-    if not sec.has_file_data or not 0 <= offset < sec.sh_size:
+    bounds = _string_bounds(payload, section, offset)
+    if bounds is None:
         return
-    start = sec.sh_offset + offset
-    end = payload.elf.data.find(b"\0", start, min(sec.sh_offset + sec.sh_size, start + MAX_NAME_LEN + 1))
+    start, stop = bounds
+    end = payload.elf.data.find(b"\0", start, stop)
     if end >= 0:
         places.refuse_overlap(section, offset, offset + (end - start), at)
 
@@ -240,15 +264,15 @@ class _RelocatedPlaces:
             spans = self._spans[section] = ([a for a, _ in pairs], [b for _, b in pairs])
         return spans
 
-    def refuse_overlap(self, section: int, start: int, nul: int, at: Location) -> None:
+    def refuse_overlap(self, section: int, start: int, nul: int, at: Callable[[], Location]) -> None:
         starts, ends = self._section(section)
         for k in range(bisect_left(starts, start - self._WIDEST), bisect_right(starts, nul)):
             if ends[k] > start:
-                name = self.payload.elf.sections[section].name
+                name = self.payload.elf.sections.name(section)
                 raise InputError(
                     f"the name string at {name}+{start:#x} is written by a relocation at "
                     f"{name}+{starts[k]:#x}: Xen reads the name after relocating",
-                    location=at,
+                    location=at(),
                 )
 
 
@@ -324,7 +348,7 @@ def _replacement(e: _Entry, places: _RelocatedPlaces) -> Replacement | None:
         # Xen still reads a NOP entry's name (resolve_old_address()): it must not change under the rewrite.
         name_rel = e.pointer("name")
         if name_rel is not None and syms.is_defined_in_section(name_rel.symbol):
-            at = e.location("name", name_rel.symbol)
+            at = partial(e.location, "name", name_rel.symbol)
             _nop_name_unrelocated(
                 payload, places, syms.shndx[name_rel.symbol], syms.value[name_rel.symbol] + name_rel.addend, at
             )
@@ -336,10 +360,10 @@ def _replacement(e: _Entry, places: _RelocatedPlaces) -> Replacement | None:
         )
     section = syms.shndx[new.symbol]
     offset = syms.value[new.symbol] + new.addend
-    sec = elf.sections[section]
-    if not sec.executable or not 0 <= offset < sec.sh_size:
+    secs = elf.sections
+    if not secs.flags[section] & C.SHF_EXECINSTR or not 0 <= offset < secs.size[section]:
         raise InputError(
-            f"new_addr points to {sec.name}+{offset:#x}, which is not payload code",
+            f"new_addr points to {_place(payload, section, offset)}, which is not payload code",
             location=e.location("new_addr", new.symbol),
         )
     old = e.pointer("old_addr")
@@ -364,15 +388,15 @@ def _replacement(e: _Entry, places: _RelocatedPlaces) -> Replacement | None:
         # still reads the name string (prepare_payload, its messages): a
         # pointer outside its section would read whatever is loaded next.
         if name_rel is not None and syms.is_defined_in_section(name_rel.symbol):
-            at = e.location("name", name_rel.symbol)
+            at = partial(e.location, "name", name_rel.symbol)
             _read_string(
                 payload, places, syms.shndx[name_rel.symbol], syms.value[name_rel.symbol] + name_rel.addend, at
             )
         original = syms.name(old_symbol)
     elif name_rel is not None:
-        at = e.location("name", name_rel.symbol)
+        at = partial(e.location, "name", name_rel.symbol)
         if not syms.is_defined_in_section(name_rel.symbol):
-            raise InputError("the name pointer refers to an undefined symbol", location=at)
+            raise InputError("the name pointer refers to an undefined symbol", location=at())
         original = _read_string(
             payload, places, syms.shndx[name_rel.symbol], syms.value[name_rel.symbol] + name_rel.addend, at
         )
