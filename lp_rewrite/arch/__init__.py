@@ -285,7 +285,7 @@ class Arch(ABC):
         return t is None or t.reach is None or t.reach >= self.livepatch_range
 
     def address_computations(
-        self, data: bytes, targets: Set[int], in_data: Callable[[int], bool], decode_from: Callable[[int], int]
+        self, data: memoryview, targets: Set[int], in_data: Callable[[int], bool], decode_from: Callable[[int], int]
     ) -> Iterator[AddressSite]:
         """Instructions of one code section that compute the address of an offset in ``targets``.
 

@@ -189,7 +189,7 @@ class AArch64(Arch):
     out_of_reach_fix = "take the address with adrp+add (GCC's default code model), not adr"
 
     def address_computations(
-        self, data: bytes, targets: Set[int], in_data: Callable[[int], bool], decode_from: Callable[[int], int]
+        self, data: memoryview, targets: Set[int], in_data: Callable[[int], bool], decode_from: Callable[[int], int]
     ) -> Iterator[AddressSite]:
         """``adr`` (-mcmodel=tiny). ``adrp``+``add`` always keeps its relocations: the page is
         unknown until link time."""

@@ -174,7 +174,7 @@ class Arm(Arch):
         return None
 
     def address_computations(
-        self, data: bytes, targets: Set[int], in_data: Callable[[int], bool], decode_from: Callable[[int], int]
+        self, data: memoryview, targets: Set[int], in_data: Callable[[int], bool], decode_from: Callable[[int], int]
     ) -> Iterator[AddressSite]:
         """``add``/``sub rD, pc, #imm`` (adr). Literal pools (``ldr rX, =fn``) are relocated words."""
         for m in _ADR.finditer(data):

@@ -167,7 +167,7 @@ class X86_64(Arch):
         return found
 
     def address_computations(
-        self, data: bytes, targets: Set[int], in_data: Callable[[int], bool], decode_from: Callable[[int], int]
+        self, data: memoryview, targets: Set[int], in_data: Callable[[int], bool], decode_from: Callable[[int], int]
     ) -> Iterator[AddressSite]:
         """``lea disp(%rip)``: candidates by byte pattern, confirmed with capstone (a 0x8D byte
         can sit inside another instruction), which is imported only when there is one."""
@@ -189,7 +189,7 @@ class X86_64(Arch):
         for field, target in candidates:
             start = decode_from(field)
             insn: Any
-            for insn in md.disasm(data[start:], start):
+            for insn in md.disasm(bytes(data[start:]), start):
                 if insn.address > field:
                     break
                 if insn.address + insn.size <= field:

@@ -94,7 +94,7 @@ def check(ctx: Context) -> list[Finding]:
             continue
         wanted = entries[sec]
         sites = ctx.arch.address_computations(
-            bytes(ctx.elf.section_data(sec)),
+            ctx.elf.section_data(sec),  # searched in place
             wanted.keys(),
             in_data=partial(_in_data, ctx, sec),
             decode_from=partial(_function_start, ctx, sec),
