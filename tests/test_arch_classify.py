@@ -235,6 +235,41 @@ def test_classify_all_answers_as_classify_on_every_committed_table(payload: Path
         assert arch.classify_all(section, data, list(table.types), list(table.offsets)) == want, section.name
 
 
+@pytest.mark.parametrize("payload", sorted(COMMITTED.glob("*/*.livepatch")), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_direct_calls_are_what_classify_calls_calls(payload: Path) -> None:
+    """Arch.direct_calls(), the rules' first stage, says "a call" exactly where classify() says
+    Kind.CALL for a call/jmp form (never for anything else), for every relocation of every committed
+    payload; the fields it leaves to classify() are the rest."""
+    elf = ElfFile(payload.read_bytes(), payload.name)
+    arch = arch_for(elf)
+    secs = elf.sections
+    for idx in elf.relocation_sections:
+        table = elf.relocations(idx)
+        target = secs.info[idx]
+        section, data = secs[target], elf.section_data(target)
+        is_code = section.executable and section.has_file_data
+        before = bytes(data[off - 1] if is_code and off else 0 for off in table.offsets)
+        calls = arch.direct_calls(list(table.types), [is_code] * table.count, before)
+        for rtype, off, call in zip(table.types, table.offsets, calls, strict=True):
+            kind = arch.classify(rtype, section, data, off)
+            if call:
+                assert kind is not None and kind.kind is K.CALL, (section.name, off)
+            elif kind is not None and kind.kind is K.CALL and arch is X86:
+                # Left to classify(): only a jcc (0F 8x) or a form the shortcut does not read.
+                assert data[off - 1] not in (0xE8, 0xE9), (section.name, off)
+
+
+def test_x86_direct_calls_reads_the_byte_before_the_field_in_code_only() -> None:
+    rel32 = [_PC32, _PLT32, _PC32, 1, _PC32]
+    code = [True, True, False, True, True]
+    before = bytes([0xE8, 0xE9, 0xE8, 0xE8, 0x8D])  # call, jmp, call bytes in data, ABS64, lea
+    assert X86.direct_calls(rel32, code, before) == [True, True, False, False, False]
+    assert ARM.direct_calls([_code(ARM, "R_ARM_CALL"), _code(ARM, "R_ARM_ABS32")], [True, True], bytes(2)) == [
+        True,
+        False,
+    ]
+
+
 def test_arm_branch_bias_is_the_pipeline_offset() -> None:
     """BL's implicit addend is -8 because the CPU reads PC as the instruction plus 8."""
     bl = memoryview(struct.pack("<I", 0xEBFFFFFE))  # bl . (imm24 = -2 words)

@@ -180,6 +180,21 @@ class Arch(ABC):
         classify = self.classify
         return [classify(rtype, section, data, offset) for rtype, offset in zip(rtypes, offsets, strict=True)]
 
+    def direct_calls(self, rtypes: Sequence[int], code: Sequence[bool], before: bytes | bytearray) -> list[bool]:
+        """Whether each field surely is a direct call or jump (:meth:`classify` says ``Kind.CALL``).
+
+        Answered from the field's type, whether its section is code, and the
+        byte just before it (0 when it starts its section), for every field at
+        once: a first stage for the rules that leave calls out, which then
+        classify only the rest. False means "classify it".
+        """
+        calls = self._call_types
+        return [rtype in calls for rtype in rtypes]
+
+    @cached_property
+    def _call_types(self) -> frozenset[int]:
+        return frozenset(code for code, t in self.types.items() if t.kind is Kind.CALL)
+
     def check_header(self, elf: ElfFile) -> None:
         """Raise InputError unless Xen would accept this object's header."""
         if elf.elfclass != self.elfclass:

@@ -132,6 +132,13 @@ class X86_64(Arch):
             out[k] = found
         return out
 
+    def direct_calls(self, rtypes: Sequence[int], code: Sequence[bool], before: bytes | bytearray) -> list[bool]:
+        """A call/jmp rel32 in code: the decoder's first test (:meth:`classify_all`), for every field at once."""
+        return [
+            is_code and rtype in _REL32 and opcode in _CALL_JMP
+            for rtype, is_code, opcode in zip(rtypes, code, before, strict=True)
+        ]
+
     @cached_property
     def _calls(self) -> dict[int, Classification]:
         """The classification of a call/jmp rel32, per rel32 type."""

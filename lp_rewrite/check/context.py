@@ -259,6 +259,8 @@ class Context:
             )
         else:
             tables = entries_naming(elf, elf.relocation_sections, symbols)
+            if not calls:
+                tables = self._without_direct_calls(tables)
         for ridx, run, base, picked in tables:
             target = info[ridx]
             if not picked or not wanted(target):
@@ -274,6 +276,39 @@ class Context:
                     continue
                 addend = addends[row] if addends is not None else None
                 yield self._resolve(ridx, i, sec, data, reloc, syms[row], offsets[row], addend)
+
+    def _without_direct_calls(
+        self, tables: list[tuple[int, RelocationRun, int, list[int]]]
+    ) -> list[tuple[int, RelocationRun, int, list[int]]]:
+        """``tables`` without the entries that surely are direct calls or jumps (:meth:`Arch.direct_calls`).
+
+        Judged for all their entries in one pass: most references in a payload
+        are calls, and a table left with none is then never visited.
+        """
+        secs, data = self.elf.sections, self.elf.data
+        info, starts, flags = secs.info, secs.offset, secs.flags
+        rtypes: list[int] = []
+        code: list[bool] = []
+        before = bytearray()
+        for ridx, run, base, picked in tables:
+            target = info[ridx]
+            is_code = bool(flags[target] & C.SHF_EXECINSTR) and secs.has_file_data(target)
+            at = starts[target] - 1  # the file offset of the byte before the section's field 0
+            types, offsets = run.types, run.offsets
+            for i in picked:
+                rtypes.append(types[base + i])
+                offset = offsets[base + i]
+                before.append(data[at + offset] if is_code and offset else 0)
+            code += [is_code] * len(picked)
+        calls = self.arch.direct_calls(rtypes, code, before)
+        out = []
+        k = 0
+        for ridx, run, base, picked in tables:
+            left = [i for i, call in zip(picked, calls[k : k + len(picked)], strict=True) if not call]
+            k += len(picked)
+            if left:
+                out.append((ridx, run, base, left))
+        return out
 
     def tables_against(self, symbols: set[int]) -> list[tuple[int, list[int]]]:
         """(relocation section, its entry numbers against ``symbols``) of each table that has one, in index order
