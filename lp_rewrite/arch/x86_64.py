@@ -38,6 +38,7 @@ _TYPES: Final = {
     )
 }
 _REL32: Final = frozenset([R_X86_64_PC32, R_X86_64_PLT32])
+_LEA, _MEMORY = Form.LEA, Form.MEMORY  # globals: a member read off its class costs ~180 ns (Python 3.11)
 _FORM_KIND: Final = {Form.CALL: Kind.CALL, Form.JUMP: Kind.CALL, Form.LEA: Kind.ADDRESS, Form.MEMORY: Kind.MEMORY}
 _NARROW: Final = "a narrow absolute address: build with -fpic"
 _PC: Final = "a narrow or 64-bit PC-relative field Xen does not apply"
@@ -152,7 +153,7 @@ class X86_64(Arch):
         form = fast_rel32(data, offset)  # the common forms, without formatting a location
         if form is not None:  # the field ends its instruction: one shared value per type and form
             calls, addresses, accesses = _FAST_FORMS.get(rtype) or self._fast_forms(rtype, plain)
-            return addresses if form is Form.LEA else accesses if form is Form.MEMORY else calls
+            return addresses if form is _LEA else accesses if form is _MEMORY else calls
         try:
             site = decode_rel32(data, offset, f"{section.name}+{offset:#x}")
         except InputError as exc:
