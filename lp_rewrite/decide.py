@@ -125,7 +125,7 @@ class Decision(Record):
 
     @property
     def retarget(self) -> bool:
-        return self.reason is Reason.RETARGET
+        return self.reason is _RETARGET
 
 
 class Decisions(Record):
@@ -140,7 +140,7 @@ class Decisions(Record):
 
     @property
     def retargets(self) -> list[Decision]:
-        return [d for d in self.items if d.retarget]
+        return [d for d in self.items if d.reason is _RETARGET]
 
     def __iter__(self) -> Iterator[Decision]:
         return iter(self.items)
