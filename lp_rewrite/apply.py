@@ -349,8 +349,9 @@ def edit(payload: Payload, funcs: FuncsTable, out: Plan) -> ElfEditor:
     _edit_symbols(editor, out)
     _edit_relocations(editor, payload, out)
     _check_places_unshared(payload, out.retargets)
+    flags = elf.sections.flags  # a column: a Section object for each of 50k edited tables would stay cached
     for idx in editor.edited_tables:  # the tables the rewrite edits, not the loaded code and data
-        if elf.sections[idx].alloc:
+        if flags[idx] & C.SHF_ALLOC:
             raise InputError(
                 f"section [{idx}] {elf.sections[idx].name!r} is SHF_ALLOC: Xen would load this table, "
                 "and the rewrite must change it"

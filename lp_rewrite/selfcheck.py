@@ -20,6 +20,7 @@ import mmap
 import struct
 from array import array
 from collections.abc import Iterable, Iterator
+from itertools import compress
 
 from lp_rewrite.apply import Plan
 from lp_rewrite.decide import Decision, decide
@@ -52,6 +53,9 @@ def check_rewrite(
     """
     # The editor's map of input to output symbol indices, as apply() recorded it.
     symbol_map = plan.symbol_map if plan.symbol_map is not None else IndexMap(inp.elf.symbols.count)
+    # The input's Section objects the earlier stages made (one per table a
+    # stress object's deciding looked at): the checks below read columns.
+    inp.elf.sections.forget()
     try:
         # Entries are validated below only where they differ from the input's:
         # every other relocation table is proven byte-identical to a checked one.
@@ -69,6 +73,7 @@ def check_rewrite(
     _check_relocations(inp, out, plan, symbol_map)
     out.elf.release()
     out_funcs = identify(out, absent_ok=True)  # a hooks-only payload whose notes were aligned
+    out.elf.release()
     if [(r.original, r.entry) for r in out_funcs.replacements] != [(r.original, r.entry) for r in funcs.replacements]:
         raise _fail("the output's .livepatch.funcs no longer identifies the same replacements")
     left = decide(out, out_funcs, policy, sections=candidates).retargets
@@ -140,7 +145,9 @@ def _check_sections(inp: Payload, out: Payload, plan: Plan, symbol_map: IndexMap
     for d in plan.retargets:
         if sa.type[d.reloc_section] == C.SHT_REL:
             rel_places.setdefault(d.section, []).append(d.offset)
-    same = [k for k in sa.with_file_data if k not in differ and k not in rel_places]
+    same = bytearray(sa.data_mask)  # a byte per section, not a list of 100k ints
+    for k in differ | rel_places.keys():
+        same[k] = 0
     _compare_unchanged(a, b, same)
     for k, places in rel_places.items():
         old, new = bytearray(a.section_data(k)), bytearray(b.section_data(k))
@@ -165,8 +172,9 @@ def _same_bytes(x: ElfFile, i: int, y: ElfFile, j: int, n: int) -> bool:
     return True
 
 
-def _compare_unchanged(a: ElfFile, b: ElfFile, indices: list[int]) -> None:
-    """Sections that must be byte-identical, compared a run at a time.
+def _compare_unchanged(a: ElfFile, b: ElfFile, wanted: bytes | bytearray) -> None:
+    """The sections marked in ``wanted`` (a byte per section) must be byte-identical,
+    compared a run at a time.
 
     The writer moves every section by the growth of the tables before it, so
     sections adjacent in the file share one shift: one comparison covers a
@@ -174,36 +182,39 @@ def _compare_unchanged(a: ElfFile, b: ElfFile, indices: list[int]) -> None:
     content) is compared section by section to find the culprit.
     """
     sa, sb = a.sections, b.sections
-    # File order of every section with contents, to know which ones are adjacent.
-    with_data = sorted(sa.with_file_data, key=sa.offset.__getitem__)
-    wanted = bytearray(len(sa))  # a byte per section, not a set of 100k ints
-    for k in indices:
-        wanted[k] = 1
-    run: list[int] = []
+    # File order of every section with contents, to know which ones are adjacent
+    # (the input's file order is sorted once, for the writer, and kept as an array).
+    order = array("I", compress(sa.file_order, map(sa.data_mask.__getitem__, sa.file_order)))
+    # The pending run is order[first:last + 1] (positions, not a list of its sections).
+    first = last = -1
 
     def flush() -> None:
-        if not run:
+        if first < 0:
             return
-        lo, hi = sa.offset[run[0]], sa.offset[run[-1]] + sa.size[run[-1]]
-        shift = sb.offset[run[0]] - lo
+        lo_k, hi_k = order[first], order[last]
+        lo, hi = sa.offset[lo_k], sa.offset[hi_k] + sa.size[hi_k]
+        shift = sb.offset[lo_k] - lo
         if not _same_bytes(a, lo, b, lo + shift, hi - lo):
-            for k in run:
+            for k in order[first : last + 1]:
                 if a.section_data(k) != b.section_data(k):
                     raise _fail(f"section [{k}] {sa.name(k)!r}: contents changed")
             b.release(lo + shift, hi + shift)
-        run.clear()
 
-    for k in with_data:  # a run only grows by the next section in file order
+    for pos, k in enumerate(order):  # a run only grows by the next section in file order
         if not wanted[k]:
             flush()
+            first = -1
             continue
-        if run:
-            prev = run[-1]
+        if first >= 0:
+            prev = order[last]
             gap_a = sa.offset[k] - (sa.offset[prev] + sa.size[prev])
             gap_b = sb.offset[k] - (sb.offset[prev] + sb.size[prev])
             if gap_a != gap_b or gap_a < 0:
                 flush()
-        run.append(k)
+                first = -1
+        if first < 0:
+            first = pos
+        last = pos
     flush()
 
 

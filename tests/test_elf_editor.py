@@ -357,7 +357,7 @@ def test_relocation_tables_and_sections() -> None:
     nowhere = Sec(".rela.nowhere", C.SHT_RELA, b"", link=5, info=99, entsize=24)  # no such target
     elf = ElfFile(build(True, True, [other, nowhere]))
     assert elf.relocation_tables == [4, 9]
-    assert elf.relocation_sections == [4]
+    assert list(elf.relocation_sections) == [4]
 
 
 def _patched(data: bytes, at: int, value: bytes) -> bytes:

@@ -54,6 +54,20 @@ def test_runs_hold_every_entry(path: Path) -> None:
     assert _rows(elf, some) == {i: want[i] for i in some}
 
 
+@pytest.mark.parametrize("path", PAYLOADS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_file_order_and_sections_with_data(path: Path) -> None:
+    """The section table's file order (sorted once, kept as an array) and its data mask."""
+    elf = ElfFile(path.read_bytes())
+    secs = elf.sections
+    assert list(secs.file_order) == sorted(range(1, len(secs)), key=secs.offset.__getitem__)
+    with_data = [i for i in range(1, len(secs)) if secs[i].has_file_data]
+    assert list(secs.with_file_data) == with_data
+    assert [i for i, flag in enumerate(secs.data_mask) if flag] == with_data
+    # Each run's tables lie in file order.
+    for run in elf.relocation_runs(elf.relocation_sections):
+        assert list(run.sections) == sorted(run.sections, key=secs.offset.__getitem__)
+
+
 def _object_with_tables() -> bytes:
     path = COMMITTED / "x86_64" / "keyhandler.livepatch"
     return path.read_bytes()
@@ -80,7 +94,7 @@ def test_a_table_not_viewable_in_place_is_read_alone() -> None:
     moved = _misaligned(data, index)
     elf = ElfFile(moved)
     runs = elf.relocation_runs(sorted(_tables(moved)))
-    alone = [run for run in runs if run.sections == [index]]
+    alone = [run for run in runs if list(run.sections) == [index]]
     assert len(alone) == 1 and not isinstance(alone[0].offsets, memoryview)
     assert _rows(elf, sorted(_tables(moved))) == _tables(moved)
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import mmap
 from array import array
-from bisect import insort
+from bisect import bisect_right, insort
 from collections.abc import Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from functools import cached_property
-from itertools import compress, count, pairwise
+from itertools import accumulate, compress, count, islice, repeat
+from operator import add, and_, gt, lshift, lt, mul, not_, or_
 from typing import overload
 
 from lp_rewrite.elf import consts as C
@@ -226,6 +227,10 @@ class SectionTable(Sequence[Section]):
     def __iter__(self) -> Iterator[Section]:
         return (self[i] for i in range(self.total))
 
+    def forget(self) -> None:
+        """Let the Section objects made so far go (the next access makes them again)."""
+        self._cache.clear()
+
     def name(self, index: int) -> str:
         return self.names.get(self.name_off[index]) if index else ""
 
@@ -239,10 +244,34 @@ class SectionTable(Sequence[Section]):
         return array("I", compress(range(1, self.total), map(kinds.__contains__, self.type[1:])))
 
     @cached_property
-    def with_file_data(self) -> list[int]:
-        """Index of every section with contents in the file, in index order."""
+    def file_order(self) -> array[int]:
+        """Every section past header 0, by file offset (ties in index order).
+
+        Sorted as one int per section (offset and index packed), not by key:
+        the sort's list of a stress object's 100k ints is then its only cost,
+        and the order is kept as 4 bytes a section for every later walk.
+        """
+        n = self.total
+        if not any(map(gt, islice(self.offset, 1, None), islice(self.offset, 2, None))):
+            return array("I", range(1, n))  # already in file order
+        keys = sorted(map(or_, map(lshift, self.offset[1:], repeat(32)), range(1, n)))
+        return array("I", map(and_, keys, repeat(0xFFFFFFFF)))
+
+    @cached_property
+    def data_mask(self) -> bytes:
+        """A byte per section: 1 for one with contents in the file (never header 0), else 0."""
         no_data = (C.SHT_NOBITS, C.SHT_NULL)
-        return [i for i, t in enumerate(self.type) if i and t not in no_data]
+        mask = bytearray(map(not_, map(no_data.__contains__, self.type)))
+        mask[0] = 0
+        return bytes(mask)
+
+    @cached_property
+    def with_file_data(self) -> array[int]:
+        """Index of every section with contents in the file, in index order.
+
+        An array: a stress object's 100k indices as 4 bytes each, not an int object each.
+        """
+        return array("I", compress(count(), self.data_mask))
 
     def find(self, name: str) -> int | None:
         """Index of the first section with this name (no per-section decoding)."""
@@ -560,37 +589,60 @@ class ElfFile:
             raise UnsupportedObject("linked section", found, f"{found}, not to a relocatable object")
         # A relocation section is a table of entries whatever it relocates
         # (a loader may skip one with no loaded target; other readers do not).
-        tables = [i for i, t in enumerate(secs.type) if i and (t == C.SHT_REL or t == C.SHT_RELA)]
-        for i in tables:
+        for i in secs.tables:
             ent = lay.reloc_entsize(secs.type[i])
             if secs.entsize[i] != ent:
                 raise InputError(f"{_Where(secs[i])}: sh_entsize {secs.entsize[i]} (expected {ent})")
             if secs.size[i] % ent:
                 raise InputError(f"{_Where(secs[i])}: size {secs.size[i]} is not a multiple of {ent}")
-        no_data = (C.SHT_NOBITS, C.SHT_NULL)
-        ends = [0 if t in no_data else o + n for t, o, n in zip(secs.type, secs.offset, secs.size, strict=True)]
-        ends[0] = 0  # section 0 holds no data whatever its header says
-        if max(ends) > size:
-            i = next(i for i, e in enumerate(ends) if e > size)
+        # Where each section's data ends (0: none), as an array: a list of 100k
+        # ints, and a tuple per section for the overlap sweep, were most of a
+        # stress object's parse peak. Ints are made one at a time by C iterators.
+        has_data = secs.data_mask
+        if max(compress(map(add, secs.offset, secs.size), has_data), default=0) > size:
+            i = next(i for i in compress(count(), has_data) if secs.offset[i] + secs.size[i] > size)
             sec = secs[i]
             raise InputError(
                 f"section [{i}] {sec.name!r}: data at {sec.sh_offset:#x}+{sec.sh_size:#x} is past the end "
                 f"of the file ({size:#x} bytes)"
             )
+        ends = array("Q", map(mul, map(add, secs.offset, secs.size), has_data))  # each at most the file size
         for align in set(secs.addralign):
             if align > 1 and align & (align - 1):
                 i = secs.addralign.index(align)
                 raise InputError(f"section [{i}] {secs[i].name!r}: sh_addralign {align} is not a power of two")
         self._check_overlaps(ends)
 
-    def _check_overlaps(self, ends: list[int]) -> None:
+    def _check_overlaps(self, ends: array[int]) -> None:
+        """No two of the ELF header, the section header table and the sections' data share a byte.
+
+        A sweep in file order over two arrays (C loops): a span overlaps when it
+        starts before the furthest end so far. Only an object that fails is
+        walked span by span (:meth:`_overlap`), to name the two.
+        """
+        lay = self.layout
+        starts = self.sections.offset
+        full = bytes(map(gt, ends, starts))  # the spans holding a byte
+        lo, hi = array("Q", compress(starts, full)), array("Q", compress(ends, full))
+        # Linkers write sections in index order: then no sort is needed.
+        if any(map(gt, lo, islice(lo, 1, None))):
+            order = self.sections.file_order  # kept: the writer walks the sections in file order too
+            picked = array("I", compress(order, map(full.__getitem__, order)))
+            lo, hi = array("Q", map(starts.__getitem__, picked)), array("Q", map(ends.__getitem__, picked))
+        for start, stop in ((0, lay.ehdr.size), (self.e_shoff, self.e_shoff + self.shnum * lay.shdr.size)):
+            k = bisect_right(lo, start)
+            lo.insert(k, start)
+            hi.insert(k, stop)
+        if any(map(lt, islice(lo, 1, None), accumulate(hi, max))):
+            self._overlap(ends)
+
+    def _overlap(self, ends: array[int]) -> None:
+        """Raise the overlap :meth:`_check_overlaps` found, naming the first two spans that share a byte."""
         lay = self.layout
         secs = self.sections
         starts = secs.offset
         spans = [(starts[i], e, i) for i, e in enumerate(ends) if e > starts[i]]
-        # Linkers write sections in index order: then no sort is needed.
-        if any(a[0] > b[0] for a, b in pairwise(spans)):
-            spans.sort()
+        spans.sort()
         insort(spans, (0, lay.ehdr.size, -1))
         insort(spans, (self.e_shoff, self.e_shoff + self.shnum * lay.shdr.size, -2))
         end, owner = 0, -1
@@ -607,6 +659,7 @@ class ElfFile:
                 raise InputError(f"{what(who)} at {off:#x} overlaps {what(owner)}")
             if stop > end:
                 end, owner = stop, who
+        raise AssertionError("_check_overlaps found an overlap the walk does not")
 
     def _find_symtab(self) -> int:
         found = list(compress(count(), map(C.SHT_SYMTAB.__eq__, self.sections.type)))
@@ -664,16 +717,18 @@ class ElfFile:
         return [i for i in self.sections.tables if link[i] == symtab]
 
     @cached_property
-    def relocation_sections(self) -> list[int]:
+    def relocation_sections(self) -> Sequence[int]:
         """Indices of the relocation tables that apply to a section of the object (sh_info a section index).
 
         What a loader makes of the other REL/RELA sections (a foreign sh_link,
         a target that is not a section) is the caller's rule, not the reader's.
+        An array, kept for the object's life: a stress object's 50k indices as
+        4 bytes each, not an int object each.
         """
         secs = self.sections
         symtab, n = self.symtab_index, len(secs)
         link, info = secs.link, secs.info
-        return [i for i in secs.tables if link[i] == symtab and 0 < info[i] < n]
+        return array("I", [i for i in secs.tables if link[i] == symtab and 0 < info[i] < n])
 
     # -- relocation tables without building them ----------------------------
     #

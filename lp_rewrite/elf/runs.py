@@ -36,7 +36,7 @@ class RelocationRun:
 
     def __init__(
         self,
-        sections: list[int],
+        sections: Sequence[int],
         starts: Sequence[int],
         stops: Sequence[int],
         whole: bool,
@@ -65,7 +65,7 @@ class _Run:
 
     __slots__ = ("columns", "first", "place", "sections")
 
-    def __init__(self, elf: ElfFile, sections: list[int], begin: int, end: int, ent: int) -> None:
+    def __init__(self, elf: ElfFile, sections: Sequence[int], begin: int, end: int, ent: int) -> None:
         lay = elf.layout
 
         def field(f: tuple[str, int]) -> memoryview:
@@ -74,8 +74,8 @@ class _Run:
             return elf.typed_view(fmt)[(begin + off) // item : end // item : ent // item]
 
         sizes = elf.sections.size
-        self.sections = sections
-        # An array: a stress object's 50k tables cost 8 bytes each, not an int object each.
+        # Arrays: a stress object's 50k tables cost 4 (and 8) bytes each, not an int object each.
+        self.sections = array("I", sections)
         self.first = array("Q", accumulate(map(floordiv, map(sizes.__getitem__, sections), repeat(ent)), initial=0))
         if lay.rel_sym is not None:
             syms: Sequence[int] = field(lay.rel_sym)
@@ -94,14 +94,17 @@ class RunIndex:
         secs = elf.sections
         starts, sizes, entsizes = secs.offset, secs.size, secs.entsize
         word = elf.layout.ptr_size  # every entry field sits at a multiple of its size from a word boundary
-        tables = secs.tables
+        # The tables in file order (ties in index order): the object's file order, sorted once and kept.
+        is_table = bytearray(map((C.SHT_REL, C.SHT_RELA).__contains__, secs.type))
+        is_table[0] = 0  # header 0 is no table, whatever its sh_type says
+        order = secs.file_order
         self.runs: list[_Run] = []
         self.viewable = bytearray(len(secs))  # 1 for a table in a run (a byte per section, not a dict entry)
         if not _NATIVE_LE:
             return
         group: list[int] = []
         begin = end = ent = -1
-        for i in sorted(tables, key=starts.__getitem__):
+        for i in compress(order, map(is_table.__getitem__, order)):
             start, size, e = starts[i], sizes[i], entsizes[i]
             if group and start == end and e == ent:
                 group.append(i)

@@ -90,7 +90,7 @@ def chunks(
     no_data = (SHT_NOBITS, SHT_NULL)
     has_data = bytes(t not in no_data for t in secs.type)
     masks = array("Q", [0 if a <= 1 else min(a, MAX_FILE_ALIGN) - 1 for a in aligns])
-    for i in sorted(range(1, len(secs)), key=starts.__getitem__):  # stable: ties in index order
+    for i in secs.file_order:  # ties in index order
         mask = masks[i]
         start = (pos + mask) & ~mask
         if not has_data[i]:
