@@ -39,7 +39,7 @@ class RewriteResult(Analysis):
         funcs: FuncsTable,
         decisions: Decisions,
         plan: Plan,
-        output: bytes | list[Chunk],
+        output: bytes | None,
         written: Path | None,
     ) -> None:
         super().__init__(payload, funcs, decisions)
@@ -49,10 +49,12 @@ class RewriteResult(Analysis):
 
     @property
     def output(self) -> bytes:
-        """The rewritten bytes. A written output is kept as the pieces that were
-        written (views of the input, mostly) and joined only when asked for."""
-        if not isinstance(self._output, bytes):
-            self._output = b"".join(self._output)
+        """The rewritten bytes. A written output is not kept (the pieces written
+        were let go once the file was proven to be them): it is made again from
+        the input and the plan, the same way, only when asked for."""
+        if self._output is None:
+            changes = self.plan.changes
+            self._output = b"".join(apply_chunks(self.payload, self.funcs, self.plan)) if changes else self.payload.data
         return self._output
 
     @property
@@ -241,7 +243,7 @@ def _rewrite(
         expect=snap if in_place else None,
         original=payload.data if in_place and backup_suffix else None,
     )
-    return RewriteResult(payload, analysis.funcs, analysis.decisions, edits, pieces, dest)
+    return RewriteResult(payload, analysis.funcs, analysis.decisions, edits, None, dest)
 
 
 def prove_edit(analysis: Analysis, edits: Plan, data: bytes | mmap.mmap, policy: Policy) -> None:
@@ -257,8 +259,9 @@ def _check_written(analysis: Analysis, edits: Plan, pieces: list[Chunk], policy:
     """The self-check, on the temporary output file as it is on disk.
 
     The file is read back in windows and must be the pieces byte for byte
-    (padding and unchanged copies included); the proof then parses the file
-    itself, mapped read-only: the output is never held whole in memory.
+    (padding and unchanged copies included), and the pieces are then let go
+    (the list is emptied); the proof parses the file itself, mapped
+    read-only: the output is never held whole in memory.
     """
     try:
         at = _first_difference(tmp, pieces)
@@ -268,6 +271,11 @@ def _check_written(analysis: Analysis, edits: Plan, pieces: list[Chunk], policy:
         raise VerificationError(
             f"self-check of the rewritten payload failed: the written file is not what was planned ({at})"
         )
+    # The file is the pieces: they go before the proof parses it (a stress
+    # object's header table and edited tables, megabytes held through the
+    # self-check's peak otherwise). The writer is done with them; the result
+    # makes the bytes again if asked for (RewriteResult.output).
+    pieces.clear()
     if edits.changes:
         try:
             with tmp.open("rb") as f:

@@ -66,6 +66,18 @@ def test_the_planned_bytes_pass(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", sorted(PAYLOADS))
+def test_a_written_result_gives_the_bytes_written(kind: str, tmp_path: Path) -> None:
+    """The pieces go once the file is proven to be them; the result's output is made again, the same."""
+    from lp_rewrite.pipeline import rewrite
+
+    result = rewrite(PAYLOADS[kind], tmp_path / "out")
+    assert result.changed and result.written == tmp_path / "out"
+    assert result.output == (tmp_path / "out").read_bytes() == rewrite(PAYLOADS[kind]).output
+    same = rewrite(tmp_path / "out", tmp_path / "again")  # nothing to do: the input's bytes
+    assert not same.changed and same.output == (tmp_path / "again").read_bytes() == result.output
+
+
+@pytest.mark.parametrize("kind", sorted(PAYLOADS))
 def test_a_moved_place_is_refused(kind: str) -> None:
     prove, data = _rewritten(PAYLOADS[kind])
     at, _ent, _sym = _alias_entries(PAYLOADS[kind], data)[0]
