@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import mmap
 from array import array
-from bisect import bisect_right, insort
+from bisect import insort
 from collections.abc import Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from functools import cached_property
-from itertools import accumulate, compress, count, islice, repeat
-from operator import add, and_, gt, lshift, lt, mul, not_, or_
+from itertools import compress, count, islice
+from operator import add, gt, lt, mul, not_
 from typing import overload
 
 from lp_rewrite.elf import consts as C
@@ -247,15 +247,13 @@ class SectionTable(Sequence[Section]):
     def file_order(self) -> array[int]:
         """Every section past header 0, by file offset (ties in index order).
 
-        Sorted as one int per section (offset and index packed), not by key:
-        the sort's list of a stress object's 100k ints is then its only cost,
-        and the order is kept as 4 bytes a section for every later walk.
+        Sorted once (for the writer) and kept as 4 bytes a section for every
+        later walk in file order (the self-check's).
         """
         n = self.total
         if not any(map(gt, islice(self.offset, 1, None), islice(self.offset, 2, None))):
             return array("I", range(1, n))  # already in file order
-        keys = sorted(map(or_, map(lshift, self.offset[1:], repeat(32)), range(1, n)))
-        return array("I", map(and_, keys, repeat(0xFFFFFFFF)))
+        return array("I", sorted(range(1, n), key=self.offset.__getitem__))  # stable: ties in index order
 
     @cached_property
     def data_mask(self) -> bytes:
@@ -616,24 +614,19 @@ class ElfFile:
     def _check_overlaps(self, ends: array[int]) -> None:
         """No two of the ELF header, the section header table and the sections' data share a byte.
 
-        A sweep in file order over two arrays (C loops): a span overlaps when it
-        starts before the furthest end so far. Only an object that fails is
-        walked span by span (:meth:`_overlap`), to name the two.
+        With every span holding a byte, none overlap exactly when the k+1-th
+        smallest start is at or past the k-th smallest end (then no byte is in
+        two spans). Starts and ends are sorted apart, each as one array (C
+        loops, a list of ints at a time); only an object that fails is walked
+        span by span (:meth:`_overlap`), to name the two.
         """
         lay = self.layout
         starts = self.sections.offset
         full = bytes(map(gt, ends, starts))  # the spans holding a byte
-        lo, hi = array("Q", compress(starts, full)), array("Q", compress(ends, full))
-        # Linkers write sections in index order: then no sort is needed.
-        if any(map(gt, lo, islice(lo, 1, None))):
-            order = self.sections.file_order  # kept: the writer walks the sections in file order too
-            picked = array("I", compress(order, map(full.__getitem__, order)))
-            lo, hi = array("Q", map(starts.__getitem__, picked)), array("Q", map(ends.__getitem__, picked))
-        for start, stop in ((0, lay.ehdr.size), (self.e_shoff, self.e_shoff + self.shnum * lay.shdr.size)):
-            k = bisect_right(lo, start)
-            lo.insert(k, start)
-            hi.insert(k, stop)
-        if any(map(lt, islice(lo, 1, None), accumulate(hi, max))):
+        special = ((0, lay.ehdr.size), (self.e_shoff, self.e_shoff + self.shnum * lay.shdr.size))
+        lo = array("Q", sorted([*compress(starts, full), *(a for a, _b in special)]))
+        hi = array("Q", sorted([*compress(ends, full), *(b for _a, b in special)]))
+        if any(map(lt, islice(lo, 1, None), hi)):
             self._overlap(ends)
 
     def _overlap(self, ends: array[int]) -> None:

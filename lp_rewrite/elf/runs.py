@@ -94,17 +94,14 @@ class RunIndex:
         secs = elf.sections
         starts, sizes, entsizes = secs.offset, secs.size, secs.entsize
         word = elf.layout.ptr_size  # every entry field sits at a multiple of its size from a word boundary
-        # The tables in file order (ties in index order): the object's file order, sorted once and kept.
-        is_table = bytearray(map((C.SHT_REL, C.SHT_RELA).__contains__, secs.type))
-        is_table[0] = 0  # header 0 is no table, whatever its sh_type says
-        order = secs.file_order
+        tables = secs.tables
         self.runs: list[_Run] = []
         self.viewable = bytearray(len(secs))  # 1 for a table in a run (a byte per section, not a dict entry)
         if not _NATIVE_LE:
             return
         group: list[int] = []
         begin = end = ent = -1
-        for i in compress(order, map(is_table.__getitem__, order)):
+        for i in sorted(tables, key=starts.__getitem__):
             start, size, e = starts[i], sizes[i], entsizes[i]
             if group and start == end and e == ent:
                 group.append(i)
