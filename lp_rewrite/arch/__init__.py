@@ -168,18 +168,6 @@ class Arch(ABC):
         """
         return self._plain.get(rtype)
 
-    def classify_all(
-        self, section: Section, data: memoryview, rtypes: Sequence[int], offsets: Sequence[int]
-    ) -> list[Classification | None]:
-        """:meth:`classify` of each (type, offset) pair of one section, in one call.
-
-        The rewrite and the gate classify a table's entries together; a target
-        whose classification needs more than the type (x86-64) answers them in
-        one loop rather than one method call each.
-        """
-        classify = self.classify
-        return [classify(rtype, section, data, offset) for rtype, offset in zip(rtypes, offsets, strict=True)]
-
     def direct_calls(self, rtypes: Sequence[int], code: Sequence[bool], before: bytes | bytearray) -> list[bool]:
         """Whether each field surely is a direct call or jump (:meth:`classify` says ``Kind.CALL``).
 

@@ -109,32 +109,12 @@ class X86_64(Arch):
         plain = self._plain.get(rtype)
         if plain is None or rtype not in _REL32 or not section.executable:
             return plain
+        if offset and data[offset - 1] in _CALL_JMP:  # call/jmp rel32: the decoder's first test, inline
+            return self._calls[rtype]
         return self._in_code(rtype, plain, section, data, offset)
 
-    def classify_all(
-        self, section: Section, data: memoryview, rtypes: Sequence[int], offsets: Sequence[int]
-    ) -> list[Classification | None]:
-        """As :meth:`classify` per entry. A payload's fields in code are mostly call/jmp rel32
-        (E8/E9 just before the field): those are answered in one comprehension, the first test
-        of the decoder's fast path; only the rest are classified one by one."""
-        plain = self._plain
-        if not section.executable:
-            return list(map(plain.get, rtypes))
-        calls = self._calls
-        out: list[Classification | None] = [
-            calls.get(rtype) if offset and data[offset - 1] in _CALL_JMP else None
-            for rtype, offset in zip(rtypes, offsets, strict=True)
-        ]
-        for k in [k for k, found in enumerate(out) if found is None]:
-            rtype = rtypes[k]
-            found = plain.get(rtype)
-            if found is not None and rtype in _REL32:
-                found = self._in_code(rtype, found, section, data, offsets[k])
-            out[k] = found
-        return out
-
     def direct_calls(self, rtypes: Sequence[int], code: Sequence[bool], before: bytes | bytearray) -> list[bool]:
-        """A call/jmp rel32 in code: the decoder's first test (:meth:`classify_all`), for every field at once."""
+        """A call/jmp rel32 in code: the decoder's first test, as :meth:`classify` applies it, for every field."""
         return [
             is_code and rtype in _REL32 and opcode in _CALL_JMP
             for rtype, is_code, opcode in zip(rtypes, code, before, strict=True)

@@ -247,7 +247,7 @@ class Context:
         it has one, and only those entries are read and classified: classifying
         (decoding x86 code) is the expensive part.
         """
-        elf, classify_all = self.elf, self.arch.classify_all
+        elf, classify = self.elf, self.arch.classify
         secs = elf.sections
         info = secs.info
         tables: Iterable[tuple[int, RelocationRun, int, Sequence[int]]]
@@ -266,10 +266,10 @@ class Context:
             if not picked or not wanted(target):
                 continue
             sec, data = secs[target], elf.section_data(target)
-            rows = [base + i for i in picked]
-            offsets, addends, syms = run.offsets, run.addends, run.syms
-            kinds = classify_all(sec, data, [run.types[r] for r in rows], [offsets[r] for r in rows])
-            for i, row, reloc in zip(picked, rows, kinds, strict=True):
+            types, offsets, addends, syms = run.types, run.offsets, run.addends, run.syms
+            for i in picked:
+                row = base + i
+                reloc = classify(types[row], sec, data, offsets[row])
                 if reloc is None:
                     continue  # refused at load: LP003 reports it
                 if not calls and reloc.kind is Kind.CALL:
