@@ -7,32 +7,29 @@ from pathlib import Path
 
 from lp_rewrite.errors import UsageError
 from lp_rewrite.livepatch_abi import ALWAYS_KEEP, DEFAULT_KEEP
+from lp_rewrite.record import FrozenRecord
 
 # Replacement symbols are renamed so that no defined symbol carries the
 # original's name next to the alias. GCC never emits this suffix.
 DEFAULT_RENAME_TEMPLATE = "{name}.lp_new"
 
 
-_FIELDS = (
-    "keep_sections",
-    "default_keep",
-    "local_aliases",
-    "rename_template",
-    "linker_check",
-    "absolute",
-    "xen_limits",
-    "xen_syms",
-    "align_notes",
-)
-
-
-# A slotted class with the behaviour of a frozen dataclass (immutable, compared,
-# hashed and shown by value), not a dataclass: creating one costs about a
-# millisecond of every start-up.
-class Policy:
+# A frozen record (immutable, compared, hashed and shown by value), not a
+# dataclass: creating one costs about a millisecond of every start-up.
+class Policy(FrozenRecord):
     """Options of one rewrite (all defaults are what livepatch-build wants)."""
 
-    __slots__ = _FIELDS
+    __slots__ = (
+        "absolute",
+        "align_notes",
+        "default_keep",
+        "keep_sections",
+        "linker_check",
+        "local_aliases",
+        "rename_template",
+        "xen_limits",
+        "xen_syms",
+    )
 
     keep_sections: tuple[str, ...]  # added to the defaults
     default_keep: bool
@@ -72,44 +69,17 @@ class Policy:
             t.format(name="x")
         except (KeyError, IndexError, ValueError) as exc:
             raise UsageError(f"rename template {t!r} is not a valid template ({exc})") from None
-        values = (
-            keep_sections,
-            default_keep,
-            local_aliases,
-            rename_template,
-            linker_check,
-            absolute,
-            xen_limits,
-            xen_syms,
-            align_notes,
+        self._freeze(
+            keep_sections=keep_sections,
+            default_keep=default_keep,
+            local_aliases=local_aliases,
+            rename_template=rename_template,
+            linker_check=linker_check,
+            absolute=absolute,
+            xen_limits=xen_limits,
+            xen_syms=xen_syms,
+            align_notes=align_notes,
         )
-        for name, value in zip(_FIELDS, values, strict=True):
-            object.__setattr__(self, name, value)
-
-    def _values(self) -> tuple[object, ...]:
-        return tuple(getattr(self, name) for name in _FIELDS)
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"cannot assign to field {name!r}")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"cannot delete field {name!r}")
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        assert isinstance(other, Policy)
-        return self._values() == other._values()
-
-    def __hash__(self) -> int:
-        return hash(self._values())
-
-    def __reduce__(self) -> tuple[type[Policy], tuple[object, ...]]:
-        return (type(self), self._values())  # copy and pickle through __init__ (__setattr__ refuses)
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in _FIELDS)
-        return f"{type(self).__qualname__}({fields})"
 
     def keep_patterns(self) -> tuple[str, ...]:
         base = ALWAYS_KEEP + (DEFAULT_KEEP if self.default_keep else ())
