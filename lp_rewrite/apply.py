@@ -108,6 +108,10 @@ class Plan(Record):
             tables.setdefault(d.reloc_section, []).append((d, addend))
         return tables
 
+    def alias_index(self) -> dict[int, int]:
+        """Replacement number -> the output symbol index of its alias (known once apply() has run)."""
+        return {n: self.aliases[name].index for n, name in self.alias_for_replacement.items()}
+
     @property
     def changes(self) -> bool:
         return bool(self.retargets) or bool(self.addralign)
@@ -383,7 +387,7 @@ def _edit_symbols(editor: ElfEditor, out: Plan) -> None:
 def _edit_relocations(editor: ElfEditor, payload: Payload, out: Plan) -> None:
     """Each retarget names its alias with its new addend (RELA: the field; REL: the place, re-encoded)."""
     by_table = out.by_table()
-    alias_index = {n: out.aliases[name].index for n, name in out.alias_for_replacement.items()}
+    alias_index = out.alias_index()
     for ridx in sorted(by_table):
         todo = by_table[ridx]
         entries = [d.index for d, _a in todo]

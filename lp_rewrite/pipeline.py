@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from lp_rewrite.apply import Plan, apply_chunks, plan
+from lp_rewrite.apply import Plan, apply, apply_chunks, plan
 from lp_rewrite.decide import Decisions, decide, nothing_to_retarget
 from lp_rewrite.elf.writer import Chunk
 from lp_rewrite.errors import InputError, UsageError, VerificationError
@@ -53,8 +53,7 @@ class RewriteResult(Analysis):
         were let go once the file was proven to be them): it is made again from
         the input and the plan, the same way, only when asked for."""
         if self._output is None:
-            changes = self.plan.changes
-            self._output = b"".join(apply_chunks(self.payload, self.funcs, self.plan)) if changes else self.payload.data
+            self._output = apply(self.payload, self.funcs, self.plan) if self.plan.changes else self.payload.data
         return self._output
 
     @property

@@ -254,12 +254,12 @@ def _check_symbols(inp: Payload, out: Payload, plan: Plan, symbol_map: IndexMap)
 def _check_relocations(inp: Payload, out: Payload, plan: Plan, symbol_map: IndexMap) -> None:
     a, b = inp.elf, out.elf
     by_section = plan.by_table()
-    alias_index = {n: plan.aliases[name].index for n, name in plan.alias_for_replacement.items()}
+    alias_index = plan.alias_index()
     # Untouched sections were compared byte for byte (_check_sections).
     edited = _edited_relocation_tables(inp, plan, symbol_map)
     if symbol_map.moves:  # every entry names a renumbered symbol: checked entry by entry
         for idx in edited:
-            _check_table(inp, out, plan, symbol_map, idx, by_section.get(idx, []), alias_index)
+            _check_table(inp, out, symbol_map, idx, by_section.get(idx, []), alias_index)
     else:
         # The output's tables are the input's with each planned entry re-encoded:
         # a window of adjacent tables is one comparison of bytes. A window that
@@ -269,7 +269,7 @@ def _check_relocations(inp: Payload, out: Payload, plan: Plan, symbol_map: Index
             if not planned.matches(b, window):
                 for idx in window:
                     if planned.table(idx) != b.section_data(idx):
-                        _check_table(inp, out, plan, symbol_map, idx, by_section.get(idx, []), alias_index)
+                        _check_table(inp, out, symbol_map, idx, by_section.get(idx, []), alias_index)
     for idx in edited:
         if a.sections.type[idx] == C.SHT_REL:
             for d, addend in by_section.get(idx, []):
@@ -343,7 +343,6 @@ class _PlannedBytes:
 def _check_table(
     inp: Payload,
     out: Payload,
-    plan: Plan,
     symbol_map: IndexMap,
     idx: int,
     moved: list[tuple[Decision, int]],
