@@ -14,7 +14,6 @@ import struct
 from array import array
 from collections.abc import Mapping
 
-from lp_rewrite.elf.consts import SHT_NOBITS, SHT_NULL
 from lp_rewrite.elf.file import ElfFile
 
 # sh_addralign constrains where a section is *loaded* (a loader copies each one
@@ -85,10 +84,9 @@ def chunks(
             out.append(view[run_lo:run_hi])
 
     # Section 0 keeps its header as is (it holds e_shnum/e_shstrndx overflow).
-    # The loop runs once per section (100k in a stress object): its columns
-    # are plain lists and the alignment is inlined.
-    no_data = (SHT_NOBITS, SHT_NULL)
-    has_data = bytes(t not in no_data for t in secs.type)
+    # The loop runs once per section (100k in a stress object): it reads
+    # columns, and the alignment is inlined.
+    has_data = secs.data_mask
     masks = array("Q", [0 if a <= 1 else min(a, MAX_FILE_ALIGN) - 1 for a in aligns])
     for i in secs.file_order:  # ties in index order
         mask = masks[i]
@@ -98,24 +96,25 @@ def chunks(
             continue
         old = starts[i]
         size = new_size[i]
-        if i not in new_data:
-            if run_lo >= 0 and old >= run_hi and start - old == run_shift and start - pos == old - run_hi:
-                run_hi = old + size  # extends the run: same shift, same gap
-                new_off[i] = start
-                pos = start + size
-                continue
-            flush()
-            if start > pos:
-                out.append(bytes(start - pos))
-            run_lo, run_hi, run_shift = old, old + size, start - old
+        if (
+            i not in new_data
+            and run_lo >= 0
+            and old >= run_hi
+            and start - old == run_shift
+            and start - pos == old - run_hi
+        ):
+            run_hi = old + size  # extends the run: same shift, same gap
         else:
             flush()
-            run_lo = -1
             if start > pos:
                 out.append(bytes(start - pos))
-            replaced = new_data[i]
-            out.append(replaced)
-            size = new_size[i] = len(replaced)
+            if i in new_data:
+                run_lo = -1
+                replaced = new_data[i]
+                out.append(replaced)
+                size = new_size[i] = len(replaced)
+            else:
+                run_lo, run_hi, run_shift = old, old + size, start - old
         new_off[i] = start
         pos = start + size
     flush()
