@@ -153,12 +153,10 @@ def _refuse_foreign_tables(elf: ElfFile) -> None:
     relocation_sections holds the ones that name the symbol table.
     """
     secs = elf.sections
-    if secs.type.count(C.SHT_REL) + secs.type.count(C.SHT_RELA) == len(elf.relocation_sections):
-        return  # every one names the symbol table and a section (the type count is C speed; 100k sections)
+    if len(secs.tables) == len(elf.relocation_sections):
+        return  # every one names the symbol table and a section
     n = len(secs)
-    for i, t in enumerate(secs.type):
-        if (t != C.SHT_REL and t != C.SHT_RELA) or i == 0:
-            continue
+    for i in secs.tables:
         target = secs.info[i]
         if 0 < target < n and secs.link[i] != elf.symtab_index and secs.flags[target] & C.SHF_ALLOC:
             raise InputError(
@@ -172,13 +170,12 @@ def _check_relocation_sections(payload: Payload, entries: bool = True) -> None:
     _refuse_foreign_tables(elf)
     secs = elf.sections
     allowed = payload.arch.rel_section_types
-    info, flags, types = secs.info, secs.flags, secs.type
-    no_data = (C.SHT_NOBITS, C.SHT_NULL)
+    info, flags, types, has_data = secs.info, secs.flags, secs.type, secs.data_mask
     # One pass over the columns finds the candidates (a stress object has 50k tables).
     suspects = [
         idx
         for idx in elf.relocation_sections
-        if flags[info[idx]] & C.SHF_ALLOC and (types[idx] not in allowed or types[info[idx]] in no_data)
+        if flags[info[idx]] & C.SHF_ALLOC and (types[idx] not in allowed or not has_data[info[idx]])
     ]
     for idx in suspects:
         target = info[idx]
@@ -227,9 +224,11 @@ def misapplied_relocations(payload: Payload) -> list[MisappliedRelocation]:
     by_kind = {C.SHT_REL: arch.misapplied_types(False), C.SHT_RELA: arch.misapplied_types(True)}
     out: list[MisappliedRelocation] = []
     tables = []
+    loaded: list[int] | None = None
     for kind, watched in by_kind.items():  # none watched on x86-64 and AArch64: no table is read
         if watched:
-            of_kind = [idx for idx in _loaded_tables(elf) if secs.type[idx] == kind]
+            loaded = _loaded_tables(elf) if loaded is None else loaded
+            of_kind = [idx for idx in loaded if secs.type[idx] == kind]
             tables += _tables_not(elf, of_kind, watched.isdisjoint)
     for idx in sorted(tables):
         target = secs.info[idx]

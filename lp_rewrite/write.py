@@ -34,10 +34,13 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
-from lp_rewrite.elf.writer import Chunk
 from lp_rewrite.errors import InputError
 from lp_rewrite.inputs import Snapshot
+
+if TYPE_CHECKING:  # a type only: writing a file atomically knows nothing of ELF
+    from lp_rewrite.elf.writer import Chunk
 
 
 def _fsync_dir(directory: Path) -> None:

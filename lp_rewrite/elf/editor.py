@@ -1,7 +1,7 @@
 """Edit a relocatable object by index: symbols, relocations, section headers.
 
 An :class:`ElfEditor` collects edits against a parsed :class:`ElfFile` and
-serialises the result once (:func:`lp_rewrite.elf.writer.serialize`). It
+writes the result once, as pieces (:func:`lp_rewrite.elf.writer.chunks`). It
 knows the ELF format and nothing of what the edits are for:
 
 * symbols: rename one, insert local symbols before given input indices and
@@ -23,7 +23,6 @@ with a Python object or call per entry.
 from __future__ import annotations
 
 import bisect
-import mmap
 import operator
 import struct
 from array import array
@@ -341,7 +340,7 @@ class ElfEditor:
     def to_bytes(self) -> bytes:
         """The edited object (the input's bytes when nothing was edited)."""
         if not self._tables and not self._contents and not any(self._headers.values()):
-            return bytes(self.elf.data) if isinstance(self.elf.data, mmap.mmap) else self.elf.data
+            return bytes(self.elf.data)  # the input itself when it is bytes (bytes() of bytes is the object)
         return b"".join(self.to_chunks())
 
     def to_chunks(self) -> list[Chunk]:

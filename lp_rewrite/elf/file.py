@@ -235,7 +235,7 @@ class SectionTable(Sequence[Section]):
         return self.names.get(self.name_off[index]) if index else ""
 
     def has_file_data(self, index: int) -> bool:
-        return index > 0 and self.type[index] not in (C.SHT_NOBITS, C.SHT_NULL)
+        return bool(self.data_mask[index])
 
     @cached_property
     def tables(self) -> array[int]:
@@ -262,14 +262,6 @@ class SectionTable(Sequence[Section]):
         mask = bytearray(map(not_, map(no_data.__contains__, self.type)))
         mask[0] = 0
         return bytes(mask)
-
-    @cached_property
-    def with_file_data(self) -> array[int]:
-        """Index of every section with contents in the file, in index order.
-
-        An array: a stress object's 100k indices as 4 bytes each, not an int object each.
-        """
-        return array("I", compress(count(), self.data_mask))
 
     def find(self, name: str) -> int | None:
         """Index of the first section with this name (no per-section decoding)."""
