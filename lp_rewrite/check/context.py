@@ -21,7 +21,7 @@ from lp_rewrite.arch import Classification, Kind
 from lp_rewrite.check.findings import Place
 from lp_rewrite.decide import ExemptSections
 from lp_rewrite.elf import consts as C
-from lp_rewrite.elf.file import Section, encode_name
+from lp_rewrite.elf.file import Section
 from lp_rewrite.elf.runs import RelocationRun, entries_naming
 from lp_rewrite.errors import InputError
 from lp_rewrite.identify import FuncsTable, Replacement
@@ -103,26 +103,6 @@ class Context:
                 verdict = not self.exempt(name) and name not in HOOK_SECTIONS
             self._counts[section] = verdict
         return verdict
-
-    def sections_named(self, names: Iterable[str]) -> list[int]:
-        """Every section (index order) whose name is one of ``names``.
-
-        Found in the section name table's bytes, so no section's name is
-        decoded: sh_name may point anywhere into the table (linkers share
-        suffixes), and any place a name's bytes and its NUL start is that name.
-        """
-        secs = self.elf.sections
-        table = secs.names.data
-        offsets = set()
-        for name in names:
-            want = encode_name(name) + b"\0"
-            pos = table.find(want)
-            while pos >= 0:
-                offsets.add(pos)
-                pos = table.find(want, pos + 1)
-        if not offsets:
-            return []
-        return [i for i, off in enumerate(secs.name_off) if i and off in offsets]
 
     # -- symbols --------------------------------------------------------------
 
@@ -220,7 +200,7 @@ class Context:
     def hook_functions(self) -> dict[tuple[int, int], str]:
         """Entry points the hook tables name -> the hook section's name."""
         flags = self.elf.sections.flags
-        hooks = {i for i in self.sections_named(HOOK_SECTIONS) if flags[i] & C.SHF_ALLOC}
+        hooks = {i for i in self.elf.sections.find_all(HOOK_SECTIONS) if flags[i] & C.SHF_ALLOC}
         out: dict[tuple[int, int], str] = {}
         for ref in self._resolved(hooks.__contains__, None):
             if ref.target is not None:
@@ -229,13 +209,20 @@ class Context:
 
     # -- relocations ----------------------------------------------------------
 
-    def references(self, symbols: set[int] | None = None, *, calls: bool = True) -> Iterator[Reference]:
+    def references(
+        self,
+        symbols: set[int] | None = None,
+        *,
+        calls: bool = True,
+        sections: Callable[[int], bool] | None = None,
+    ) -> Iterator[Reference]:
         """Resolved relocations in the sections that count, optionally only against ``symbols``.
 
         ``calls=False`` leaves out direct calls and jumps before resolving them
         (most references in a payload are calls, and some rules ignore them).
+        ``sections`` says which relocated sections to look in instead (:meth:`counts` by default).
         """
-        return self._resolved(self.counts, symbols, calls)
+        return self._resolved(self.counts if sections is None else sections, symbols, calls)
 
     def _resolved(
         self, wanted: Callable[[int], bool], symbols: set[int] | None, calls: bool = True
@@ -243,7 +230,7 @@ class Context:
         """References in the relocation tables whose target section is ``wanted``, against ``symbols``.
 
         The entries against ``symbols`` are found in the symbol columns first
-        (:meth:`tables_against`), a table's target section is judged only when
+        (:func:`~lp_rewrite.elf.runs.entries_naming`), a table's target section is judged only when
         it has one, and only those entries are read and classified: classifying
         (decoding x86 code) is the expensive part.
         """

@@ -114,7 +114,7 @@ def _allow_list(ctx: Context, base: AllowList) -> AllowList:
     """``base`` and the entries of every .lp_rewrite.allow section of the payload, in section order."""
     elf = ctx.elf
     out = base
-    for sec in ctx.sections_named([ALLOW_SECTION]):
+    for sec in elf.sections.find_all([ALLOW_SECTION]):
         if elf.sections.has_file_data(sec):
             out = out.with_payload_section(bytes(elf.section_data(sec)), os.path.basename(ctx.payload.name))
     return out

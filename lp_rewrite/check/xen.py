@@ -503,19 +503,16 @@ def _init_references(ctx: Context, symbols: set[int]) -> dict[int, tuple[Referen
     if not symbols:
         return out
     secs = ctx.elf.sections
-    for ridx, picked in ctx.tables_against(symbols):
-        target = secs.info[ridx]
-        if not secs.flags[target] & C.SHF_ALLOC or secs.name(target) == FUNCS_SECTION:
-            continue
-        for i in picked:
-            ref = ctx.reference(ridx, i)
-            if ref is None:
-                continue  # a type Xen refuses: LP003
-            s = ref.symbol
-            first, kind, n = out.get(s, (ref, ref.kind, 0))
-            if kind is Kind.PAGE:
-                kind = ref.kind
-            out[s] = (first, kind, n + 1)
+
+    def loaded(target: int) -> bool:
+        return bool(secs.flags[target] & C.SHF_ALLOC) and secs.name(target) != FUNCS_SECTION
+
+    for ref in ctx.references(symbols, sections=loaded):  # a type Xen refuses is left out: LP003
+        s = ref.symbol
+        first, kind, n = out.get(s, (ref, ref.kind, 0))
+        if kind is Kind.PAGE:
+            kind = ref.kind
+        out[s] = (first, kind, n + 1)
     return out
 
 

@@ -263,19 +263,25 @@ class SectionTable(Sequence[Section]):
         mask[0] = 0
         return bytes(mask)
 
-    def find(self, name: str) -> int | None:
-        """Index of the first section with this name (no per-section decoding)."""
+    def _name_offsets(self, name: str) -> set[int]:
+        """Every offset of the section name table where ``name`` and its NUL start.
+
+        Any match counts: linkers share suffixes, so sh_name may point into a
+        longer name (".rela.text.foo" also holds ".text.foo").
+        """
         want = encode_name(name) + b"\0"
         table = self.names.data
         offsets = set()
         pos = table.find(want)
         while pos >= 0:
-            # Any match counts: linkers share suffixes, so sh_name may point into
-            # a longer name (".rela.text.foo" also holds ".text.foo").
             offsets.add(pos)
             pos = table.find(want, pos + 1)
+        return offsets
+
+    def find(self, name: str) -> int | None:
+        """Index of the first section with this name (no per-section decoding)."""
         best: int | None = None
-        for off in offsets:
+        for off in self._name_offsets(name):
             try:
                 i = self.name_off.index(off, 1)
             except ValueError:
@@ -283,6 +289,13 @@ class SectionTable(Sequence[Section]):
             if best is None or i < best:
                 best = i
         return best
+
+    def find_all(self, names: Iterable[str]) -> list[int]:
+        """Every section (index order) whose name is one of ``names`` (no per-section decoding)."""
+        offsets = set().union(*map(self._name_offsets, names))
+        if not offsets:
+            return []
+        return [i for i, off in enumerate(self.name_off) if i and off in offsets]
 
 
 class SymbolTable:
