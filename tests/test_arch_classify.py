@@ -217,7 +217,7 @@ def test_x86_call_shortcut_gives_what_the_decoder_gives(payload: Path, monkeypat
         for rtype, off in zip(table.types, table.offsets, strict=True):
             fields.append((rtype, elf.sections[target], elf.section_data(target), off))
     fast = [X86.classify(*f) for f in fields]
-    monkeypatch.setattr(x86_64, "_CALL_JMP", ())
+    monkeypatch.setattr(x86_64, "CALL_JMP_OPCODES", ())
     assert [X86.classify(*f) for f in fields] == fast
     assert any(c is not None and c.kind is K.CALL for c in fast)
 
@@ -234,9 +234,8 @@ def test_direct_calls_are_what_classify_calls_calls(payload: Path) -> None:
         table = elf.relocations(idx)
         target = secs.info[idx]
         section, data = secs[target], elf.section_data(target)
-        is_code = section.executable and section.has_file_data
-        before = bytes(data[off - 1] if is_code and off else 0 for off in table.offsets)
-        calls = arch.direct_calls(list(table.types), [is_code] * table.count, before)
+        start = section.sh_offset if section.executable and section.has_file_data else -1
+        calls = arch.direct_calls(elf.data, list(table.types), [start] * table.count, list(table.offsets))
         for rtype, off, call in zip(table.types, table.offsets, calls, strict=True):
             kind = arch.classify(rtype, section, data, off)
             if call:
@@ -247,14 +246,15 @@ def test_direct_calls_are_what_classify_calls_calls(payload: Path) -> None:
 
 
 def test_x86_direct_calls_reads_the_byte_before_the_field_in_code_only() -> None:
-    rel32 = [_PC32, _PLT32, _PC32, 1, _PC32]
-    code = [True, True, False, True, True]
-    before = bytes([0xE8, 0xE9, 0xE8, 0xE8, 0x8D])  # call, jmp, call bytes in data, ABS64, lea
-    assert X86.direct_calls(rel32, code, before) == [True, True, False, False, False]
-    assert ARM.direct_calls([_code(ARM, "R_ARM_CALL"), _code(ARM, "R_ARM_ABS32")], [True, True], bytes(2)) == [
-        True,
-        False,
-    ]
+    # A file whose code section starts at 8: call, jmp, call bytes in data, ABS64, lea, then a
+    # field at the section's offset 0 whose byte before (the file's, not the section's) is E8.
+    data = bytes(7) + b"\xe8" + bytes([0xE8, 0, 0xE9, 0, 0xE8, 0, 0xE8, 0, 0x8D, 0])
+    rel32 = [_PC32, _PLT32, _PC32, 1, _PC32, _PC32]
+    starts = [8, 8, -1, 8, 8, 8]
+    offsets = [1, 3, 5, 7, 9, 0]
+    assert X86.direct_calls(data, rel32, starts, offsets) == [True, True, False, False, False, False]
+    arm = [_code(ARM, "R_ARM_CALL"), _code(ARM, "R_ARM_ABS32")]
+    assert ARM.direct_calls(bytes(2), arm, [0, 0], [1, 1]) == [True, False]
 
 
 def test_arm_branch_bias_is_the_pipeline_offset() -> None:

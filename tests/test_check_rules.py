@@ -174,7 +174,7 @@ def test_lp002_through_capstone_when_the_fast_decoder_declines(monkeypatch: pyte
 
     for module in (x86_insn, x86_64):
         monkeypatch.setattr(module, "fast_rel32" if module is not x86_insn else "_fast", lambda code, field: None)
-    monkeypatch.setattr(x86_64, "_CALL_JMP", ())  # and the call/jmp shortcut of classify() and direct_calls()
+    monkeypatch.setattr(x86_64, "CALL_JMP_OPCODES", ())  # and the call/jmp shortcut of classify() and direct_calls()
     monkeypatch.setattr(x86_insn, "_capstone", spy)
     slow = {(f.section, f.offset, f.symbol) for f in by_rule(check_payload(src), "LP002")}
     assert slow == fast

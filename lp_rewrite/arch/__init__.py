@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import enum
 import importlib
+import mmap
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence, Set
 from functools import cached_property
@@ -168,13 +169,16 @@ class Arch(ABC):
         """
         return self._plain.get(rtype)
 
-    def direct_calls(self, rtypes: Sequence[int], code: Sequence[bool], before: bytes | bytearray) -> list[bool]:
+    def direct_calls(
+        self, data: bytes | mmap.mmap, rtypes: Sequence[int], starts: Sequence[int], offsets: Sequence[int]
+    ) -> list[bool]:
         """Whether each field surely is a direct call or jump (:meth:`classify` says ``Kind.CALL``).
 
-        Answered from the field's type, whether its section is code, and the
-        byte just before it (0 when it starts its section), for every field at
-        once: a first stage for the rules that leave calls out, which then
-        classify only the rest. False means "classify it".
+        Field ``k`` has type ``rtypes[k]`` and lies ``offsets[k]`` bytes into a
+        section whose contents start at ``data[starts[k]]`` (the object's
+        bytes), or -1 when that section is not code in the file. Answered for
+        every field at once: a first stage for the rules that leave calls out,
+        which then classify only the rest. False means "classify it".
         """
         calls = self._call_types
         return [rtype in calls for rtype in rtypes]

@@ -8,15 +8,15 @@ function's address with ``lea foo(%rip)`` (PC32, A = -4), calls it with
 
 from __future__ import annotations
 
+import mmap
 import re
 import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence, Set
-from functools import cached_property
 from types import MappingProxyType
 from typing import Any, Final
 
 from lp_rewrite.arch import GOT_HINT, AddressSite, Arch, Classification, Kind, LoadError, RelocType
-from lp_rewrite.arch.x86_insn import CALL_JMP_OPCODES, Form, decode_rel32, fast_rel32
+from lp_rewrite.arch.x86_insn import CALL_JMP_OPCODES, LEA_FORM, MEMORY_FORM, Form, decode_rel32, fast_rel32
 from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.file import ElfFile, Section
 from lp_rewrite.errors import InputError
@@ -38,7 +38,6 @@ _TYPES: Final = {
     )
 }
 _REL32: Final = frozenset([R_X86_64_PC32, R_X86_64_PLT32])
-_LEA, _MEMORY = Form.LEA, Form.MEMORY  # globals: a member read off its class costs ~180 ns (Python 3.11)
 _FORM_KIND: Final = {Form.CALL: Kind.CALL, Form.JUMP: Kind.CALL, Form.LEA: Kind.ADDRESS, Form.MEMORY: Kind.MEMORY}
 _NARROW: Final = "a narrow absolute address: build with -fpic"
 _PC: Final = "a narrow or 64-bit PC-relative field Xen does not apply"
@@ -47,11 +46,14 @@ _ABS32: Final = "a 32-bit absolute address (-fno-pic / -mcmodel=kernel): build w
 _S32 = struct.Struct("<i")
 _U64 = struct.Struct("<Q")
 # lea with a RIP-relative ModRM (mod=00, rm=101): 8D 05/0D/.../3D, disp32 follows.
-# lea with a RIP-relative ModRM. No lookahead needed: a match cannot overlap the
-# next, since a ModRM byte of this form is never 0x8D.
+# No lookahead needed: a match cannot overlap the next, since a ModRM byte of
+# this form is never 0x8D.
 _LEA_RIP: Final = re.compile(rb"\x8d[\x05\x0d\x15\x1d\x25\x2d\x35\x3d]")
-_CALL_JMP: Final = CALL_JMP_OPCODES
-_FAST_FORMS: dict[int, tuple[Classification, Classification, Classification]] = {}
+# A rel32 that ends its instruction, classified once per type: (call or jump, lea, other access).
+_FAST_FORMS: Final = {
+    code: tuple(Classification(_TYPES[code], kind, 4) for kind in (Kind.CALL, Kind.ADDRESS, Kind.MEMORY))
+    for code in _REL32
+}
 
 
 class X86_64(Arch):
@@ -109,22 +111,18 @@ class X86_64(Arch):
         plain = self._plain.get(rtype)
         if plain is None or rtype not in _REL32 or not section.executable:
             return plain
-        if offset and data[offset - 1] in _CALL_JMP:  # call/jmp rel32: the decoder's first test, inline
-            return self._calls[rtype]
+        if offset and data[offset - 1] in CALL_JMP_OPCODES:  # call/jmp rel32: the decoder's first test, inline
+            return _FAST_FORMS[rtype][0]
         return self._in_code(rtype, plain, section, data, offset)
 
-    def direct_calls(self, rtypes: Sequence[int], code: Sequence[bool], before: bytes | bytearray) -> list[bool]:
+    def direct_calls(
+        self, data: bytes | mmap.mmap, rtypes: Sequence[int], starts: Sequence[int], offsets: Sequence[int]
+    ) -> list[bool]:
         """A call/jmp rel32 in code: the decoder's first test, as :meth:`classify` applies it, for every field."""
         return [
-            is_code and rtype in _REL32 and opcode in _CALL_JMP
-            for rtype, is_code, opcode in zip(rtypes, code, before, strict=True)
+            start >= 0 and offset > 0 and rtype in _REL32 and data[start + offset - 1] in CALL_JMP_OPCODES
+            for rtype, start, offset in zip(rtypes, starts, offsets, strict=True)
         ]
-
-    @cached_property
-    def _calls(self) -> dict[int, Classification]:
-        """The classification of a call/jmp rel32, per rel32 type."""
-        plain = self._plain
-        return {rtype: self._fast_forms(rtype, plain[rtype])[0] for rtype in _REL32}
 
     def _in_code(
         self, rtype: int, plain: Classification, section: Section, data: memoryview, offset: int
@@ -132,27 +130,14 @@ class X86_64(Arch):
         """A rel32 field in code, classified by the instruction that holds it."""
         form = fast_rel32(data, offset)  # the common forms, without formatting a location
         if form is not None:  # the field ends its instruction: one shared value per type and form
-            calls, addresses, accesses = _FAST_FORMS.get(rtype) or self._fast_forms(rtype, plain)
-            return addresses if form is _LEA else accesses if form is _MEMORY else calls
+            calls, addresses, accesses = _FAST_FORMS[rtype]
+            return addresses if form is LEA_FORM else accesses if form is MEMORY_FORM else calls
         try:
             site = decode_rel32(data, offset, f"{section.name}+{offset:#x}")
         except InputError as exc:
             # Undecodable: assume the worst (an address after a bare rel32), and say so.
             return Classification(plain.type, Kind.ADDRESS, 4, str(exc))
         return Classification(plain.type, _FORM_KIND[site.form], site.bias(offset))
-
-    def _fast_forms(self, rtype: int, plain: Classification) -> tuple[Classification, Classification, Classification]:
-        """A rel32 that ends its instruction, classified once per type: call or jump, lea, other access."""
-        found = _FAST_FORMS.get(rtype)
-        if found is None:
-            t = plain.type
-            found = (
-                Classification(t, Kind.CALL, 4),
-                Classification(t, Kind.ADDRESS, 4),
-                Classification(t, Kind.MEMORY, 4),
-            )
-            _FAST_FORMS[rtype] = found
-        return found
 
     def address_computations(
         self, data: memoryview, targets: Set[int], in_data: Callable[[int], bool], decode_from: Callable[[int], int]

@@ -31,7 +31,7 @@ class Form(enum.Enum):
 
 # The forms as module globals: _fast_form() runs per relocation, and reading a
 # member off its class costs ~180 ns in Python 3.11 (a descriptor), a global ~16 ns.
-_CALL, _JUMP, _LEA_FORM, _MEMORY = Form.CALL, Form.JUMP, Form.LEA, Form.MEMORY
+CALL_FORM, JUMP_FORM, LEA_FORM, MEMORY_FORM = Form.CALL, Form.JUMP, Form.LEA, Form.MEMORY
 
 
 class Rel32Site(NamedTuple):
@@ -48,7 +48,8 @@ class Rel32Site(NamedTuple):
 _LEA = 0x8D
 # The opcode just before the rel32 field of call and jmp: the decoder's first
 # test, which callers with many fields may apply to all of them at once.
-CALL_JMP_OPCODES: Final = (0xE8, 0xE9)
+_CALL_REL32, _JMP_REL32 = 0xE8, 0xE9
+CALL_JMP_OPCODES: Final = (_CALL_REL32, _JMP_REL32)
 _NO_IMM_RIP_OPCODES = frozenset([0x89, 0x8B, 0x8D, 0xFF])
 
 
@@ -57,17 +58,17 @@ def _fast_form(code: memoryview, field: int) -> Form | None:
     if field < 1:
         return None
     b1 = code[field - 1]
-    if b1 == 0xE8:
-        return _CALL
-    if b1 == 0xE9:
-        return _JUMP
+    if b1 == _CALL_REL32:
+        return CALL_FORM
+    if b1 == _JMP_REL32:
+        return JUMP_FORM
     if field < 2:
         return None
     b2 = code[field - 2]
     if b2 == 0x0F and 0x80 <= b1 <= 0x8F:
-        return _JUMP
+        return JUMP_FORM
     if (b1 & 0xC7) == 0x05 and b2 in _NO_IMM_RIP_OPCODES:
-        return _LEA_FORM if b2 == _LEA else _MEMORY
+        return LEA_FORM if b2 == _LEA else MEMORY_FORM
     return None
 
 

@@ -272,22 +272,21 @@ class Context:
         Judged for all their entries in one pass: most references in a payload
         are calls, and a table left with none is then never visited.
         """
-        secs, data = self.elf.sections, self.elf.data
-        info, starts, flags = secs.info, secs.offset, secs.flags
+        secs = self.elf.sections
+        info, offset, flags = secs.info, secs.offset, secs.flags
         rtypes: list[int] = []
-        code: list[bool] = []
-        before = bytearray()
+        starts: list[int] = []
+        offsets: list[int] = []
         for ridx, run, base, picked in tables:
             target = info[ridx]
-            is_code = bool(flags[target] & C.SHF_EXECINSTR) and secs.has_file_data(target)
-            at = starts[target] - 1  # the file offset of the byte before the section's field 0
-            types, offsets = run.types, run.offsets
+            # Where the section's contents start in the file, or -1 when they are not code there.
+            code = flags[target] & C.SHF_EXECINSTR and secs.has_file_data(target)
+            types, fields = run.types, run.offsets
             for i in picked:
                 rtypes.append(types[base + i])
-                offset = offsets[base + i]
-                before.append(data[at + offset] if is_code and offset else 0)
-            code += [is_code] * len(picked)
-        calls = self.arch.direct_calls(rtypes, code, before)
+                offsets.append(fields[base + i])
+            starts += [offset[target] if code else -1] * len(picked)
+        calls = self.arch.direct_calls(self.elf.data, rtypes, starts, offsets)
         out = []
         k = 0
         for ridx, run, base, picked in tables:

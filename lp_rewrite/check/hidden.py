@@ -27,7 +27,7 @@ from functools import partial
 
 from lp_rewrite.check.context import Context
 from lp_rewrite.check.escape import escape_message
-from lp_rewrite.check.findings import Finding, Place, make
+from lp_rewrite.check.findings import Finding, make
 from lp_rewrite.elf import consts as C
 
 
@@ -111,7 +111,7 @@ def check(ctx: Context) -> list[Finding]:
 def _finding(ctx: Context, sec: int, insn: int, field: int, target: int, text: str, what: str | int) -> Finding:
     """LP008 for a replaced function's entry (``what``: the original's name), else LP002 (``what``: the symbol)."""
     name = ctx.elf.sections.name(sec)
-    place = Place(name, insn, ctx.file_offset(sec, insn), field - insn + 4)
+    place = ctx.place(sec, insn, field - insn + 4)
     if isinstance(what, str):
         fn = ctx.function_at(sec, target)
         copy = ctx.name(fn) if fn is not None else f"{name}+{target:#x}"
