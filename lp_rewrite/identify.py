@@ -18,7 +18,6 @@ gets an empty table (:attr:`FuncsTable.present` false).
 
 from __future__ import annotations
 
-from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from functools import partial
@@ -116,9 +115,7 @@ def field_relocations(payload: Payload, funcs: Section, *, strict: bool = True) 
     data = elf.section_data(funcs.index)
     out: list[FieldReloc] = []
     seen: set[int] = set()
-    for idx in elf.relocation_sections:
-        if elf.sections.info[idx] != funcs.index:
-            continue
+    for idx in elf.tables_relocating(funcs.index):
         table = elf.relocations(idx)
         for i in range(table.count):
             off, rtype, sym = table.offsets[i], table.types[i], table.syms[i]
@@ -237,20 +234,7 @@ class _RelocatedPlaces:
 
     def __init__(self, payload: Payload) -> None:
         self.payload = payload
-        # Relocation tables sorted by the section they relocate, and those sections:
-        # found by bisection (a stress object has 50k tables; a dict of lists costs 10 MB).
-        self._tables: list[int] | None = None
-        self._targets: array[int] | None = None
         self._spans: dict[int, tuple[list[int], list[int]]] = {}
-
-    def _relocating(self, section: int) -> list[int]:
-        """The relocation tables whose target is ``section``, in index order."""
-        if self._tables is None or self._targets is None:
-            info = self.payload.elf.sections.info
-            self._tables = sorted(self.payload.elf.relocation_sections, key=info.__getitem__)
-            self._targets = array("I", map(info.__getitem__, self._tables))
-        lo = bisect_left(self._targets, section)
-        return self._tables[lo : bisect_right(self._targets, section, lo)]
 
     def _section(self, section: int) -> tuple[list[int], list[int]]:
         spans = self._spans.get(section)
@@ -258,7 +242,7 @@ class _RelocatedPlaces:
             elf, types = self.payload.elf, self.payload.arch.types
             pairs = sorted(
                 (off, off + (types[t].width if t in types else 4))
-                for idx in self._relocating(section)
+                for idx in elf.tables_relocating(section)
                 for off, t in zip(elf.relocations(idx).offsets, elf.relocations(idx).types, strict=True)
             )
             spans = self._spans[section] = ([a for a, _ in pairs], [b for _, b in pairs])

@@ -67,11 +67,9 @@ def _function_start(ctx: Context, section: int, offset: int) -> int:
 def _relocated(ctx: Context, section: int) -> set[int]:
     """The offsets of a section that a relocation writes (read only where a candidate is found)."""
     elf = ctx.elf
-    info = elf.sections.info
     out: set[int] = set()
-    for ridx in elf.relocation_sections:
-        if info[ridx] == section:
-            out.update(elf.relocations(ridx).offsets)
+    for ridx in elf.tables_relocating(section):
+        out.update(elf.relocations(ridx).offsets)
     return out
 
 
