@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple
 
 from lp_rewrite.arch import LoadError
@@ -41,9 +42,8 @@ from lp_rewrite.policy import Policy
 from lp_rewrite.read import Payload, read_file, read_payload, symbol_label
 from lp_rewrite.xensyms import XenSymbols
 
-# No dataclasses here: creating one costs about a millisecond of the start-up of
-# `verify` and `rewrite --verify`. Values are NamedTuples; the certificate, filled
-# in as it is proven, is a small slotted class.
+# `verify` imports the loader model, whose classes are dataclasses: the
+# certificate, filled in as it is proven, is one too. Its values are NamedTuples.
 
 
 class Site(NamedTuple):
@@ -87,51 +87,26 @@ class SectionCount(NamedTuple):
     retargeted: int
 
 
+@dataclass
 class Certificate:
     """What ``verify`` proved about a rewritten payload."""
 
-    __slots__ = (
-        "aligned_notes",
-        "arch",
-        "base",
-        "identical_files",
-        "nothing_to_retarget",
-        "original",
-        "prepare",
-        "refused_both",
-        "rewritten",
-        "sections",
-        "sites",
-        "symbols",
-    )
-
-    def __init__(
-        self,
-        original: str,
-        rewritten: str,
-        arch: str,
-        symbols: str,  # where the table came from
-        base: int,
-        *,
-        # Xen refuses both payloads at this placement (nothing else was compared).
-        refused_both: bool = False,
-        # Notes whose sh_addralign the rewrite raised (--align-notes): the ORIGINAL is
-        # loaded with them aligned too, so that placement is what is compared.
-        aligned_notes: list[str] | None = None,
-    ) -> None:
-        self.original = original
-        self.rewritten = rewritten
-        self.arch = arch
-        self.symbols = symbols
-        self.base = base
-        self.sections: list[SectionCount] = []
-        self.sites: list[Site] = []
-        self.prepare = ""  # what prepare_payload() made of both
-        self.refused_both = refused_both
-        self.aligned_notes: list[str] = [] if aligned_notes is None else aligned_notes
-        # Why no site must be retargeted (a hooks-only payload, say); None when one must.
-        self.nothing_to_retarget: str | None = None
-        self.identical_files = False
+    original: str
+    rewritten: str
+    arch: str
+    symbols: str  # where the table came from
+    base: int
+    sections: list[SectionCount] = field(default_factory=list)
+    sites: list[Site] = field(default_factory=list)
+    prepare: str = ""  # what prepare_payload() made of both
+    # Xen refuses both payloads at this placement (nothing else was compared).
+    refused_both: bool = False
+    # Notes whose sh_addralign the rewrite raised (--align-notes): the ORIGINAL is
+    # loaded with them aligned too, so that placement is what is compared.
+    aligned_notes: list[str] = field(default_factory=list)
+    # Why no site must be retargeted (a hooks-only payload, say); None when one must.
+    nothing_to_retarget: str | None = None
+    identical_files: bool = False
 
     @property
     def bytes_compared(self) -> int:
