@@ -30,8 +30,9 @@ import signal
 import stat
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from itertools import islice
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -107,19 +108,25 @@ def _signals_held() -> Iterator[None]:
 _IOV_BATCH = 1024
 
 
-def _write_all(fd: int, pieces: Sequence[Chunk]) -> None:
-    """Write the pieces in order, whole: a stress object's output is 30k of them (views of the input)."""
-    pending = [memoryview(p) for p in pieces if len(p)]
-    k = 0
-    while k < len(pending):
-        written = os.writev(fd, pending[k : k + _IOV_BATCH])
-        while written:  # skip what was written; a partly written piece keeps its rest
-            size = pending[k].nbytes
-            if written < size:
-                pending[k] = pending[k][written:]
-                break
-            written -= size
-            k += 1
+def _write_all(fd: int, pieces: Iterable[Chunk]) -> None:
+    """Write the pieces in order, whole: a stress object's output is 30k of them (views of the input).
+
+    Views are made a batch at a time: a memoryview is about 200 bytes, and one
+    for each of 30k pieces at once held megabytes through the write.
+    """
+    it = iter(pieces)
+    while batch := list(islice(it, _IOV_BATCH)):
+        pending = [view for view in map(memoryview, batch) if view.nbytes]
+        k = 0
+        while k < len(pending):
+            written = os.writev(fd, pending[k:])
+            while written:  # skip what was written; a partly written piece keeps its rest
+                size = pending[k].nbytes
+                if written < size:
+                    pending[k] = pending[k][written:]
+                    break
+                written -= size
+                k += 1
 
 
 def write_atomic(
