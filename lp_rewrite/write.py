@@ -116,7 +116,7 @@ def _write_all(fd: int, pieces: Iterable[Chunk]) -> None:
     """
     it = iter(pieces)
     while batch := list(islice(it, _IOV_BATCH)):
-        pending = [view for view in map(memoryview, batch) if view.nbytes]
+        pending: list[memoryview] = [view for piece in batch if (view := memoryview(piece)).nbytes]
         k = 0
         while k < len(pending):
             written = os.writev(fd, pending[k:])
