@@ -29,11 +29,12 @@ mechanics, and keeps the rules that are Xen's (which tables may change).
 from __future__ import annotations
 
 import bisect
+from array import array
 from collections.abc import Sequence
-from itertools import accumulate, compress, count, repeat
+from itertools import accumulate, compress, count, groupby, repeat
 from operator import add, lt
 
-from lp_rewrite.decide import Decision, Decisions
+from lp_rewrite.decide import DecisionList, Decisions
 from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.editor import ElfEditor, IndexMap, NewSymbol
 from lp_rewrite.elf.file import SymbolTable, decode_name
@@ -85,10 +86,11 @@ class Plan(Record):
         "symbol_map",
     )
 
-    def __init__(self, retargets: list[Decision] | None = None) -> None:
+    def __init__(self, retargets: DecisionList | None = None) -> None:
         self.aliases: dict[str, Alias] = {}
         self.renames: dict[int, str] = {}  # symbol index -> new name
-        self.retargets: list[Decision] = [] if retargets is None else retargets
+        # The retarget decisions, as columns (the decision list's own, shared).
+        self.retargets = DecisionList() if retargets is None else retargets
         # Local symbols inserted before input index `pos`: (pos, symbols) in order.
         self.inserts: list[tuple[int, list[NewSymbol]]] = []
         self.appended: list[NewSymbol] = []
@@ -101,12 +103,17 @@ class Plan(Record):
         # Input symbol index -> output symbol index: the editor's, recorded by apply().
         self.symbol_map: IndexMap | None = None
 
-    def by_table(self) -> dict[int, list[tuple[Decision, int]]]:
-        """Each retarget with its new addend, by relocation table (in the order of ``retargets``)."""
-        tables: dict[int, list[tuple[Decision, int]]] = {}
-        for d, addend in zip(self.retargets, self.new_addends, strict=True):
-            tables.setdefault(d.reloc_section, []).append((d, addend))
-        return tables
+    def by_table(self) -> dict[int, array[int]]:
+        """Where each relocation table's retargets are in ``retargets`` (and ``new_addends``), in their order.
+
+        Positions, not Decision objects: a stress object's 20k of them would
+        be made again, and held through the self-check's relocation checks.
+        """
+        tables = self.retargets.column("reloc_section")
+        if len(self.new_addends) != len(tables):
+            raise ValueError(f"{len(self.new_addends)} new addends for {len(tables)} retargets")
+        order = sorted(range(len(tables)), key=tables.__getitem__)  # stable: in the order of retargets
+        return {table: array("I", rows) for table, rows in groupby(order, key=tables.__getitem__)}
 
     def alias_index(self) -> dict[int, int]:
         """Replacement number -> the output symbol index of its alias (known once apply() has run)."""
@@ -139,7 +146,8 @@ def plan(payload: Payload, funcs: FuncsTable, decisions: Decisions, policy: Poli
         out.addralign = alignment_edits(payload.elf)
     if not out.retargets:
         return out
-    reps = sorted({d.replacement for d in out.retargets if d.replacement is not None})
+    retargets = out.retargets
+    reps = sorted({n for n in retargets.column("replacement") if n >= 0})  # -1: none (never for a retarget)
     undefined: dict[str, int] = {}
     # Symbol-table scans select their few rows with C loops (a stress object has 150k symbols).
     for i in compress(count(), map(C.SHN_UNDEF.__eq__, syms.shndx)):
@@ -194,10 +202,13 @@ def plan(payload: Payload, funcs: FuncsTable, decisions: Decisions, policy: Poli
     if absolute:
         _resolve_absolute(payload, funcs, reps, out, policy)
     _place_aliases(payload, out)
-    for d in out.retargets:
-        assert d.replacement is not None
-        rep = funcs.replacements[d.replacement]
-        out.new_addends.append(d.addend + syms.value[d.symbol] - rep.offset)
+    entry = {n: funcs.replacements[n].offset for n in reps}
+    out.new_addends = [
+        addend + values[sym] - entry[n]
+        for addend, sym, n in zip(
+            retargets.column("addend"), retargets.column("symbol"), retargets.column("replacement"), strict=True
+        )
+    ]
     return out
 
 
@@ -263,7 +274,7 @@ def _place_aliases(payload: Payload, out: Plan) -> None:
     out.inserts = sorted(groups.items())
 
 
-def _check_places_unshared(payload: Payload, retargets: list[Decision]) -> None:
+def _check_places_unshared(payload: Payload, retargets: DecisionList) -> None:
     """A retargeted place must belong to its relocation alone.
 
     Xen applies relocations in turn, so two that write overlapping bytes
@@ -275,7 +286,8 @@ def _check_places_unshared(payload: Payload, retargets: list[Decision]) -> None:
     elf, types = payload.elf, payload.arch.types
     secs = elf.sections
     info = secs.info
-    wanted = {d.section for d in retargets}
+    retargeted = retargets.column("section")
+    wanted = set(retargeted)
     tables = [idx for idx in elf.relocation_sections if info[idx] in wanted]
     # Every place of a section, by offset (already sorted as compilers emit
     # them, so the sort is one linear pass). A retarget is then checked
@@ -305,18 +317,20 @@ def _check_places_unshared(payload: Payload, retargets: list[Decision]) -> None:
         ends = accumulate(map(add, offsets, map(widths.get, kinds, repeat(4))), max)  # furthest byte written so far
         if any(map(lt, offsets[1:], ends)):
             places[section] = (list(offsets), list(kinds))
-    for d in retargets:
-        if d.section not in places:
+    if not places:
+        return
+    for section, offset, rtype in zip(retargeted, retargets.column("offset"), retargets.column("rtype"), strict=True):
+        if section not in places:
             continue
-        offsets, kinds = places[d.section]
-        end = d.offset + types[d.rtype].width
-        lo, hi = bisect.bisect_left(offsets, d.offset - widest + 1), bisect.bisect_left(offsets, end)
-        hits = [offsets[j] for j in range(lo, hi) if (w := widths.get(kinds[j], 4)) and offsets[j] + w > d.offset]
+        offsets, kinds = places[section]
+        end = offset + types[rtype].width
+        lo, hi = bisect.bisect_left(offsets, offset - widest + 1), bisect.bisect_left(offsets, end)
+        hits = [offsets[j] for j in range(lo, hi) if (w := widths.get(kinds[j], 4)) and offsets[j] + w > offset]
         if len(hits) > 1:  # its own place, and another one
-            hits.remove(d.offset)
-            name = secs.name(d.section)
+            hits.remove(offset)
+            name = secs.name(section)
             raise InputError(
-                f"{name}+{d.offset:#x}: another relocation also writes these bytes ({name}+{hits[0]:#x}), "
+                f"{name}+{offset:#x}: another relocation also writes these bytes ({name}+{hits[0]:#x}), "
                 "so Xen's result depends on their order and this one cannot be moved alone"
             )
 
@@ -388,17 +402,16 @@ def _edit_relocations(editor: ElfEditor, payload: Payload, out: Plan) -> None:
     """Each retarget names its alias with its new addend (RELA: the field; REL: the place, re-encoded)."""
     by_table = out.by_table()
     alias_index = out.alias_index()
+    ret, new_addends = out.retargets, out.new_addends
+    index, replacement = ret.column("index"), ret.column("replacement")
     for ridx in sorted(by_table):
-        todo = by_table[ridx]
-        entries = [d.index for d, _a in todo]
-        aliases = []
-        for d, _a in todo:
-            assert d.replacement is not None
-            aliases.append(alias_index[d.replacement])
-        editor.set_relocation_symbols(ridx, entries, aliases)
+        rows = by_table[ridx]
+        entries = [index[k] for k in rows]
+        editor.set_relocation_symbols(ridx, entries, [alias_index[replacement[k]] for k in rows])
         if payload.elf.sections.type[ridx] == C.SHT_RELA:
-            editor.set_relocation_addends(ridx, entries, [a for _d, a in todo])
+            editor.set_relocation_addends(ridx, entries, [new_addends[k] for k in rows])
             continue
-        for d, addend in todo:
-            if addend != d.addend:
-                payload.arch.write_implicit_addend(d.rtype, editor.contents(d.section), d.offset, addend)
+        for k in rows:
+            d = ret[k]
+            if new_addends[k] != d.addend:
+                payload.arch.write_implicit_addend(d.rtype, editor.contents(d.section), d.offset, new_addends[k])

@@ -17,11 +17,13 @@ from __future__ import annotations
 import enum
 import fnmatch
 import re
+from array import array
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from itertools import accumulate, compress, count
-from typing import ClassVar
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import accumulate, compress, count, starmap
+from operator import eq
+from typing import ClassVar, overload
 
 from lp_rewrite.arch import Kind
 from lp_rewrite.elf import consts as C
@@ -128,19 +130,208 @@ class Decision(Record):
         return self.reason is _RETARGET
 
 
+# A Decision field's column: its typecode, and the value that stands for None.
+# Each field fits its typecode in any object the reader accepts but for the
+# sums (target_offset, a REL addend read as a word): a value that does not fit
+# turns every column into a list (DecisionList._widen), never a wrong value.
+_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("reloc_section", "I"),
+    ("index", "I"),
+    ("section", "I"),
+    ("offset", "Q"),
+    ("rtype", "I"),
+    ("symbol", "I"),
+    ("addend", "q"),
+    ("bias", "q"),
+    ("target_section", "q"),  # -1: None (an undefined or absolute symbol)
+    ("target_offset", "q"),  # 0 where target_section is None
+    ("replacement", "q"),  # -1: None
+    ("reason", "B"),  # the Reason's position in _REASONS
+)
+_FIELD = {name: k for k, (name, _typecode) in enumerate(_COLUMNS)}
+_REASONS: tuple[Reason, ...] = tuple(Reason)
+_REASON_CODE = {reason: k for k, reason in enumerate(_REASONS)}
+
+
+def _decision(
+    reloc_section: int,
+    index: int,
+    section: int,
+    offset: int,
+    rtype: int,
+    symbol: int,
+    addend: int,
+    bias: int,
+    target_section: int,
+    target_offset: int,
+    replacement: int,
+    reason: int,
+) -> Decision:
+    """The Decision of one row of columns (their None stand-ins back to None)."""
+    found = target_section >= 0
+    return Decision(
+        reloc_section,
+        index,
+        section,
+        offset,
+        rtype,
+        symbol,
+        addend,
+        bias,
+        target_section if found else None,
+        target_offset if found else None,
+        replacement if replacement >= 0 else None,
+        _REASONS[reason],
+    )
+
+
+class DecisionList(Sequence[Decision]):
+    """Decisions kept as columns, one array per field; a :class:`Decision` is made when one is read.
+
+    A stress object has 20k decisions (200k with ``everything``), held from
+    ``decide`` through the self-check: as objects, with their large ints, they
+    cost about 190 bytes each and pin the allocator's pages; as columns, 61.
+    A Decision read is a new object with the stored values (equal, not the same).
+    :meth:`column` gives one field of every decision, for loops over many of them.
+    A list may be a *selection* of another's rows (:meth:`select`): it shares
+    its columns and cannot grow.
+    """
+
+    __slots__ = ("_cols", "_rows")
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
+
+    def __init__(self, decisions: Iterable[Decision] = ()) -> None:
+        self._cols: list[array[int] | list[int]] = [array(typecode) for _name, typecode in _COLUMNS]
+        self._rows: array[int] | None = None
+        for d in decisions:
+            self.append(d)
+
+    def add(
+        self,
+        reloc_section: int,
+        index: int,
+        section: int,
+        offset: int,
+        rtype: int,
+        symbol: int,
+        addend: int,
+        bias: int,
+        target_section: int | None,
+        target_offset: int | None,
+        replacement: int | None,
+        reason: Reason,
+    ) -> None:
+        """Append one decision, given as Decision's fields."""
+        if self._rows is not None:
+            raise TypeError("a selection of decisions does not grow")
+        if target_section is None or target_offset is None:
+            target_section, target_offset = -1, 0
+        c = self._cols
+        n = len(c[-1])  # the reason column is appended last: a row cut short is found by it
+        try:
+            c[0].append(reloc_section)
+            c[1].append(index)
+            c[2].append(section)
+            c[3].append(offset)
+            c[4].append(rtype)
+            c[5].append(symbol)
+            c[6].append(addend)
+            c[7].append(bias)
+            c[8].append(target_section)
+            c[9].append(target_offset)
+            c[10].append(-1 if replacement is None else replacement)
+            c[11].append(_REASON_CODE[reason])
+        except OverflowError:
+            self._widen(n)
+            row = (reloc_section, index, section, offset, rtype, symbol, addend, bias, target_section, target_offset)
+            for col, value in zip(
+                self._cols, (*row, -1 if replacement is None else replacement, _REASON_CODE[reason]), strict=True
+            ):
+                col.append(value)
+
+    def append(self, d: Decision) -> None:
+        self.add(
+            d.reloc_section,
+            d.index,
+            d.section,
+            d.offset,
+            d.rtype,
+            d.symbol,
+            d.addend,
+            d.bias,
+            d.target_section,
+            d.target_offset,
+            d.replacement,
+            d.reason,
+        )
+
+    def _widen(self, n: int) -> None:
+        """Every column as a list of its first ``n`` values (a value beyond a column's typecode came)."""
+        self._cols = [list(col[:n]) for col in self._cols]
+
+    def select(self, reason: Reason) -> DecisionList:
+        """The decisions with this reason, in order (a selection sharing these columns)."""
+        code = _REASON_CODE[reason]
+        reasons = self._cols[_FIELD["reason"]]
+        picked = compress(count(), map(code.__eq__, reasons))  # C loops
+        out = DecisionList()
+        out._cols = self._cols
+        out._rows = array("I", picked if self._rows is None else map(self._rows.__getitem__, picked))
+        return out
+
+    def column(self, name: str) -> Sequence[int]:
+        """One field of every decision, in order (target_section and replacement: -1 stands for None)."""
+        col = self._cols[_FIELD[name]]
+        if self._rows is None:
+            return col
+        if isinstance(col, list):
+            return list(map(col.__getitem__, self._rows))
+        return array(col.typecode, map(col.__getitem__, self._rows))
+
+    def __len__(self) -> int:
+        return len(self._cols[-1]) if self._rows is None else len(self._rows)
+
+    @overload
+    def __getitem__(self, index: int) -> Decision: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Decision]: ...
+    def __getitem__(self, index: int | slice) -> Decision | list[Decision]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError("decision index out of range")
+        row = index % n if self._rows is None else self._rows[index]
+        return _decision(*(col[row] for col in self._cols))
+
+    def __iter__(self) -> Iterator[Decision]:
+        cols = self._cols if self._rows is None else [map(col.__getitem__, self._rows) for col in self._cols]
+        return starmap(_decision, zip(*cols, strict=True))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (DecisionList, list)):
+            return len(self) == len(other) and all(map(eq, self, other))
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return repr(list(self))
+
+
 class Decisions(Record):
     """The decision list, plus counts for relocations not materialised."""
 
     __slots__ = ("counts", "items", "total")
 
-    def __init__(self, items: list[Decision], counts: Counter[Reason] | None = None, total: int = 0) -> None:
-        self.items = items
+    def __init__(
+        self, items: Iterable[Decision] | None = None, counts: Counter[Reason] | None = None, total: int = 0
+    ) -> None:
+        self.items = items if isinstance(items, DecisionList) else DecisionList(items or ())
         self.counts: Counter[Reason] = Counter() if counts is None else counts
         self.total = total
 
     @property
-    def retargets(self) -> list[Decision]:
-        return [d for d in self.items if d.reason is _RETARGET]
+    def retargets(self) -> DecisionList:
+        return self.items.select(_RETARGET)
 
     def __iter__(self) -> Iterator[Decision]:
         return iter(self.items)
@@ -260,7 +451,7 @@ def decide(
     shndx = syms.shndx
     interesting = set(compress(count(), map(by_section.__contains__, shndx)))  # C loops over 150k symbols
     exempt = ExemptSections(policy)
-    out = Decisions([])
+    out = Decisions()
     secs = elf.sections
     tables = elf.relocation_sections
     if sections is not None:
@@ -278,7 +469,7 @@ def decide(
         for ridx, run, base, todo in entries_naming(elf, tables, interesting):
             _decide_entries(payload, ridx, run, base, todo, by_section, interesting, exempt, out.items)
         out.counts[Reason.KEEP_NOT_REPLACED] += out.total - len(out.items)
-    out.counts.update(d.reason for d in out.items)
+    out.counts.update(map(_REASONS.__getitem__, out.items.column("reason")))
     return out
 
 
@@ -291,7 +482,7 @@ def _decide_entries(
     by_section: dict[int, _Entries],
     interesting: set[int],
     exempt: ExemptSections,
-    out: list[Decision],
+    out: DecisionList,
 ) -> None:
     """Append the decision for each entry ``todo`` of relocation table ``ridx``,
     whose entry ``i`` is row ``base + i`` of ``columns``."""
@@ -304,6 +495,7 @@ def _decide_entries(
     data = elf.section_data(sec.index)
     offsets, rtypes, rsyms, addends = columns.offsets, columns.types, columns.syms, columns.addends
     sec_exempt: bool | None = None  # the name is decoded only if an entry is met
+    add = out.add
     for i in todo:
         row = base + i
         sym = rsyms[row]
@@ -353,4 +545,4 @@ def _decide_entries(
                 rep_index = entries.body(toff)
                 if rep_index is not None:
                     reason = _KEEP_BODY
-        out.append(Decision(ridx, i, sec.index, offset, rtype, sym, addend, bias, tsec, toff, rep_index, reason))
+        add(ridx, i, sec.index, offset, rtype, sym, addend, bias, tsec, toff, rep_index, reason)

@@ -68,8 +68,10 @@ class RewriteResult(Analysis):
         return nothing_to_retarget(self.funcs, self.decisions)
 
     def retargets_per_section(self) -> Counter[str]:
-        names = self.payload.elf.sections
-        return Counter(names[d.section].name for d in self.plan.retargets)
+        secs = self.payload.elf.sections
+        # By index, then named: a name read through a Section object would keep one for each section.
+        per = Counter(self.plan.retargets.column("section"))
+        return Counter({secs.name(i): n for i, n in per.items()})
 
 
 def analyse(
@@ -250,7 +252,12 @@ def prove_edit(analysis: Analysis, edits: Plan, data: bytes | mmap.mmap, policy:
     reps = {r.section for r in analysis.funcs.replacements}
     # The relocation sections deciding looked at (decisions about relocations
     # that cannot reach a replacement are only there with `everything`).
-    looked_at = {d.reloc_section for d in analysis.decisions.items if d.target_section in reps}
+    items = analysis.decisions.items
+    looked_at = {
+        table
+        for table, target in zip(items.column("reloc_section"), items.column("target_section"), strict=True)
+        if target in reps  # -1 (no target section) is in no replacement's
+    }
     check_rewrite(analysis.payload, analysis.funcs, edits, data, policy, looked_at)
 
 

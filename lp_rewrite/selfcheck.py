@@ -19,11 +19,11 @@ from __future__ import annotations
 import mmap
 import struct
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import compress
 
 from lp_rewrite.apply import Plan
-from lp_rewrite.decide import Decision, decide
+from lp_rewrite.decide import decide
 from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.editor import IndexMap
 from lp_rewrite.elf.file import ElfFile
@@ -90,7 +90,7 @@ def _edited_relocation_tables(payload: Payload, plan: Plan, symbol_map: IndexMap
     """
     if symbol_map.moves:
         return payload.elf.relocation_tables
-    return sorted({d.reloc_section for d in plan.retargets})
+    return sorted(set(plan.retargets.column("reloc_section")))
 
 
 def _check_notes_aligned(out: Payload, plan: Plan) -> None:
@@ -148,9 +148,12 @@ def _check_sections(inp: Payload, out: Payload, plan: Plan, symbol_map: IndexMap
     # (_check_relocations); REL places re-encoded with a new addend are masked.
     differ = set(grown) | set(_edited_relocation_tables(inp, plan, symbol_map))
     rel_places: dict[int, list[int]] = {}
-    for d in plan.retargets:
-        if sa.type[d.reloc_section] == C.SHT_REL:
-            rel_places.setdefault(d.section, []).append(d.offset)
+    ret = plan.retargets
+    for table, section, offset in zip(
+        ret.column("reloc_section"), ret.column("section"), ret.column("offset"), strict=True
+    ):
+        if sa.type[table] == C.SHT_REL:
+            rel_places.setdefault(section, []).append(offset)
     same = bytearray(sa.data_mask)  # a byte per section, not a list of 100k ints
     for k in differ | rel_places.keys():
         same[k] = 0
@@ -255,24 +258,27 @@ def _check_relocations(inp: Payload, out: Payload, plan: Plan, symbol_map: Index
     a, b = inp.elf, out.elf
     by_section = plan.by_table()
     alias_index = plan.alias_index()
+    moved = _Moved(plan, alias_index)
     # Untouched sections were compared byte for byte (_check_sections).
     edited = _edited_relocation_tables(inp, plan, symbol_map)
     if symbol_map.moves:  # every entry names a renumbered symbol: checked entry by entry
         for idx in edited:
-            _check_table(inp, out, symbol_map, idx, by_section.get(idx, []), alias_index)
+            _check_table(inp, out, symbol_map, idx, moved.of(by_section.get(idx, _NONE)))
     else:
         # The output's tables are the input's with each planned entry re-encoded:
         # a window of adjacent tables is one comparison of bytes. A window that
         # differs is checked table by table, and a table entry by entry (which names it).
-        planned = _PlannedBytes(inp, by_section, alias_index)
+        planned = _PlannedBytes(inp, by_section, moved)
         for window in _windows(a, edited):
             if not planned.matches(b, window):
                 for idx in window:
                     if planned.table(idx) != b.section_data(idx):
-                        _check_table(inp, out, symbol_map, idx, by_section.get(idx, []), alias_index)
+                        _check_table(inp, out, symbol_map, idx, moved.of(by_section.get(idx, _NONE)))
+    ret = plan.retargets
     for idx in edited:
         if a.sections.type[idx] == C.SHT_REL:
-            for d, addend in by_section.get(idx, []):
+            for k in by_section.get(idx, _NONE):
+                d, addend = ret[k], plan.new_addends[k]
                 got = out.arch.implicit_addend(d.rtype, b.section_data(d.section), d.offset)
                 if got != addend:
                     raise _fail(f"{a.sections[d.section].name}+{d.offset:#x}: implicit addend {got}")
@@ -294,15 +300,34 @@ def _windows(elf: ElfFile, tables: list[int]) -> Iterator[list[int]]:
             window = []
 
 
+_NONE = array("I")  # no retargets in a table
+
+
+class _Moved:
+    """The planned entries of a relocation table, read from the plan's columns (no Decision objects)."""
+
+    def __init__(self, plan: Plan, alias_index: dict[int, int]) -> None:
+        ret = plan.retargets
+        self.index = ret.column("index")
+        self.rtype = ret.column("rtype")
+        self.replacement = ret.column("replacement")
+        self.addends = plan.new_addends
+        self.alias_index = alias_index
+
+    def of(self, rows: Sequence[int]) -> list[tuple[int, int, int, int]]:
+        """(entry, type, alias symbol index, new addend) of each of these retargets (positions in the plan)."""
+        index, rtype, replacement, addends = self.index, self.rtype, self.replacement, self.addends
+        alias = self.alias_index
+        return [(index[k], rtype[k], alias[replacement[k]], addends[k]) for k in rows]
+
+
 class _PlannedBytes:
     """The input's relocation tables with the planned entries naming their alias (RELA: and their addend)."""
 
-    def __init__(
-        self, inp: Payload, by_section: dict[int, list[tuple[Decision, int]]], alias_index: dict[int, int]
-    ) -> None:
+    def __init__(self, inp: Payload, by_section: dict[int, array[int]], moved: _Moved) -> None:
         self.elf = inp.elf
         self.by_section = by_section
-        self.alias_index = alias_index
+        self.moved = moved
 
     def _patch(self, buf: bytearray, at: int, idx: int) -> None:
         """Re-encode the planned entries of table ``idx``, which starts at ``buf[at]``."""
@@ -311,10 +336,9 @@ class _PlannedBytes:
         entsize = lay.reloc_entsize(kind)
         info_fmt, info_at = lay.rel_info
         add_fmt, add_at = lay.rela_addend
-        for d, addend in self.by_section.get(idx, []):
-            assert d.replacement is not None
-            pos = at + d.index * entsize
-            struct.pack_into("<" + info_fmt, buf, pos + info_at, lay.r_info(self.alias_index[d.replacement], d.rtype))
+        for entry, rtype, alias, addend in self.moved.of(self.by_section.get(idx, _NONE)):
+            pos = at + entry * entsize
+            struct.pack_into("<" + info_fmt, buf, pos + info_at, lay.r_info(alias, rtype))
             if kind == C.SHT_RELA:
                 struct.pack_into("<" + add_fmt, buf, pos + add_at, addend)
 
@@ -345,8 +369,7 @@ def _check_table(
     out: Payload,
     symbol_map: IndexMap,
     idx: int,
-    moved: list[tuple[Decision, int]],
-    alias_index: dict[int, int],
+    moved: list[tuple[int, int, int, int]],
 ) -> None:
     """Relocation table ``idx`` of the output, entry by entry against the input's and the plan."""
     x, y = inp.elf.relocations(idx), out.elf.relocations(idx)
@@ -358,11 +381,10 @@ def _check_table(
         return
     expect_syms = symbol_map.remap(x.syms, y.syms.typecode)
     expect_add = array(x.addends.typecode, x.addends) if x.addends is not None else None
-    for d, addend in moved:
-        assert d.replacement is not None
-        expect_syms[d.index] = alias_index[d.replacement]
+    for entry, _rtype, alias, addend in moved:  # (_Moved.of)
+        expect_syms[entry] = alias
         if expect_add is not None:
-            expect_add[d.index] = addend
+            expect_add[entry] = addend
     if y.syms != expect_syms:
         bad = next(i for i, (p, q) in enumerate(zip(y.syms, expect_syms, strict=True)) if p != q)
         raise _fail(f"{x.section.name!r} entry {bad}: symbol {y.syms[bad]}, expected {expect_syms[bad]}")
