@@ -32,7 +32,6 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from itertools import islice
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -106,17 +105,39 @@ def _signals_held() -> Iterator[None]:
 
 # Pieces per writev(2) call: at most IOV_MAX (1024 on Linux).
 _IOV_BATCH = 1024
+# Bytes per write call. The page cache keeps what one call writes in folios
+# as large as the call (ext4, XFS, tmpfs: up to 2 MiB), and a later read fault
+# on a mapping of the file maps a whole folio: the self-check maps the output
+# and reads a few hundred bytes here and there (.livepatch.funcs, names), which
+# mapped a megabyte each, 4 MiB at once. 64 KiB is the kernel's fault-around.
+_WRITE_BLOCK = 64 << 10
 
 
-def _write_all(fd: int, pieces: Iterable[Chunk]) -> None:
-    """Write the pieces in order, whole: a stress object's output is 30k of them (views of the input).
+def _blocks(pieces: Iterable[Chunk]) -> Iterator[list[memoryview]]:
+    """The pieces' bytes in order, as lists of views of at most _IOV_BATCH views and _WRITE_BLOCK bytes.
 
     Views are made a batch at a time: a memoryview is about 200 bytes, and one
     for each of 30k pieces at once held megabytes through the write.
     """
-    it = iter(pieces)
-    while batch := list(islice(it, _IOV_BATCH)):
-        pending: list[memoryview] = [view for piece in batch if (view := memoryview(piece)).nbytes]
+    batch: list[memoryview] = []
+    room = _WRITE_BLOCK
+    for piece in pieces:
+        view = memoryview(piece).cast("B")
+        while view.nbytes:
+            part = view[:room]
+            batch.append(part)
+            room -= part.nbytes
+            view = view[part.nbytes :]
+            if not room or len(batch) == _IOV_BATCH:
+                yield batch
+                batch, room = [], _WRITE_BLOCK
+    if batch:
+        yield batch
+
+
+def _write_all(fd: int, pieces: Iterable[Chunk]) -> None:
+    """Write the pieces in order, whole: a stress object's output is 30k of them (views of the input)."""
+    for pending in _blocks(pieces):
         k = 0
         while k < len(pending):
             written = os.writev(fd, pending[k:])

@@ -431,3 +431,36 @@ def test_output_keeps_the_input_mode_bits(mode: int, tmp_path: Path) -> None:
     assert stat.S_IMODE(work.stat().st_mode) == mode
     assert stat.S_IMODE((tmp_path / "w.livepatch~").stat().st_mode) == mode
     assert (tmp_path / "w.livepatch~").read_bytes() == GOOD.read_bytes()
+
+
+def test_pieces_are_written_whole_in_order_in_bounded_calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each write call carries at most _WRITE_BLOCK bytes and _IOV_BATCH pieces (the page cache
+    keeps a call's bytes in folios as large as the call), and a short write resumes where it stopped."""
+    rng = random.Random(15)
+    data = rng.randbytes(3 * write_mod._WRITE_BLOCK + 12345)
+    cuts = sorted(rng.sample(range(1, len(data)), 2500))
+    pieces: list[bytes | bytearray | memoryview] = []
+    for k, (lo, hi) in enumerate(zip([0, *cuts], [*cuts, len(data)], strict=True)):
+        kind = k % 3
+        pieces.append(data[lo:hi] if kind == 0 else bytearray(data[lo:hi]) if kind == 1 else memoryview(data)[lo:hi])
+    pieces.insert(7, b"")  # an empty piece is nothing to write
+    calls: list[tuple[int, int]] = []
+    real_writev = os.writev
+
+    def short_writev(fd: int, views: list[memoryview]) -> int:
+        calls.append((len(views), sum(v.nbytes for v in views)))
+        room = max(1, sum(v.nbytes for v in views) // 3)  # a third of what was asked: it ends mid-piece
+        prefix: list[memoryview] = []
+        for v in views:
+            prefix.append(v[:room])
+            room -= prefix[-1].nbytes
+            if not room:
+                break
+        return real_writev(fd, prefix)
+
+    monkeypatch.setattr(os, "writev", short_writev)
+    out = tmp_path / "out"
+    write_atomic(out, pieces)
+    assert out.read_bytes() == data
+    assert all(n <= write_mod._IOV_BATCH and size <= write_mod._WRITE_BLOCK for n, size in calls)
+    assert max(n for n, _size in calls) > 3 and max(size for _n, size in calls) == write_mod._WRITE_BLOCK
