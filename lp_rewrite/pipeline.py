@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import mmap
 import os
+from array import array
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -90,7 +91,9 @@ def analyse(
         funcs = identify(payload, absent_ok=True)  # hooks only: nothing to rewrite, not an error
     except InputError as exc:
         raise exc.prefixed(payload.name) from None
-    return Analysis(payload, funcs, decide(payload, funcs, policy, everything=everything))
+    decisions = decide(payload, funcs, policy, everything=everything)
+    payload.elf.sections.forget()
+    return Analysis(payload, funcs, decisions)
 
 
 def _refuse_misapplied(payload: Payload) -> None:
@@ -253,11 +256,17 @@ def prove_edit(analysis: Analysis, edits: Plan, data: bytes | mmap.mmap, policy:
     # The relocation sections deciding looked at (decisions about relocations
     # that cannot reach a replacement are only there with `everything`).
     items = analysis.decisions.items
-    looked_at = {
-        table
-        for table, target in zip(items.column("reloc_section"), items.column("target_section"), strict=True)
-        if target in reps  # -1 (no target section) is in no replacement's
-    }
+    # An array, held through the self-check: a set of a stress object's 8.5k table indices costs 0.7 MB.
+    looked_at = array(
+        "I",
+        sorted(
+            {
+                table
+                for table, target in zip(items.column("reloc_section"), items.column("target_section"), strict=True)
+                if target in reps  # -1 (no target section) is in no replacement's
+            }
+        ),
+    )
     check_rewrite(analysis.payload, analysis.funcs, edits, data, policy, looked_at)
 
 
