@@ -39,7 +39,7 @@ from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.editor import ElfEditor, IndexMap, NewSymbol
 from lp_rewrite.elf.file import SymbolTable, decode_name
 from lp_rewrite.elf.runs import RelocationRun
-from lp_rewrite.elf.writer import Chunk
+from lp_rewrite.elf.writer import Pieces
 from lp_rewrite.errors import InputError, UsageError
 from lp_rewrite.identify import FuncsTable
 from lp_rewrite.policy import Policy
@@ -344,7 +344,7 @@ def apply(payload: Payload, funcs: FuncsTable, out: Plan) -> bytes:
     return edit(payload, funcs, out).to_bytes()
 
 
-def apply_chunks(payload: Payload, funcs: FuncsTable, out: Plan) -> list[Chunk]:
+def apply_chunks(payload: Payload, funcs: FuncsTable, out: Plan) -> Pieces:
     """The rewritten object as consecutive pieces (what :func:`apply` joins), to be written in turn."""
     return edit(payload, funcs, out).to_chunks()
 

@@ -7,13 +7,13 @@ import mmap
 import os
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from lp_rewrite.apply import Plan, apply, apply_chunks, plan
 from lp_rewrite.decide import Decisions, decide, nothing_to_retarget
-from lp_rewrite.elf.writer import Chunk
+from lp_rewrite.elf.writer import Chunk, Pieces
 from lp_rewrite.errors import InputError, UsageError, VerificationError
 from lp_rewrite.identify import FuncsTable, identify
 from lp_rewrite.policy import Policy
@@ -212,7 +212,7 @@ def _rewrite(
         edits = plan(payload, analysis.funcs, analysis.decisions, policy)
         if edits.changes:
             _refuse_signed(payload)
-        pieces: list[Chunk] = apply_chunks(payload, analysis.funcs, edits) if edits.changes else [payload.data]
+        pieces: Pieces | list[Chunk] = apply_chunks(payload, analysis.funcs, edits) if edits.changes else [payload.data]
     except InputError as exc:  # names read late, tables Xen would load: still about this input
         raise exc.prefixed(payload.name) from None
     dest: Path | None = None
@@ -270,7 +270,7 @@ def prove_edit(analysis: Analysis, edits: Plan, data: bytes | mmap.mmap, policy:
     check_rewrite(analysis.payload, analysis.funcs, edits, data, policy, looked_at)
 
 
-def _check_written(analysis: Analysis, edits: Plan, pieces: list[Chunk], policy: Policy, tmp: Path) -> None:
+def _check_written(analysis: Analysis, edits: Plan, pieces: Pieces | list[Chunk], policy: Policy, tmp: Path) -> None:
     """The self-check, on the temporary output file as it is on disk.
 
     The file is read back in windows and must be the pieces byte for byte
@@ -303,9 +303,8 @@ def _check_written(analysis: Analysis, edits: Plan, pieces: list[Chunk], policy:
 _WINDOW = 1 << 20
 
 
-def _first_difference(path: Path, pieces: list[Chunk]) -> str | None:
+def _first_difference(path: Path, pieces: Iterable[Chunk]) -> str | None:
     """Where the file at ``path`` first differs from the pieces laid end to end, or None when it is them."""
-    total = sum(memoryview(p).nbytes for p in pieces)
     window = bytearray(_WINDOW)  # read into, and compared as a bytearray: memcmp (memoryviews compare per item)
     with path.open("rb", buffering=0) as f:
         pos = 0
@@ -318,9 +317,14 @@ def _first_difference(path: Path, pieces: list[Chunk]) -> str | None:
                 if n != want.nbytes or window[: want.nbytes] != want:
                     at = next((i for i in range(n) if got[i] != want[i]), None)
                     if at is None:
-                        return f"{pos + n} bytes, not {total}"
+                        return f"{pos + n} bytes, not {_size(pieces)}"
                     return f"byte {pos + at:#x} differs"
                 pos += want.nbytes
         if f.read(1):
-            return f"more than {total} bytes"
+            return f"more than {_size(pieces)} bytes"
     return None
+
+
+def _size(pieces: Iterable[Chunk]) -> int:
+    """How many bytes the pieces hold (for a message: pieces may be made as they are iterated)."""
+    return sum(memoryview(p).nbytes for p in pieces)

@@ -30,7 +30,7 @@ import signal
 import stat
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -152,7 +152,7 @@ def _write_all(fd: int, pieces: Iterable[Chunk]) -> None:
 
 def write_atomic(
     dest: Path,
-    data: bytes | Sequence[Chunk],
+    data: bytes | Iterable[Chunk],
     *,
     mode_from: Path | Snapshot | None = None,
     backup_suffix: str | None = None,
@@ -276,7 +276,7 @@ class _Scratch:
 def _replace_via_temporary(
     dest: Path,
     directory: Path,
-    pieces: Sequence[Chunk],
+    pieces: Iterable[Chunk],
     mode: int | None,
     backup_suffix: str | None,
     before_rename: Callable[[Path], None] | None,

@@ -34,7 +34,7 @@ from typing import Final, Literal
 from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.file import ElfFile, encode_name
 from lp_rewrite.elf.layout import _NATIVE_LE
-from lp_rewrite.elf.writer import Chunk, chunks
+from lp_rewrite.elf.writer import Pieces, chunks
 from lp_rewrite.errors import InputError
 from lp_rewrite.record import Record
 
@@ -343,7 +343,7 @@ class ElfEditor:
             return bytes(self.elf.data)  # the input itself when it is bytes (bytes() of bytes is the object)
         return b"".join(self.to_chunks())
 
-    def to_chunks(self) -> list[Chunk]:
+    def to_chunks(self) -> Pieces:
         """The edited object as consecutive pieces, most of them views of the input (:func:`writer.chunks`)."""
         data: dict[int, bytes | bytearray] = dict(self._tables)
         data.update(self._contents)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import struct
 from array import array
-from collections.abc import Mapping
+from bisect import bisect_left
+from collections.abc import Iterator, Mapping
 
 from lp_rewrite.elf.file import ElfFile
 
@@ -32,6 +33,95 @@ def _align(pos: int, alignment: int) -> int:
 
 Chunk = bytes | bytearray | memoryview
 
+# Section headers per piece of the header table, when it is made (64 KiB of them).
+_HEADERS_PER_PIECE = 1024
+
+
+class Pieces:
+    """The output, as consecutive pieces made when iterated (again on each iteration).
+
+    Held between the write and its read-back, it keeps only what cannot be
+    made again: the replaced contents, and per copy of the input its span, as
+    machine words. A view of the input for each of a stress object's 7k copies
+    (200 bytes each), and the 4 MB section header table of 60k headers, are
+    made a piece at a time as the pieces are written and compared.
+    """
+
+    def __init__(self, elf: ElfFile, new_off: array[int], new_size: array[int], updates: list[_Update]) -> None:
+        self._elf = elf
+        self._new_off = new_off
+        self._new_size = new_size
+        self._updates = sorted(updates)  # by section index, for each slice of the table to find its own
+        # A piece is a copy of the input (code -1: its span is the next in _lo/_hi)
+        # or one of _made (code k >= 0: _made[k]; None stands for the header table).
+        self._codes = array("q")
+        self._lo = array("Q")
+        self._hi = array("Q")
+        self._made: list[Chunk | None] = []
+
+    def copy(self, lo: int, hi: int) -> None:
+        """Append a copy of the input's bytes ``lo:hi``."""
+        self._codes.append(-1)
+        self._lo.append(lo)
+        self._hi.append(hi)
+
+    def add(self, piece: Chunk | None) -> int:
+        """Append a piece made already (None: the header table); its position among those."""
+        self._codes.append(len(self._made))
+        self._made.append(piece)
+        return len(self._made) - 1
+
+    def replace(self, at: int, piece: Chunk) -> None:
+        """Give the piece :meth:`add` put at ``at`` its bytes."""
+        self._made[at] = piece
+
+    def __iter__(self) -> Iterator[Chunk]:
+        view = self._elf.view
+        made = self._made
+        spans = zip(self._lo, self._hi, strict=True)
+        for code in self._codes:
+            if code < 0:
+                lo, hi = next(spans)
+                yield view[lo:hi]
+            else:
+                piece = made[code]
+                if piece is None:
+                    yield from self._header_table()
+                else:
+                    yield piece
+
+    def clear(self) -> None:
+        """Let everything go (iterating gives nothing from here on)."""
+        self._codes = array("q")
+        self._lo, self._hi = array("Q"), array("Q")
+        self._made = []
+        self._new_off, self._new_size, self._updates = array("Q"), array("Q"), []
+
+    def _header_table(self) -> Iterator[bytearray]:
+        """The input's header table with the new offsets, sizes and updated fields, a slice at a time."""
+        elf = self._elf
+        lay = elf.layout
+        size = lay.shdr.size
+        total = len(elf.sections)
+        for first in range(0, total, _HEADERS_PER_PIECE):
+            last = min(first + _HEADERS_PER_PIECE, total)
+            part = bytearray(elf.view[elf.e_shoff + first * size : elf.e_shoff + last * size])
+            for field, values in ((lay.shdr_fields[4], self._new_off), (lay.shdr_fields[5], self._new_size)):
+                fmt, byte = field
+                words: memoryview = memoryview(part).cast(fmt)  # type: ignore[call-overload]
+                step = size // words.itemsize
+                column = values[first:last]
+                words[byte // words.itemsize :: step] = memoryview(column if fmt == "Q" else array(fmt, column))
+            at = bisect_left(self._updates, (first,))
+            for i, field_index, value in self._updates[at : bisect_left(self._updates, (last,), at)]:
+                fmt, byte = lay.shdr_fields[field_index]
+                struct.pack_into("<" + fmt, part, (i - first) * size + byte, value)
+            yield part
+
+
+# A header field set by the caller: (section index, field position in the header, value).
+_Update = tuple[int, int, int]
+
 
 def serialize(
     elf: ElfFile,
@@ -50,10 +140,10 @@ def chunks(
     new_info: Mapping[int, int] | None = None,
     new_entsize: Mapping[int, int] | None = None,
     new_addralign: Mapping[int, int] | None = None,
-) -> list[Chunk]:
+) -> Pieces:
     """The bytes of ``elf`` with section ``i``'s data replaced by ``new_data[i]``, as
-    consecutive pieces: most are views of the input, so the output need never be
-    held whole (a caller writes them to a file in turn).
+    consecutive pieces: most are views of the input, made as they are iterated,
+    so the output need never be held whole (a caller writes them to a file in turn).
 
     ``new_info`` replaces ``sh_info`` of the given sections (the symbol table's
     first-global index moves when local symbols are inserted); ``new_entsize``
@@ -70,9 +160,10 @@ def chunks(
             aligns[i] = value
     new_off = array("Q", starts)  # arrays, not lists: a stress object's 100k offsets as machine words
     new_size = array("Q", secs.size)
-    out: list[Chunk] = [b""]  # placeholder for the ELF header
+    fields = ((7, new_info), (8, new_addralign), (9, new_entsize))  # positions of sh_info, sh_addralign, sh_entsize
+    out = Pieces(elf, new_off, new_size, [(i, k, v) for k, given in fields for i, v in (given or {}).items()])
+    ehdr_at = out.add(b"")  # the ELF header, once e_shoff is known
     pos = lay.ehdr.size
-    view = elf.view
     # Unchanged sections that stay adjacent and keep one shift are copied as a
     # single run of the input (with the input's padding between them): a
     # stress object has 100k sections, and a chunk per section costs memory.
@@ -81,7 +172,7 @@ def chunks(
 
     def flush() -> None:
         if run_lo >= 0:
-            out.append(view[run_lo:run_hi])
+            out.copy(run_lo, run_hi)
 
     # Section 0 keeps its header as is (it holds e_shnum/e_shstrndx overflow).
     # The loop runs once per section (100k in a stress object): it reads
@@ -107,11 +198,11 @@ def chunks(
         else:
             flush()
             if start > pos:
-                out.append(bytes(start - pos))
+                out.add(bytes(start - pos))
             if i in new_data:
                 run_lo = -1
                 replaced = new_data[i]
-                out.append(replaced)
+                out.add(replaced)
                 size = new_size[i] = len(replaced)
             else:
                 run_lo, run_hi, run_shift = old, old + size, start - old
@@ -120,20 +211,9 @@ def chunks(
     flush()
     shoff = _align(pos, lay.ptr_size)
     if shoff > pos:
-        out.append(bytes(shoff - pos))
-    # The header table: the input's, with offsets and sizes rewritten as columns.
-    headers = bytearray(view[elf.e_shoff : elf.e_shoff + len(secs) * lay.shdr.size])
-    for field, values in ((lay.shdr_fields[4], new_off), (lay.shdr_fields[5], new_size)):
-        fmt, byte = field
-        words: memoryview = memoryview(headers).cast(fmt)  # type: ignore[call-overload]
-        step = lay.shdr.size // words.itemsize
-        words[byte // words.itemsize :: step] = memoryview(values if fmt == "Q" else array(fmt, values))
-    for field_index, updates in ((7, new_info), (8, new_addralign), (9, new_entsize)):
-        fmt, byte = lay.shdr_fields[field_index]
-        for i, value in (updates or {}).items():
-            struct.pack_into("<" + fmt, headers, i * lay.shdr.size + byte, value)
-    out.append(headers)
+        out.add(bytes(shoff - pos))
+    out.add(None)  # the header table: the input's, with offsets and sizes rewritten as columns, made when written
     ehdr = list(lay.ehdr.unpack_from(elf.data, 0))
     ehdr[6] = shoff  # e_shoff
-    out[0] = lay.ehdr.pack(*ehdr)
+    out.replace(ehdr_at, lay.ehdr.pack(*ehdr))
     return out
