@@ -15,6 +15,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 
 from lp_rewrite.elf.file import ElfFile
+from lp_rewrite.elf.runs import RelocationRun, entries_naming
 from lp_rewrite.errors import InputError
 from tests.conftest import COMMITTED
 
@@ -52,6 +53,34 @@ def test_runs_hold_every_entry(path: Path) -> None:
     # Every other table: a part of a run holds those tables' rows, and only them.
     some = sorted(want)[::2]
     assert _rows(elf, some) == {i: want[i] for i in some}
+
+
+@pytest.mark.parametrize("path", PAYLOADS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_entries_naming_finds_the_entries_against_symbols_and_keeps_what_keep_keeps(path: Path) -> None:
+    """entries_naming() gives each table's entries naming a symbol, by pyelftools' reading; with ``keep``,
+    only the rows ``keep`` returns for their run (here: every other row it is given)."""
+    data = path.read_bytes()
+    want = _tables(data)
+    elf = ElfFile(data)
+    symbols = {sym for rows in want.values() for _off, _t, sym, _a in rows[::2]}
+    naming = {i: [k for k, (_o, _t, sym, _a) in enumerate(rows) if sym in symbols] for i, rows in want.items()}
+    got = {idx: picked for idx, _run, _base, picked in entries_naming(elf, sorted(want), symbols)}
+    assert got == {i: ks for i, ks in naming.items() if ks}
+    given: list[tuple[tuple[int, int], list[int]]] = []
+
+    def every_other(run: RelocationRun, rows: list[int]) -> list[int]:
+        given.append((run.place, rows))
+        return rows[::2]
+
+    kept = entries_naming(elf, sorted(want), symbols, every_other)
+    assert {(run.place, base + i) for _idx, run, base, picked in kept for i in picked} == {
+        (place, row) for place, rows in given for row in rows[::2]
+    }
+    assert sorted(row for _place, rows in given for row in rows) == sorted(
+        base + i for _idx, run, base, picked in entries_naming(elf, sorted(want), symbols) for i in picked
+    ), "keep is given every matching row, once"
+    for idx, _run, _base, picked in kept:
+        assert set(picked) <= set(naming[idx])
 
 
 @pytest.mark.parametrize("path", PAYLOADS, ids=lambda p: f"{p.parent.name}/{p.stem}")

@@ -11,10 +11,12 @@ it, materialise it, store it, or read through it.
 from __future__ import annotations
 
 import bisect
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from operator import itemgetter
+from itertools import chain, compress, repeat
+from operator import itemgetter, not_, sub
 from typing import Any, TypeVar
 
 from lp_rewrite.arch import Classification, Kind
@@ -245,9 +247,9 @@ class Context:
                 for ridx, start, stop in zip(run.sections, run.starts, run.stops, strict=True)
             )
         else:
-            tables = entries_naming(elf, elf.relocation_sections, symbols)
-            if not calls:
-                tables = self._without_direct_calls(tables)
+            tables = entries_naming(
+                elf, elf.relocation_sections, symbols, None if calls else self._without_direct_calls
+            )
         for ridx, run, base, picked in tables:
             target = info[ridx]
             if not picked or not wanted(target):
@@ -264,37 +266,43 @@ class Context:
                 addend = addends[row] if addends is not None else None
                 yield self._resolve(ridx, i, sec, data, reloc, syms[row], offsets[row], addend)
 
-    def _without_direct_calls(
-        self, tables: list[tuple[int, RelocationRun, int, list[int]]]
-    ) -> list[tuple[int, RelocationRun, int, list[int]]]:
-        """``tables`` without the entries that surely are direct calls or jumps (:meth:`Arch.direct_calls`).
+    def _without_direct_calls(self, run: RelocationRun, rows: list[int]) -> list[int]:
+        """``rows`` of ``run`` without those that surely are direct calls or jumps (:meth:`Arch.direct_calls`).
 
-        Judged for all their entries in one pass: most references in a payload
-        are calls, and a table left with none is then never visited.
+        Judged for a whole run at once, before its rows are placed in their
+        tables: most references in a payload are calls, and a table left
+        with none is then never visited.
         """
-        secs = self.elf.sections
-        info, offset, flags = secs.info, secs.offset, secs.flags
-        rtypes: list[int] = []
-        starts: list[int] = []
-        offsets: list[int] = []
-        for ridx, run, base, picked in tables:
-            target = info[ridx]
-            # Where the section's contents start in the file, or -1 when they are not code there.
-            code = flags[target] & C.SHF_EXECINSTR and secs.has_file_data(target)
-            types, fields = run.types, run.offsets
-            for i in picked:
-                rtypes.append(types[base + i])
-                offsets.append(fields[base + i])
-            starts += [offset[target] if code else -1] * len(picked)
-        calls = self.arch.direct_calls(self.elf.data, rtypes, starts, offsets)
-        out = []
-        k = 0
-        for ridx, run, base, picked in tables:
-            left = [i for i, call in zip(picked, calls[k : k + len(picked)], strict=True) if not call]
-            k += len(picked)
-            if left:
-                out.append((ridx, run, base, left))
+        starts = self._code_starts_by_row(run)
+        calls = self.arch.direct_calls(
+            self.elf.data,
+            list(map(run.types.__getitem__, rows)),
+            list(map(starts.__getitem__, rows)),
+            list(map(run.offsets.__getitem__, rows)),
+        )
+        return list(compress(rows, map(not_, calls)))
+
+    def _code_starts_by_row(self, run: RelocationRun) -> array[int]:
+        """For each row of ``run``'s columns: where the section its table relocates starts in the file
+        when that section is code there, else -1 (also for a row of a table ``run`` does not hold)."""
+        starts = self._code_starts
+        info = self.elf.sections.info
+        by_table = map(starts.__getitem__, map(info.__getitem__, run.sections))
+        if run.whole:  # the tables' rows are the columns' rows, end to end: a repeat per table (C loops)
+            return array("q", chain.from_iterable(map(repeat, by_table, map(sub, run.stops, run.starts))))
+        out = array("q", repeat(-1, len(run.types)))
+        for start, lo, hi in zip(by_table, run.starts, run.stops, strict=True):
+            out[lo:hi] = array("q", repeat(start, hi - lo))
         return out
+
+    @cached_property
+    def _code_starts(self) -> list[int]:
+        """Per section: the file offset of its contents when it is code with contents in the file, else -1."""
+        secs = self.elf.sections
+        return [
+            off if flags & C.SHF_EXECINSTR and has else -1
+            for off, flags, has in zip(secs.offset, secs.flags, secs.data_mask, strict=True)
+        ]
 
     def tables_against(self, symbols: set[int]) -> list[tuple[int, list[int]]]:
         """(relocation section, its entry numbers against ``symbols``) of each table that has one, in index order

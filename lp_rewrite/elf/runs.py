@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from itertools import accumulate, compress, count, filterfalse, repeat
 from operator import floordiv, rshift
 from typing import TYPE_CHECKING
@@ -149,14 +149,19 @@ _SCAN_ROWS = 1 << 16
 
 
 def entries_naming(
-    elf: ElfFile, tables: Iterable[int], symbols: Container[int]
+    elf: ElfFile,
+    tables: Iterable[int],
+    symbols: Container[int],
+    keep: Callable[[RelocationRun, list[int]], list[int]] | None = None,
 ) -> list[tuple[int, RelocationRun, int, list[int]]]:
     """``(table, its run, the table's first row in the run, its entries naming one of symbols)``
     for each of ``tables`` with such an entry, in table index order.
 
     A run's symbol column is matched with C loops, a window at a time; only
     the matching rows are then placed in their tables (bisections, not a
-    step per table).
+    step per table). ``keep(run, rows)``, when given, narrows a run's
+    matching rows (in order) before they are placed: a filter over the whole
+    run costs no step per table, and a table left with no row is never seen.
     """
     found: list[tuple[int, RelocationRun, int, list[int]]] = []
     for run in elf.relocation_runs(tables):
@@ -164,6 +169,8 @@ def entries_naming(
         for lo in range(0, len(run.syms), _SCAN_ROWS):
             rows += compress(count(lo), map(symbols.__contains__, run.syms[lo : lo + _SCAN_ROWS]))
             elf.release(*run.file_span(lo, lo + _SCAN_ROWS))
+        if keep is not None and rows:
+            rows = keep(run, rows)
         starts, stops = run.starts, run.stops
         j = 0
         while j < len(rows):
