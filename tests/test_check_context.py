@@ -154,3 +154,46 @@ def test_tables_against_skips_a_table_left_out_between_others() -> None:
     found = ctx.tables_against(everything)
     assert left_out not in dict(found)
     assert found == _naive_tables_against(ctx, everything)
+
+
+@pytest.mark.parametrize("path", PAYLOADS, ids=lambda p: f"{p.parent.name}-{p.stem}")
+def test_code_starts_by_row_name_each_rows_code_section(path: Path) -> None:
+    """Per row of a run: the file offset of the section its table relocates when that is code with
+    contents, else -1; for a part of a run (every other table), -1 on the rows of the tables left out."""
+    ctx = _context(path)
+    elf = ELFFile(io.BytesIO(path.read_bytes()))
+    starts = []
+    for sec in elf.iter_sections():
+        code = sec["sh_flags"] & 0x4 and sec["sh_type"] not in ("SHT_NOBITS", "SHT_NULL")
+        starts.append(sec["sh_offset"] if code else -1)
+    starts[0] = -1
+    tables = ctx.elf.relocation_sections
+    for asked in (tables, tables[::2]):
+        for run in ctx.elf.relocation_runs(asked):
+            want = [-1] * len(run.types)
+            for idx, lo, hi in zip(run.sections, run.starts, run.stops, strict=True):
+                want[lo:hi] = [starts[ctx.elf.sections.info[idx]]] * (hi - lo)
+            assert list(ctx._code_starts_by_row(run)) == want
+
+
+@pytest.mark.parametrize("path", PAYLOADS, ids=lambda p: f"{p.parent.name}-{p.stem}")
+def test_sections_with_the_address_pattern_are_those_a_section_search_finds(path: Path) -> None:
+    """hidden's one search of the whole file keeps (in order) every section in which a search of the
+    section itself finds the arch's address pattern, so no section where address_computations() could
+    report a site is skipped; any other it keeps has a match that starts in its last bytes and runs on
+    past its end (Arm's patterns are 4-byte lookaheads)."""
+    from lp_rewrite.check.hidden import _with_pattern
+
+    ctx = _context(path)
+    pattern = ctx.arch.address_pattern
+    assert pattern is not None
+    secs = ctx.elf.sections
+    loaded = [i for i in range(1, len(secs)) if secs.flags[i] & 0x2 and secs.has_file_data(i)]
+    want = [i for i in loaded if pattern.search(ctx.elf.section_data(i)) is not None]
+    got = _with_pattern(ctx, loaded)
+    assert set(want) <= set(got) and got == [i for i in loaded if i in set(got)]
+    data = ctx.elf.data
+    for i in set(got) - set(want):
+        end = secs.offset[i] + secs.size[i]
+        starts = range(max(secs.offset[i], end - 8), end)
+        assert any(pattern.match(data, k) is not None for k in starts), secs.name(i)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import enum
 import importlib
 import mmap
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence, Set
 from functools import cached_property
@@ -290,6 +291,12 @@ class Arch(ABC):
         """
         t = self.types.get(rtype)
         return t is None or t.reach is None or t.reach >= self.livepatch_range
+
+    # The byte pattern every instruction address_computations() reports starts
+    # at: a section with no match holds none. Its matches never overlap (or it
+    # is a lookahead), so a search of the whole file finds each one a search of
+    # a section finds. None: no such pattern (then every section is searched).
+    address_pattern: re.Pattern[bytes] | None = None
 
     def address_computations(
         self, data: memoryview, targets: Set[int], in_data: Callable[[int], bool], decode_from: Callable[[int], int]

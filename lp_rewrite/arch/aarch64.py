@@ -164,6 +164,7 @@ class AArch64(Arch):
     machine = C.EM_AARCH64
     elfclass = C.ELFCLASS64
     rel_section_types = frozenset([C.SHT_RELA])
+    address_pattern = _ADR  # what address_computations() searches for
     types = _TYPES
     livepatch_range = 128 << 20  # B imm26
     mapping_symbol_code = "x"

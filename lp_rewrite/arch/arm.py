@@ -74,6 +74,7 @@ class Arm(Arch):
     machine = C.EM_ARM
     elfclass = C.ELFCLASS32
     rel_section_types = frozenset([C.SHT_REL, C.SHT_RELA])
+    address_pattern = _ADR  # what address_computations() searches for
     types = _TYPES
     livepatch_range = _RANGE
     misencodes_branches = True

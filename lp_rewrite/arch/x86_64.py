@@ -61,6 +61,7 @@ class X86_64(Arch):
     machine = C.EM_X86_64
     elfclass = C.ELFCLASS64
     rel_section_types = frozenset([C.SHT_RELA])
+    address_pattern = _LEA_RIP  # what address_computations() searches for
     types = _TYPES
     livepatch_range = 1 << 31  # jmp rel32
     pointer_type = R_X86_64_64

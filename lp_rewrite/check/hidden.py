@@ -23,6 +23,7 @@ Arm and AArch64 data regions (``$d`` mapping symbols) are skipped.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from functools import partial
 
 from lp_rewrite.check.context import Context
@@ -83,13 +84,32 @@ def _entries(ctx: Context) -> dict[int, dict[int, str | int]]:
     return out
 
 
+def _with_pattern(ctx: Context, sections: list[int]) -> list[int]:
+    """Those of ``sections`` (in order) that hold a match of the arch's address pattern.
+
+    One search of the whole file, not one per section: a payload has a code
+    section per function, and few of them compute an address.
+    """
+    pattern = ctx.arch.address_pattern
+    if pattern is None:
+        return sections
+    secs = ctx.elf.sections
+    by_start = sorted(sections, key=secs.offset.__getitem__)
+    starts = [secs.offset[s] for s in by_start]
+    hit: set[int] = set()
+    for m in pattern.finditer(ctx.elf.data):
+        k = bisect_right(starts, m.start()) - 1
+        if k >= 0 and m.start() < starts[k] + secs.size[by_start[k]]:
+            hit.add(by_start[k])
+    return [s for s in sections if s in hit]
+
+
 def check(ctx: Context) -> list[Finding]:
     secs = ctx.elf.sections
     entries = _entries(ctx)
     out = []
-    for sec in sorted(entries):
-        if not secs.flags[sec] & C.SHF_ALLOC or not secs.has_file_data(sec):
-            continue
+    loaded = [s for s in sorted(entries) if secs.flags[s] & C.SHF_ALLOC and secs.has_file_data(s)]
+    for sec in _with_pattern(ctx, loaded):
         wanted = entries[sec]
         sites = ctx.arch.address_computations(
             ctx.elf.section_data(sec),  # searched in place
