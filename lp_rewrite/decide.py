@@ -142,10 +142,10 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
     ("rtype", "I"),
     ("symbol", "I"),
     ("addend", "q"),
-    ("bias", "q"),
-    ("target_section", "q"),  # -1: None (an undefined or absolute symbol)
+    ("bias", "i"),  # where an instruction's field sits from its end: a few bytes
+    ("target_section", "i"),  # -1: None (an undefined or absolute symbol)
     ("target_offset", "q"),  # 0 where target_section is None
-    ("replacement", "q"),  # -1: None
+    ("replacement", "i"),  # -1: None
     ("reason", "B"),  # the Reason's position in _REASONS
 )
 _FIELD = {name: k for k, (name, _typecode) in enumerate(_COLUMNS)}
@@ -190,7 +190,7 @@ class DecisionList(Sequence[Decision]):
 
     A stress object has 20k decisions (200k with ``everything``), held from
     ``decide`` through the self-check: as objects, with their large ints, they
-    cost about 190 bytes each and pin the allocator's pages; as columns, 61.
+    cost about 190 bytes each and pin the allocator's pages; as columns, 49.
     A Decision read is a new object with the stored values (equal, not the same).
     :meth:`column` gives one field of every decision, for loops over many of them.
     A list may be a *selection* of another's rows (:meth:`select`): it shares
