@@ -235,7 +235,8 @@ def test_direct_calls_are_what_classify_calls_calls(payload: Path) -> None:
         target = secs.info[idx]
         section, data = secs[target], elf.section_data(target)
         start = section.sh_offset if section.executable and section.has_file_data else -1
-        calls = arch.direct_calls(elf.data, list(table.types), [start] * table.count, list(table.offsets))
+        rows = range(table.count)
+        calls = arch.direct_calls(elf.data, rows, list(table.types), [start] * table.count, list(table.offsets))
         for rtype, off, call in zip(table.types, table.offsets, calls, strict=True):
             kind = arch.classify(rtype, section, data, off)
             if call:
@@ -252,9 +253,11 @@ def test_x86_direct_calls_reads_the_byte_before_the_field_in_code_only() -> None
     rel32 = [_PC32, _PLT32, _PC32, 1, _PC32, _PC32]
     starts = [8, 8, -1, 8, 8, 8]
     offsets = [1, 3, 5, 7, 9, 0]
-    assert X86.direct_calls(data, rel32, starts, offsets) == [True, True, False, False, False, False]
+    assert X86.direct_calls(data, range(6), rel32, starts, offsets) == [True, True, False, False, False, False]
+    assert X86.direct_calls(data, [4, 0, 5], rel32, starts, offsets) == [False, True, False], "read at rows"
     arm = [_code(ARM, "R_ARM_CALL"), _code(ARM, "R_ARM_ABS32")]
-    assert ARM.direct_calls(bytes(2), arm, [0, 0], [1, 1]) == [True, False]
+    assert ARM.direct_calls(bytes(2), range(2), arm, [0, 0], [1, 1]) == [True, False]
+    assert ARM.direct_calls(bytes(2), [1], arm, [0, 0], [1, 1]) == [False]
 
 
 def test_arm_branch_bias_is_the_pipeline_offset() -> None:

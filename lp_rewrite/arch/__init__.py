@@ -27,7 +27,7 @@ import importlib
 import mmap
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence, Set
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set
 from functools import cached_property
 from types import MappingProxyType
 from typing import Final, NamedTuple
@@ -171,18 +171,24 @@ class Arch(ABC):
         return self._plain.get(rtype)
 
     def direct_calls(
-        self, data: bytes | mmap.mmap, rtypes: Sequence[int], starts: Sequence[int], offsets: Sequence[int]
+        self,
+        data: bytes | mmap.mmap,
+        rows: Iterable[int],
+        rtypes: Sequence[int],
+        starts: Sequence[int],
+        offsets: Sequence[int],
     ) -> list[bool]:
-        """Whether each field surely is a direct call or jump (:meth:`classify` says ``Kind.CALL``).
+        """Whether each field of ``rows`` surely is a direct call or jump (:meth:`classify` says ``Kind.CALL``).
 
-        Field ``k`` has type ``rtypes[k]`` and lies ``offsets[k]`` bytes into a
-        section whose contents start at ``data[starts[k]]`` (the object's
+        Field ``r`` has type ``rtypes[r]`` and lies ``offsets[r]`` bytes into
+        a section whose contents start at ``data[starts[r]]`` (the object's
         bytes), or -1 when that section is not code in the file. Answered for
-        every field at once: a first stage for the rules that leave calls out,
-        which then classify only the rest. False means "classify it".
+        every field at once, in one pass (the columns are read at ``rows``
+        only): a first stage for the rules that leave calls out, which then
+        classify only the rest. False means "classify it".
         """
         calls = self._call_types
-        return [rtype in calls for rtype in rtypes]
+        return [rtypes[r] in calls for r in rows]
 
     @cached_property
     def _call_types(self) -> frozenset[int]:

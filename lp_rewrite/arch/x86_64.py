@@ -11,7 +11,7 @@ from __future__ import annotations
 import mmap
 import re
 import struct
-from collections.abc import Callable, Iterator, Mapping, Sequence, Set
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -117,12 +117,21 @@ class X86_64(Arch):
         return self._in_code(rtype, plain, section, data, offset)
 
     def direct_calls(
-        self, data: bytes | mmap.mmap, rtypes: Sequence[int], starts: Sequence[int], offsets: Sequence[int]
+        self,
+        data: bytes | mmap.mmap,
+        rows: Iterable[int],
+        rtypes: Sequence[int],
+        starts: Sequence[int],
+        offsets: Sequence[int],
     ) -> list[bool]:
         """A call/jmp rel32 in code: the decoder's first test, as :meth:`classify` applies it, for every field."""
+        rel32, opcodes = _REL32, CALL_JMP_OPCODES  # locals in the loop (read here: tests replace the opcodes)
         return [
-            start >= 0 and offset > 0 and rtype in _REL32 and data[start + offset - 1] in CALL_JMP_OPCODES
-            for rtype, start, offset in zip(rtypes, starts, offsets, strict=True)
+            (start := starts[r]) >= 0
+            and (offset := offsets[r]) > 0
+            and rtypes[r] in rel32
+            and data[start + offset - 1] in opcodes
+            for r in rows
         ]
 
     def _in_code(
