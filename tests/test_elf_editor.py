@@ -406,3 +406,35 @@ def test_reader_refusals_are_data_worded_by_the_caller() -> None:
         "(--ignore-xen-limits processes it anyway)"
     )
     assert read_payload(many, name="p.o", xen_limits=False).elf.shnum == 1024
+
+
+@pytest.mark.parametrize(("elf64", "rela"), KINDS, ids=IDS)
+def test_entries_set_in_a_table_not_copied_are_made_when_written(elf64: bool, rela: bool) -> None:
+    """Entries set in a relocation table that is not copied are kept as rows and made into
+    the table each time the output is read; what packing into a copy would refuse is refused
+    at once, by packing into a copy (struct.error, as before rows)."""
+    data = build(elf64, rela)
+    editor = ElfEditor(ElfFile(data))
+    editor.set_relocation_symbols(4, [1, 4], [4, 0])
+    if rela:
+        editor.set_relocation_addends(4, [1, 5], [0x7777, -0x10])
+    editor.set_relocation_symbols(4, [4], [3])  # the same entry again: the last one set is written
+    old = relocations(parse(data))
+    want = list(old)
+    want[1] = (want[1][0], 4, want[1][2], 0x7777 if rela else None)
+    want[4] = (want[4][0], 3, want[4][2], want[4][3])
+    if rela:
+        want[5] = (*want[5][:3], -0x10)
+    pieces = editor.to_chunks()
+    first, again = b"".join(pieces), b"".join(pieces)
+    assert first == again == editor.to_bytes()
+    assert relocations(parse(first)) == want
+    assert editor.edited_tables == [4]
+    entries = len(old)
+    with pytest.raises(struct.error):  # past the table
+        editor.set_relocation_symbols(4, [entries], [1])
+    with pytest.raises(struct.error):  # beyond the field (ELF32: r_sym is 24 bits)
+        editor.set_relocation_symbols(4, [0], [1 << (32 if elf64 else 24)])
+    if rela:
+        with pytest.raises(struct.error):
+            editor.set_relocation_addends(4, [0], [1 << (63 if elf64 else 31)])

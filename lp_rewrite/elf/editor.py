@@ -10,7 +10,8 @@ knows the ELF format and nothing of what the edits are for:
   symbol table's first-global ``sh_info``) and returns an :class:`IndexMap`
   from input to output symbol index;
 * relocations: set the symbol or the explicit addend of some entries of a
-  section (the entry's type is kept);
+  section (the entry's type is kept). A table not copied otherwise (by a
+  renumbering) keeps them as rows, and is made when the output is written;
 * section headers: ``sh_info``, ``sh_addralign``, ``sh_entsize``;
 * contents: a mutable copy of any section's bytes (e.g. a REL place whose
   implicit addend is re-encoded by the target's own rule).
@@ -34,7 +35,7 @@ from typing import Final, Literal
 from lp_rewrite.elf import consts as C
 from lp_rewrite.elf.file import ElfFile, encode_name
 from lp_rewrite.elf.layout import _NATIVE_LE
-from lp_rewrite.elf.writer import Pieces, chunks
+from lp_rewrite.elf.writer import Made, Pieces, chunks
 from lp_rewrite.errors import InputError
 from lp_rewrite.record import Record
 
@@ -114,6 +115,11 @@ class IndexMap:
 
 SectionField = Literal["sh_info", "sh_addralign", "sh_entsize"]
 
+# What a row of ElfEditor's set entries sets.
+_SYMBOL, _ADDEND = 0, 1
+# The values a relocation field of each struct format holds.
+_FIELD_RANGE: Final = {"i": (-(1 << 31), (1 << 31) - 1), "q": (-(1 << 63), (1 << 63) - 1)}
+
 _FIELDS: Final = ("sh_info", "sh_addralign", "sh_entsize")
 
 
@@ -131,6 +137,17 @@ class ElfEditor:
         # Replaced tables in the order they were first edited, and replaced
         # contents (contents() copies): the latter are written over the former.
         self._tables: dict[int, bytes | bytearray] = {}
+        # Relocation entries set in tables not copied (yet): one row per field
+        # set, in table order, made into the table's bytes when it is written
+        # (_edited_copy). A stress object edits 8.7k small tables: copied, they
+        # and their objects stayed in the allocator's pages through the self-check.
+        self._set_table = array("I")
+        self._set_entry = array("Q")
+        self._set_value = array("q")
+        self._set_field = array("B")  # _SYMBOL or _ADDEND
+        lay = self.layout
+        sym_bits = 32 if lay.rel_sym is not None else 32 - lay.r_sym_shift  # ELF32: r_sym is 24 bits of r_info
+        self._ranges = {_SYMBOL: (0, (1 << sym_bits) - 1), _ADDEND: _FIELD_RANGE[lay.rela_addend[0]]}
         self._contents: dict[int, bytearray] = {}
         self._headers: dict[str, dict[int, int]] = {f: {} for f in _FIELDS}
         self._strtab: bytearray | None = None
@@ -146,8 +163,13 @@ class ElfEditor:
 
     @property
     def edited_tables(self) -> list[int]:
-        """Sections whose contents the symbol and relocation edits replace, in the order first edited."""
-        return list(self._tables)
+        """Sections whose contents the symbol and relocation edits replace: those copied in the
+        order first edited, then those whose entries are set when written, in index order."""
+        return list(self._tables) + [i for i in self._later() if i not in self._tables]
+
+    def _later(self) -> list[int]:
+        """The tables with entries set by row (each once, in index order)."""
+        return sorted(set(self._set_table))
 
     # -- section headers and contents ------------------------------------------
 
@@ -278,11 +300,71 @@ class ElfEditor:
     # -- relocations ------------------------------------------------------------
 
     def _relocation_data(self, index: int) -> bytearray:
+        """The table's copy, edited in place from here on (with the entries set by row so far)."""
         buf = self._tables.get(index)
         if buf is None:
-            buf = self._tables[index] = bytearray(self.elf.section_data(index))
+            buf = self._tables[index] = self._edited_copy(index)
         assert isinstance(buf, bytearray)
         return buf
+
+    def _edited_copy(self, index: int) -> bytearray:
+        """A copy of relocation table ``index`` with the entries set by row.
+
+        Made for each of a stress object's 8.7k tables each time the output is
+        read (written, then compared): one pass over the table's rows.
+        """
+        buf = bytearray(self.elf.section_data(index))
+        tables = self._set_table
+        lo = bisect.bisect_left(tables, index)
+        hi = bisect.bisect_right(tables, index, lo)
+        if lo == hi:
+            return buf
+        lay = self.layout
+        entsize = lay.reloc_entsize(self.elf.sections.type[index])
+        fields, entries, values = self._set_field, self._set_entry, self._set_value
+        put_addend, addend_at = self._addend_field.pack_into, lay.rela_addend[1]
+        if lay.rel_sym is not None:  # ELF64: r_sym is the high word of r_info
+            put_sym, sym_at = self._sym_field.pack_into, lay.rel_sym[1]
+            for k in range(lo, hi):
+                if fields[k] == _SYMBOL:
+                    put_sym(buf, entries[k] * entsize + sym_at, values[k])
+                else:
+                    put_addend(buf, entries[k] * entsize + addend_at, values[k])
+            return buf
+        for k in range(lo, hi):
+            if fields[k] == _SYMBOL:
+                self._put_symbols(buf, index, (entries[k],), (values[k],))
+            else:
+                put_addend(buf, entries[k] * entsize + addend_at, values[k])
+        return buf
+
+    def _set_by_row(self, index: int, field: int, entries: Sequence[int], values: Sequence[int]) -> bool:
+        """Record entries of a table not copied; False when it must be edited in a copy instead
+        (it is copied already, or rows of a later table were recorded: rows stay in table order)."""
+        tables = self._set_table
+        if index in self._tables or (tables and tables[-1] > index):
+            return False
+        n = len(entries)
+        if n != len(values):
+            raise ValueError(f"{n} entries for {len(values)} values")
+        if not n:
+            return True
+        # What packing into a copy would refuse now is left to it (the same error, at the same
+        # time): an entry outside the table, a value outside its field.
+        secs = self.elf.sections
+        low, high = self._ranges[field]
+        if (
+            min(entries) < 0
+            or max(entries) * self.layout.reloc_entsize(secs.type[index]) >= secs.size[index]
+            or min(values) < low
+            or max(values) > high
+        ):
+            return False
+        tables.extend(repeat(index, n))
+        self._set_entry.extend(entries)
+        self._set_value.extend(values)
+        self._set_field.extend(repeat(field, n))
+        return True
 
     def _renumber(self, index: int, imap: IndexMap) -> None:
         """Every entry's symbol through the index map: one C-level pass over a strided view."""
@@ -312,7 +394,10 @@ class ElfEditor:
 
     def set_relocation_symbols(self, index: int, entries: Sequence[int], symbols: Sequence[int]) -> None:
         """Entry ``entries[k]`` of relocation section ``index`` now names symbol ``symbols[k]``; types kept."""
-        buf = self._relocation_data(index)
+        if not self._set_by_row(index, _SYMBOL, entries, symbols):
+            self._put_symbols(self._relocation_data(index), index, entries, symbols)
+
+    def _put_symbols(self, buf: bytearray, index: int, entries: Sequence[int], symbols: Sequence[int]) -> None:
         lay = self.layout
         entsize = lay.reloc_entsize(self.elf.sections.type[index])
         if lay.rel_sym is not None:  # ELF64: r_sym is the high word of r_info, the type the low one
@@ -330,7 +415,10 @@ class ElfEditor:
         """The explicit addend of entries of an SHT_RELA section."""
         if self.elf.sections.type[index] != C.SHT_RELA:
             raise ValueError(f"section [{index}] is not SHT_RELA: its addends are in the places")
-        buf = self._relocation_data(index)
+        if not self._set_by_row(index, _ADDEND, entries, addends):
+            self._put_addends(self._relocation_data(index), entries, addends)
+
+    def _put_addends(self, buf: bytearray, entries: Sequence[int], addends: Sequence[int]) -> None:
         pack, at, entsize = self._addend_field.pack_into, self.layout.rela_addend[1], self.layout.rela.size
         for entry, addend in zip(entries, addends, strict=True):
             pack(buf, entry * entsize + at, addend)
@@ -339,7 +427,7 @@ class ElfEditor:
 
     def to_bytes(self) -> bytes:
         """The edited object (the input's bytes when nothing was edited)."""
-        if not self._tables and not self._contents and not any(self._headers.values()):
+        if not self._tables and not self._set_table and not self._contents and not any(self._headers.values()):
             return bytes(self.elf.data)  # the input itself when it is bytes (bytes() of bytes is the object)
         return b"".join(self.to_chunks())
 
@@ -347,5 +435,10 @@ class ElfEditor:
         """The edited object as consecutive pieces, most of them views of the input (:func:`writer.chunks`)."""
         data: dict[int, bytes | bytearray] = dict(self._tables)
         data.update(self._contents)
+        later = bytearray(len(self.elf.sections))  # the tables made as they are written
+        for i in self._later():
+            if i not in data:
+                later[i] = 1
         h = self._headers
-        return chunks(self.elf, data, h["sh_info"], h["sh_entsize"], h["sh_addralign"])
+        made = Made(bytes(later), self._edited_copy) if any(later) else None
+        return chunks(self.elf, data, h["sh_info"], h["sh_entsize"], h["sh_addralign"], made)

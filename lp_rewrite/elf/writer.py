@@ -13,7 +13,7 @@ from __future__ import annotations
 import struct
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 from lp_rewrite.elf.file import ElfFile
 
@@ -37,27 +37,48 @@ Chunk = bytes | bytearray | memoryview
 _HEADERS_PER_PIECE = 1024
 
 
+class Made:
+    """Sections whose new contents are made when the pieces are first read: a byte per
+    section (1: made by ``make(index)``, as long as the input's)."""
+
+    def __init__(self, mask: bytes, make: Callable[[int], Chunk]) -> None:
+        self.mask = mask
+        self.make = make
+
+
 class Pieces:
-    """The output, as consecutive pieces made when iterated (again on each iteration).
+    """The output, as consecutive pieces made when iterated.
 
     Held between the write and its read-back, it keeps only what cannot be
     made again: the replaced contents, and per copy of the input its span, as
     machine words. A view of the input for each of a stress object's 7k copies
     (200 bytes each), and the 4 MB section header table of 60k headers, are
-    made a piece at a time as the pieces are written and compared.
+    made a piece at a time each time the pieces are read (written, compared).
+    Contents a :class:`Made` makes are made on the first read and kept until
+    :meth:`clear`: the editor's relocation tables, made from rows at the write
+    instead of copied while the edits were planned.
     """
 
-    def __init__(self, elf: ElfFile, new_off: array[int], new_size: array[int], updates: list[_Update]) -> None:
+    def __init__(
+        self, elf: ElfFile, new_off: array[int], new_size: array[int], updates: list[_Update], made: Made | None
+    ) -> None:
         self._elf = elf
+        self._maker = made
+        self._made_later: dict[int, Chunk] = {}
         self._new_off = new_off
         self._new_size = new_size
         self._updates = sorted(updates)  # by section index, for each slice of the table to find its own
-        # A piece is a copy of the input (code -1: its span is the next in _lo/_hi)
-        # or one of _made (code k >= 0: _made[k]; None stands for the header table).
+        # A piece is a copy of the input (code -1: its span is the next in _lo/_hi),
+        # one of _made (code k >= 0: _made[k]; None stands for the header table),
+        # or section i's contents, made on the first read (code -2 - i).
         self._codes = array("q")
         self._lo = array("Q")
         self._hi = array("Q")
         self._made: list[Chunk | None] = []
+
+    def later(self, index: int) -> None:
+        """Append section ``index``'s contents, made by the Made given (once, when first read)."""
+        self._codes.append(-2 - index)
 
     def copy(self, lo: int, hi: int) -> None:
         """Append a copy of the input's bytes ``lo:hi``."""
@@ -80,9 +101,15 @@ class Pieces:
         made = self._made
         spans = zip(self._lo, self._hi, strict=True)
         for code in self._codes:
-            if code < 0:
+            if code == -1:
                 lo, hi = next(spans)
                 yield view[lo:hi]
+            elif code < 0:  # made on the first read, kept for the read-back (made twice, 2.5% of a rewrite)
+                assert self._maker is not None
+                got = self._made_later.get(code)
+                if got is None:
+                    got = self._made_later[code] = self._maker.make(-2 - code)
+                yield got
             else:
                 piece = made[code]
                 if piece is None:
@@ -96,6 +123,8 @@ class Pieces:
         self._lo, self._hi = array("Q"), array("Q")
         self._made = []
         self._new_off, self._new_size, self._updates = array("Q"), array("Q"), []
+        self._maker = None
+        self._made_later = {}
 
     def _header_table(self) -> Iterator[bytearray]:
         """The input's header table with the new offsets, sizes and updated fields, a slice at a time."""
@@ -140,6 +169,7 @@ def chunks(
     new_info: Mapping[int, int] | None = None,
     new_entsize: Mapping[int, int] | None = None,
     new_addralign: Mapping[int, int] | None = None,
+    made: Made | None = None,
 ) -> Pieces:
     """The bytes of ``elf`` with section ``i``'s data replaced by ``new_data[i]``, as
     consecutive pieces: most are views of the input, made as they are iterated,
@@ -149,7 +179,8 @@ def chunks(
     first-global index moves when local symbols are inserted); ``new_entsize``
     replaces ``sh_entsize``; ``new_addralign`` replaces ``sh_addralign``, and
     the section's file offset follows the new alignment too. Every other
-    header field is the input's.
+    header field is the input's. ``made``: sections whose contents, as long
+    as the input's, are made when the pieces are first read.
     """
     lay = elf.layout
     secs = elf.sections
@@ -161,7 +192,8 @@ def chunks(
     new_off = array("Q", starts)  # arrays, not lists: a stress object's 100k offsets as machine words
     new_size = array("Q", secs.size)
     fields = ((7, new_info), (8, new_addralign), (9, new_entsize))  # positions of sh_info, sh_addralign, sh_entsize
-    out = Pieces(elf, new_off, new_size, [(i, k, v) for k, given in fields for i, v in (given or {}).items()])
+    out = Pieces(elf, new_off, new_size, [(i, k, v) for k, given in fields for i, v in (given or {}).items()], made)
+    later = made.mask if made is not None else bytes(len(secs))
     ehdr_at = out.add(b"")  # the ELF header, once e_shoff is known
     pos = lay.ehdr.size
     # Unchanged sections that stay adjacent and keep one shift are copied as a
@@ -189,6 +221,7 @@ def chunks(
         size = new_size[i]
         if (
             i not in new_data
+            and not later[i]
             and run_lo >= 0
             and old >= run_hi
             and start - old == run_shift
@@ -204,6 +237,9 @@ def chunks(
                 replaced = new_data[i]
                 out.add(replaced)
                 size = new_size[i] = len(replaced)
+            elif later[i]:
+                run_lo = -1
+                out.later(i)
             else:
                 run_lo, run_hi, run_shift = old, old + size, start - old
         new_off[i] = start
