@@ -71,8 +71,10 @@ class RewriteResult(Analysis):
     def retargets_per_section(self) -> Counter[str]:
         secs = self.payload.elf.sections
         # By index, then named: a name read through a Section object would keep one for each section.
-        per = Counter(self.plan.retargets.column("section"))
-        return Counter({secs.name(i): n for i, n in per.items()})
+        named: Counter[str] = Counter()
+        for i, n in Counter(self.plan.retargets.column("section")).items():
+            named[secs.name(i)] += n  # two sections may share a name
+        return named
 
 
 def analyse(

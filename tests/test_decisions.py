@@ -109,3 +109,20 @@ def test_a_plan_finds_each_tables_retargets_in_the_order_of_the_plan() -> None:
     assert sorted(k for rows in tables.values() for k in rows) == list(range(len(objects)))
     for table, rows in tables.items():
         assert list(rows) == sorted(rows) and all(objects[k].reloc_section == table for k in rows)
+
+
+def test_retargets_are_counted_per_section_name_shared_names_summed() -> None:
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    from lp_rewrite.apply import Plan
+    from lp_rewrite.pipeline import RewriteResult
+
+    def at(section: int) -> Decision:
+        return Decision(9, 0, section, 0, 1, 1, 0, 0, section, 0, 0, Reason.RETARGET)
+
+    names = {1: ".data.a", 2: ".data.b", 3: ".data.a"}  # sections 1 and 3 share a name
+    payload = SimpleNamespace(elf=SimpleNamespace(sections=SimpleNamespace(name=names.__getitem__)))
+    edits = Plan(DecisionList([at(1), at(2), at(3), at(3)]))
+    result = RewriteResult(cast(Any, payload), cast(Any, None), Decisions(), edits, None, None)
+    assert result.retargets_per_section() == {".data.a": 3, ".data.b": 1}
