@@ -131,9 +131,10 @@ class Decision(Record):
 
 
 # A Decision field's column: its typecode, and the value that stands for None.
-# Each field fits its typecode in any object the reader accepts but for the
-# sums (target_offset, a REL addend read as a word): a value that does not fit
-# turns every column into a list (DecisionList._widen), never a wrong value.
+# Each field fits its typecode in any object a toolchain emits; a value that
+# does not (a target offset summed past 64 bits, a REL addend read as a word, a
+# hostile header's numbers) turns every column into a list
+# (DecisionList._widen), never a wrong value.
 _COLUMNS: tuple[tuple[str, str], ...] = (
     ("reloc_section", "I"),
     ("index", "I"),
