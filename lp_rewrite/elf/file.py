@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from functools import cached_property
 from itertools import compress, count, islice
-from operator import add, gt, lt, mul, not_
+from operator import add, gt, lt, mod, mul, not_
 from typing import overload
 
 from lp_rewrite.elf import consts as C
@@ -592,12 +592,18 @@ class ElfFile:
             raise UnsupportedObject("linked section", found, f"{found}, not to a relocatable object")
         # A relocation section is a table of entries whatever it relocates
         # (a loader may skip one with no loaded target; other readers do not).
-        for i in secs.tables:
-            ent = lay.reloc_entsize(secs.type[i])
-            if secs.entsize[i] != ent:
-                raise InputError(f"{_Where(secs[i])}: sh_entsize {secs.entsize[i]} (expected {ent})")
-            if secs.size[i] % ent:
-                raise InputError(f"{_Where(secs[i])}: size {secs.size[i]} is not a multiple of {ent}")
+        # Checked as columns (C loops); only a table that fails is found by the walk.
+        tables = secs.tables
+        entsize_of = {t: lay.reloc_entsize(t) for t in (C.SHT_REL, C.SHT_RELA)}
+        ents = list(map(entsize_of.__getitem__, map(secs.type.__getitem__, tables)))
+        if list(map(secs.entsize.__getitem__, tables)) != ents or any(
+            map(mod, map(secs.size.__getitem__, tables), ents)
+        ):
+            for i, ent in zip(tables, ents, strict=True):
+                if secs.entsize[i] != ent:
+                    raise InputError(f"{_Where(secs[i])}: sh_entsize {secs.entsize[i]} (expected {ent})")
+                if secs.size[i] % ent:
+                    raise InputError(f"{_Where(secs[i])}: size {secs.size[i]} is not a multiple of {ent}")
         # Where each section's data ends (0: none), as an array: a list of 100k
         # ints, and a tuple per section for the overlap sweep, were most of a
         # stress object's parse peak. Ints are made one at a time by C iterators.
