@@ -492,8 +492,6 @@ class ElfFile:
         self._parse_header()
         self._parse_sections()
         self.symtab_index = self._find_symtab()
-        # The header table is read into columns (copies): a mapped file's pages of it can go.
-        self.release(self.e_shoff, self.e_shoff + self.shnum * self.layout.shdr.size)
         self._relocs: dict[int, RelocTable] = {}
 
     # -- header -------------------------------------------------------------
@@ -578,6 +576,9 @@ class ElfFile:
             raise InputError(f"section [{shstrndx}] named by e_shstrndx is not a string table inside the file")
         shstr = StringTable(bytes(self.view[h[4] : h[4] + h[5]]), f"section name table [{shstrndx}]", self.max_name_len)
         self.sections = secs = SectionTable(table, lay, shstr)
+        # The header table is read into columns (copies): a mapped file's pages of it can go
+        # before the checks below make their own temporaries.
+        self.release(self.e_shoff, self.e_shoff + shnum * lay.shdr.size)
         # Every check below runs over columns (C speed), and finds the culprit
         # only when one exists.
         limit = len(shstr.data)
