@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from functools import partial
+from operator import add
 
 from lp_rewrite.check.context import Context
 from lp_rewrite.check.escape import escape_message
@@ -93,13 +94,16 @@ def _with_pattern(ctx: Context, sections: list[int]) -> list[int]:
     pattern = ctx.arch.address_pattern
     if pattern is None:
         return sections
+    if not sections:
+        return []
     secs = ctx.elf.sections
     by_start = sorted(sections, key=secs.offset.__getitem__)
-    starts = [secs.offset[s] for s in by_start]
+    starts = list(map(secs.offset.__getitem__, by_start))
+    ends = list(map(add, starts, map(secs.size.__getitem__, by_start)))
     hit: set[int] = set()
-    for m in pattern.finditer(ctx.elf.data):
+    for m in pattern.finditer(ctx.elf.data, starts[0], max(ends)):  # the span the sections are in
         k = bisect_right(starts, m.start()) - 1
-        if k >= 0 and m.start() < starts[k] + secs.size[by_start[k]]:
+        if m.start() < ends[k]:
             hit.add(by_start[k])
     return [s for s in sections if s in hit]
 
@@ -108,7 +112,8 @@ def check(ctx: Context) -> list[Finding]:
     secs = ctx.elf.sections
     entries = _entries(ctx)
     out = []
-    loaded = [s for s in sorted(entries) if secs.flags[s] & C.SHF_ALLOC and secs.has_file_data(s)]
+    flags, has_data = secs.flags, secs.data_mask
+    loaded = [s for s in sorted(entries) if flags[s] & C.SHF_ALLOC and has_data[s]]
     for sec in _with_pattern(ctx, loaded):
         wanted = entries[sec]
         sites = ctx.arch.address_computations(
