@@ -144,9 +144,14 @@ class FuncLayout(NamedTuple):
 
     def field(self, entry: int, name: str) -> tuple[int, int]:
         """Where field ``name`` of entry ``entry`` is in the section: (offset, width)."""
+        offset, width = _FIELD_PLACES[self.ptr_size][name]  # identify asks three times per entry
+        return entry * self.entry_size + offset, width
+
+    def _place(self, name: str) -> tuple[int, int]:
+        """(offset in an entry, width) of field ``name``, from the properties above."""
         width = self.ptr_size if name in ("name", "new_addr", "old_addr") else 1 if name == "version" else 4
         offset: int = getattr(self, "version_offset" if name == "version" else name)
-        return entry * self.entry_size + offset, width
+        return offset, width
 
     def count(self, size: int) -> int:
         """Whole entries in a table of ``size`` bytes."""
@@ -165,6 +170,15 @@ def func_layout(version: int, ptr_size: int) -> FuncLayout:
 def version_offset(ptr_size: int) -> int:
     """Where ``version`` sits; the same in every layout of a given class."""
     return 3 * ptr_size + 8
+
+
+# Per pointer size, field name -> (offset in an entry, width): the same in every version.
+_FIELD_PLACES: Final = {
+    ptr: {
+        n: FuncLayout(0, ptr, 0)._place(n) for n in ("name", "new_addr", "old_addr", "new_size", "old_size", "version")
+    }
+    for ptr in _HEADS
+}
 
 
 class FuncsProblemKind(enum.Enum):
