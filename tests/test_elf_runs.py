@@ -144,3 +144,17 @@ def test_a_bad_entry_in_a_run_is_named(field: str) -> None:
     name = bad.sections.name(index)
     with pytest.raises(InputError, match=re.escape(f"relocation section [{index}] {name!r}: ") + expect):
         bad.check_relocations(bad.relocation_sections)
+
+
+def test_defined_in_a_section_is_is_defined_in_section_for_each() -> None:
+    """The symbol table's bulk test picks exactly the symbols its one-at-a-time test says are defined in a
+    section: undefined, SHN_ABS and SHN_XINDEX symbols included, on every committed payload too."""
+    from tests.test_elf_editor import KINDS, build
+
+    objects = [ElfFile(build(elf64, rela)) for elf64, rela in KINDS] + [ElfFile(p.read_bytes()) for p in PAYLOADS]
+    for elf in objects:
+        syms = elf.symbols
+        every = list(range(syms.count))
+        assert syms.defined_in_a_section(every) == [i for i in every if syms.is_defined_in_section(i)]
+        assert syms.defined_in_a_section(every[::-2]) == [i for i in every[::-2] if syms.is_defined_in_section(i)]
+    assert 5 in objects[0].symbols.defined_in_a_section([5]), "a section index through SHN_XINDEX"

@@ -113,9 +113,10 @@ class Context:
         syms = self.syms
         value, shndx = syms.value, syms.shndx
         mask = ~self.arch.function_value_flags
+        func = C.STT_FUNC  # a local in the loop
         # The type is st_info's low nibble, read off the column: other symbols cost no call.
-        funcs = [i for i, info in enumerate(syms.info) if i and info & 0xF == C.STT_FUNC]
-        return [(shndx[i], value[i] & mask, i) for i in funcs if syms.is_defined_in_section(i)]
+        funcs = syms.defined_in_a_section([i for i, info in enumerate(syms.info) if i and info & 0xF == func])
+        return [(shndx[i], value[i] & mask, i) for i in funcs]
 
     @cached_property
     def functions(self) -> dict[int, tuple[list[int], list[tuple[int, int, int]]]]:
