@@ -175,6 +175,12 @@ def has_check() -> bool:
 # The CLI's start-up (typer) and one parse of the input: read_payload() reads the
 # file, checks every header and relocation table, as a rewrite does first.
 PARSE_ONLY = "import sys, typer; from lp_rewrite.read import read_payload; read_payload(sys.argv[1], xen_limits=False)"
+# The floor under the gate: each payload read and its .livepatch.funcs identified, what
+# every check does before any rule runs (the rules need the replacements).
+READ_IDENTIFY = (
+    "import sys, typer; from lp_rewrite.read import read_payload; from lp_rewrite.identify import identify\n"
+    "for f in sys.argv[1:]: identify(read_payload(f), absent_ok=True)"
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,10 +234,15 @@ def main(argv: list[str] | None = None) -> int:
         cmds[f"objcopy {s}"] = [OBJCOPY, "--redefine-sym", "f1=g1", src, str(outs / f"objcopy-{s}")]
         if s.startswith("stress"):  # the floor under a rewrite: the CLI's start-up and one parse of the input
             cmds[f"parse {s}"] = [py, "-c", PARSE_ONLY, src]
+    # What the "lazily imported numpy above a size threshold" would add before any work:
+    # measured only where numpy is installed (it is no dependency of the project).
+    if subprocess.run([py, "-c", "import numpy"], capture_output=True).returncode == 0:
+        cmds["import typer + numpy"] = [py, "-c", "import typer, numpy"]
     check = has_check()
     if check:
         cmds["check realistic"] = [py, "-m", "lp_rewrite", "check", "--format", "json", str(files["realistic"])]
         cmds[f"check batch x{args.batch}"] = [py, "-m", "lp_rewrite", "check", "--format", "json", *batch]
+        cmds[f"read+identify batch x{args.batch}"] = [py, "-c", READ_IDENTIFY, *batch]
     warm = {key: measure(cmd).seconds for key, cmd in cmds.items()}  # warm-up: bytecode and page caches
     # Start-up-bound commands vary by several ms between runs on a VM: they
     # get FAST_SAMPLES interleaved samples per round instead of one.
@@ -278,6 +289,11 @@ def main(argv: list[str] | None = None) -> int:
         if f"parse {big}" in med:
             parse, objcopy = med[f"parse {big}"], med[f"objcopy {big}"]
             floors[big] = (parse / objcopy, (2 * parse - med["import typer"]) / objcopy)
+    if check:
+        # Not a goal: the most a gate can check per second while it reads and identifies as it does now.
+        floor_rate = args.batch / med[f"read+identify batch x{args.batch}"]
+        print()
+        print(f"floor under the gate: read + identify only, {floor_rate:.0f} payloads/s")
     if floors:
         # Not goals: what the objcopy ratios cannot go below while the input is parsed
         # as it is now (once to rewrite it, once more by the self-check).
@@ -305,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss_kib": rss,
         "ratios": {k: {"value": v, "goal": g, "op": op} for k, (v, g, op) in ratios.items()},
         "floors": {k: {"one_parse": one, "two_parses": two} for k, (one, two) in floors.items()},
+        "gate_floor_per_second": args.batch / med[f"read+identify batch x{args.batch}"] if check else None,
         "check_available": check,
     }
     args.json.write_text(json.dumps(doc, indent=2) + "\n")
