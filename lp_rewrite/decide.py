@@ -22,7 +22,7 @@ from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import accumulate, compress, count, starmap
-from operator import eq
+from operator import eq, itemgetter
 from typing import ClassVar, overload
 
 from lp_rewrite.arch import Kind
@@ -152,6 +152,16 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
 _FIELD = {name: k for k, (name, _typecode) in enumerate(_COLUMNS)}
 _REASONS: tuple[Reason, ...] = tuple(Reason)
 _REASON_CODE = {reason: k for k, reason in enumerate(_REASONS)}
+_REASON_FIELD = _FIELD["reason"]
+# Decisions a list keeps as tuples before it makes its columns. Twelve arrays,
+# and an append to each per decision, cost more than a tuple per decision
+# until a list is long; the decisions `check` makes for a payload (tens) never
+# make columns. A stress object's 20k do, as they come, once they are this many.
+_TUPLES_MAX = 256
+
+# One decision as its columns hold it: Decision's fields in order, None as its
+# column's stand-in, the reason as its code.
+_Row = tuple[int, int, int, int, int, int, int, int, int, int, int, int]
 
 
 def _decision(
@@ -168,7 +178,7 @@ def _decision(
     replacement: int,
     reason: int,
 ) -> Decision:
-    """The Decision of one row of columns (their None stand-ins back to None)."""
+    """The Decision of one row (the None stand-ins back to None, the reason's code to the Reason)."""
     found = target_section >= 0
     return Decision(
         reloc_section,
@@ -192,20 +202,45 @@ class DecisionList(Sequence[Decision]):
     A stress object has 20k decisions (200k with ``everything``), held from
     ``decide`` through the self-check: as objects, with their large ints, they
     cost about 190 bytes each and pin the allocator's pages; as columns, 49.
-    A Decision read is a new object with the stored values (equal, not the same).
-    :meth:`column` gives one field of every decision, for loops over many of them.
-    A list may be a *selection* of another's rows (:meth:`select`): it shares
-    its columns and cannot grow.
+    Decisions are appended as rows, tuples of the columns' values (:meth:`put`);
+    a list keeps them as tuples until it holds ``_TUPLES_MAX``, then makes its
+    columns and appends each row's values to them. A Decision read is a new
+    object with the stored values (equal, not the same). :meth:`column` gives
+    one field of every decision, for loops over many of them. A list may be a
+    *selection* of another's rows (:meth:`select`): it shares its storage and
+    cannot grow.
     """
 
-    __slots__ = ("_cols", "_rows")
+    __slots__ = ("_cols", "_picked", "_tuples")
     __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
 
     def __init__(self, decisions: Iterable[Decision] = ()) -> None:
-        self._cols: list[array[int] | list[int]] = [array(typecode) for _name, typecode in _COLUMNS]
-        self._rows: array[int] | None = None
+        # The rows: as tuples until there are _TUPLES_MAX, then as columns (and no tuples).
+        self._tuples: list[_Row] = []
+        self._cols: list[array[int] | list[int]] | None = None
+        # A selection's rows: their positions in the storage it shares.
+        self._picked: array[int] | None = None
         for d in decisions:
             self.append(d)
+
+    def put(self, row: _Row) -> None:
+        """Append one decision, given as a row of the columns' values (:data:`_COLUMNS`)."""
+        if self._picked is not None:
+            raise TypeError("a selection of decisions does not grow")
+        cols = self._cols
+        if cols is None:
+            tuples = self._tuples
+            tuples.append(row)
+            if len(tuples) >= _TUPLES_MAX:
+                self._make_columns()
+            return
+        n = len(cols[_REASON_FIELD])  # appended last: a row cut short is found by it
+        try:
+            for col, value in zip(cols, row, strict=True):
+                col.append(value)
+        except OverflowError:
+            self._widen(n)
+            self.put(row)
 
     def add(
         self,
@@ -222,33 +257,11 @@ class DecisionList(Sequence[Decision]):
         replacement: int | None,
         reason: Reason,
     ) -> None:
-        """Append one decision, given as Decision's fields."""
-        if self._rows is not None:
-            raise TypeError("a selection of decisions does not grow")
+        """Append one decision, given as Decision's fields (a target is a section and an offset, or none)."""
         if target_section is None or target_offset is None:
             target_section, target_offset = -1, 0
-        c = self._cols
-        n = len(c[-1])  # the reason column is appended last: a row cut short is found by it
-        try:
-            c[0].append(reloc_section)
-            c[1].append(index)
-            c[2].append(section)
-            c[3].append(offset)
-            c[4].append(rtype)
-            c[5].append(symbol)
-            c[6].append(addend)
-            c[7].append(bias)
-            c[8].append(target_section)
-            c[9].append(target_offset)
-            c[10].append(-1 if replacement is None else replacement)
-            c[11].append(_REASON_CODE[reason])
-        except OverflowError:
-            self._widen(n)
-            row = (reloc_section, index, section, offset, rtype, symbol, addend, bias, target_section, target_offset)
-            for col, value in zip(
-                self._cols, (*row, -1 if replacement is None else replacement, _REASON_CODE[reason]), strict=True
-            ):
-                col.append(value)
+        row = (reloc_section, index, section, offset, rtype, symbol, addend, bias, target_section, target_offset)
+        self.put((*row, -1 if replacement is None else replacement, _REASON_CODE[reason]))
 
     def append(self, d: Decision) -> None:
         self.add(
@@ -266,31 +279,50 @@ class DecisionList(Sequence[Decision]):
             d.reason,
         )
 
+    def _make_columns(self) -> None:
+        """The tuples' values as columns, which hold every row from here on."""
+        tuples = self._tuples
+        self._tuples = []  # a new list: a selection may hold the old one
+        self._cols = [array(typecode) for _name, typecode in _COLUMNS]
+        try:
+            for k, col in enumerate(self._cols):
+                col.extend(map(itemgetter(k), tuples))  # a C loop per column
+        except OverflowError:
+            self._cols = [list(map(itemgetter(k), tuples)) for k in range(len(_COLUMNS))]
+
     def _widen(self, n: int) -> None:
         """Every column as a list of its first ``n`` values (a value beyond a column's typecode came)."""
+        assert self._cols is not None
         self._cols = [list(col[:n]) for col in self._cols]
 
     def select(self, reason: Reason) -> DecisionList:
-        """The decisions with this reason, in order (a selection sharing these columns)."""
+        """The decisions with this reason, in order (a selection sharing this list's storage)."""
         code = _REASON_CODE[reason]
-        reasons = self._cols[_FIELD["reason"]]
-        picked = compress(count(), map(code.__eq__, reasons))  # C loops
+        picked = compress(count(), map(code.__eq__, self.column("reason")))  # C loops
         out = DecisionList()
-        out._cols = self._cols
-        out._rows = array("I", picked if self._rows is None else map(self._rows.__getitem__, picked))
+        out._tuples, out._cols = self._tuples, self._cols
+        out._picked = array("I", picked if self._picked is None else map(self._picked.__getitem__, picked))
         return out
 
     def column(self, name: str) -> Sequence[int]:
-        """One field of every decision, in order (target_section and replacement: -1 stands for None)."""
-        col = self._cols[_FIELD[name]]
-        if self._rows is None:
+        """One field of every decision, in order (target_section and replacement: -1 stands for None;
+        reason: the Reason's position in ``tuple(Reason)``)."""
+        k = _FIELD[name]
+        picked = self._picked
+        if self._cols is None:
+            tuples = self._tuples
+            return list(map(itemgetter(k), tuples if picked is None else map(tuples.__getitem__, picked)))
+        col = self._cols[k]
+        if picked is None:
             return col
         if isinstance(col, list):
-            return list(map(col.__getitem__, self._rows))
-        return array(col.typecode, map(col.__getitem__, self._rows))
+            return list(map(col.__getitem__, picked))
+        return array(col.typecode, map(col.__getitem__, picked))
 
     def __len__(self) -> int:
-        return len(self._cols[-1]) if self._rows is None else len(self._rows)
+        if self._picked is not None:
+            return len(self._picked)
+        return len(self._tuples) if self._cols is None else len(self._cols[_REASON_FIELD])
 
     @overload
     def __getitem__(self, index: int) -> Decision: ...
@@ -302,12 +334,19 @@ class DecisionList(Sequence[Decision]):
         n = len(self)
         if not -n <= index < n:
             raise IndexError("decision index out of range")
-        row = index % n if self._rows is None else self._rows[index]
+        row = index % n if self._picked is None else self._picked[index]
+        if self._cols is None:
+            return _decision(*self._tuples[row])
         return _decision(*(col[row] for col in self._cols))
 
     def __iter__(self) -> Iterator[Decision]:
-        cols = self._cols if self._rows is None else [map(col.__getitem__, self._rows) for col in self._cols]
-        return starmap(_decision, zip(*cols, strict=True))
+        picked, cols = self._picked, self._cols
+        if cols is None:
+            tuples = self._tuples
+            return starmap(_decision, tuples if picked is None else map(tuples.__getitem__, picked))
+        if picked is None:
+            return starmap(_decision, zip(*cols, strict=True))
+        return starmap(_decision, zip(*(map(col.__getitem__, picked) for col in cols), strict=True))
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, (DecisionList, list)):
@@ -506,7 +545,7 @@ def _decide_entries(
     data = elf.section_data(sec.index)
     offsets, rtypes, rsyms, addends = columns.offsets, columns.types, columns.syms, columns.addends
     sec_exempt: bool | None = None  # the name is decoded only if an entry is met
-    add = out.add
+    put = out.put
     for i in todo:
         row = base + i
         sym = rsyms[row]
@@ -530,9 +569,11 @@ def _decide_entries(
             else:  # else only displayed: no bias
                 bias = reloc.bias
         s = shndx[sym]
-        tsec: int | None = s if (C.SHN_UNDEF < s < C.SHN_LORESERVE or sym in extended) else None
-        toff = values[sym] + addend + bias if tsec is not None else None
-        rep_index: int | None = None
+        if C.SHN_UNDEF < s < C.SHN_LORESERVE or sym in extended:
+            tsec, toff = s, values[sym] + addend + bias
+        else:  # an undefined or absolute symbol: no target (the columns' stand-ins for None)
+            tsec, toff = -1, 0
+        rep_index = -1
         reason = _KEEP_NOT_REPLACED
         if rt is not None and rt.kind is _NO_EFFECT_KIND:
             reason = _KEEP_NO_EFFECT
@@ -540,10 +581,11 @@ def _decide_entries(
             reason = _KEEP_NON_ALLOC
         elif not known:
             reason = _KEEP_UNSUPPORTED
-        elif tsec is not None and toff is not None and tsec in by_section:
+        elif tsec in by_section:  # -1 is no section's
             entries = by_section[tsec]
-            rep_index = entries.exact.get(toff)
-            if rep_index is not None:
+            entry = entries.exact.get(toff)
+            if entry is not None:
+                rep_index = entry
                 if sec_exempt is None:
                     sec_exempt = exempt(sec.name)
                 if sec_exempt:
@@ -553,7 +595,7 @@ def _decide_entries(
                 else:  # retargeted, Xen would refuse the payload ("Overflow in relocation")
                     reason = _KEEP_OUT_OF_REACH
             else:
-                rep_index = entries.body(toff)
-                if rep_index is not None:
-                    reason = _KEEP_BODY
-        add(ridx, i, sec.index, offset, rtype, sym, addend, bias, tsec, toff, rep_index, reason)
+                body = entries.body(toff)
+                if body is not None:
+                    rep_index, reason = body, _KEEP_BODY
+        put((ridx, i, sec.index, offset, rtype, sym, addend, bias, tsec, toff, rep_index, _REASON_CODE[reason]))

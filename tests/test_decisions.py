@@ -1,6 +1,9 @@
 """Decisions are kept as columns (lp_rewrite/decide.py, DecisionList): every
 Decision read from them must carry the values a Decision object held, for
-every relocation, and a value beyond a column's typecode must survive exactly."""
+every relocation, and a value beyond a column's typecode must survive exactly.
+Short lists keep their decisions as tuples and long ones as columns: the tests
+run with lists that make their columns at 1 and 3 decisions too, so that every
+list here is read from tuples and from columns, and grows across the change."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from lp_rewrite import decide
 from lp_rewrite.apply import plan
 from lp_rewrite.decide import Decision, DecisionList, Decisions, Reason
 from lp_rewrite.pipeline import analyse
@@ -19,6 +23,15 @@ FIXTURES = [COMMITTED / arch / "keyhandler.livepatch" for arch in ("x86_64", "aa
     COMMITTED / "x86_64" / "jump_table.livepatch"
 ]
 FIELDS = Decision.__slots__
+TUPLES_MAX = [1, 3, decide._TUPLES_MAX]  # decisions a list keeps as tuples before it makes columns
+
+
+@pytest.fixture(params=TUPLES_MAX, ids=lambda n: f"tuples{n}")
+def tuples_max(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Runs a test with lists that make their columns once they hold ``n`` decisions."""
+    n: int = request.param
+    monkeypatch.setattr(decide, "_TUPLES_MAX", n)
+    return n
 
 
 def _raw(name: str, value: int | None) -> int:
@@ -27,7 +40,7 @@ def _raw(name: str, value: int | None) -> int:
 
 
 @pytest.mark.parametrize("path", FIXTURES, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_every_decision_read_from_the_columns_is_the_relocation_it_decides(path: Path) -> None:
+def test_every_decision_read_from_the_columns_is_the_relocation_it_decides(path: Path, tuples_max: int) -> None:
     items = analyse(path, Policy(), everything=True).decisions.items
     expected = {(r.reloc_section_index, r.index): r for r in oracle.Payload(path).relocations()}
     seen = list(items)
@@ -45,7 +58,7 @@ def test_every_decision_read_from_the_columns_is_the_relocation_it_decides(path:
 
 
 @pytest.mark.parametrize("path", FIXTURES, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_the_columns_indexing_selection_and_copies_agree(path: Path) -> None:
+def test_the_columns_indexing_selection_and_copies_agree(path: Path, tuples_max: int) -> None:
     decisions = analyse(path, Policy(), everything=True).decisions
     items = decisions.items
     objects = list(items)
@@ -79,7 +92,7 @@ def test_the_columns_indexing_selection_and_copies_agree(path: Path) -> None:
         retargets.append(objects[0])  # a selection shares its columns: it does not grow
 
 
-def test_values_beyond_a_column_and_none_are_kept_exactly() -> None:
+def test_values_beyond_a_column_and_none_are_kept_exactly(tuples_max: int) -> None:
     small = Decision(1, 2, 3, 4, 5, 6, -7, 8, 9, 10, 0, Reason.RETARGET)
     unresolved = Decision(1, 3, 3, 12, 5, 0, 0, 0, None, None, None, Reason.KEEP_NOT_REPLACED)
     # A REL addend read as a word and a target offset summed past 64 bits.
@@ -99,7 +112,41 @@ def test_values_beyond_a_column_and_none_are_kept_exactly() -> None:
     assert list(out.select(Reason.KEEP_BODY)) == [huge]
 
 
-def test_a_plan_finds_each_tables_retargets_in_the_order_of_the_plan() -> None:
+def test_a_list_read_while_it_grows_and_its_selections_keep_their_rows(tuples_max: int) -> None:
+    """Reads between appends (rows in the columns and in tuples at once), selections made
+    at each length, then a value beyond its column once there are columns."""
+
+    def row(k: int) -> Decision:
+        if k % 2:
+            return Decision(1, k, 3, 4 * k, 5, 6, k - 3, -4, 9, 0x10 + k, k % 3, Reason.RETARGET)
+        return Decision(1, k, 3, 4 * k, 5, 6, k - 3, 0, None, None, None, Reason.KEEP_NOT_REPLACED)
+
+    out = DecisionList()
+    seen: list[Decision] = []
+    selections = []
+    for k in range(10):
+        out.append(row(k))
+        seen.append(row(k))
+        assert len(out) == k + 1 and out[-1] == seen[-1] and out[0] == seen[0] and list(out) == seen
+        selections.append((out.select(Reason.RETARGET), [d for d in seen if d.retarget]))
+
+    def check() -> None:
+        for selected, want in selections:
+            assert len(selected) == len(want) and list(selected) == want
+            assert list(selected.column("target_offset")) == [d.target_offset for d in want]
+        assert len(out) == len(seen) and list(out) == seen  # reading a selection changed nothing
+        assert list(out.select(Reason.RETARGET)) == [d for d in seen if d.retarget]
+
+    check()
+    huge = Decision(1, 10, 3, 40, 5, 6, 2**64 - 3, 0, 9, 2**65, 0, Reason.RETARGET)
+    out.append(huge)
+    seen.append(huge)
+    assert list(out) == seen and list(out.column("addend")) == [d.addend for d in seen]
+    assert list(out.column("target_section")) == [_raw("", d.target_section) for d in seen]
+    check()
+
+
+def test_a_plan_finds_each_tables_retargets_in_the_order_of_the_plan(tuples_max: int) -> None:
     policy = Policy()
     a = analyse(COMMITTED / "x86_64" / "keyhandler.livepatch", policy)
     edits = plan(a.payload, a.funcs, a.decisions, policy)
