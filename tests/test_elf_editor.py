@@ -411,8 +411,9 @@ def test_reader_refusals_are_data_worded_by_the_caller() -> None:
 @pytest.mark.parametrize(("elf64", "rela"), KINDS, ids=IDS)
 def test_entries_set_in_a_table_not_copied_are_made_when_written(elf64: bool, rela: bool) -> None:
     """Entries set in a relocation table that is not copied are kept as rows and made into
-    the table each time the output is read; what packing into a copy would refuse is refused
-    at once, by packing into a copy (struct.error, as before rows)."""
+    the table when the output is first read (the same bytes on every read); what packing
+    into a copy would refuse is refused at once, by packing into a copy (struct.error, as
+    before rows)."""
     data = build(elf64, rela)
     editor = ElfEditor(ElfFile(data))
     editor.set_relocation_symbols(4, [1, 4], [4, 0])

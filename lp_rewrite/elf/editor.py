@@ -29,7 +29,7 @@ import struct
 from array import array
 from collections.abc import Sequence
 from functools import cached_property
-from itertools import repeat
+from itertools import compress, repeat
 from typing import Final, Literal
 
 from lp_rewrite.elf import consts as C
@@ -154,7 +154,6 @@ class ElfEditor:
         self._names: dict[str, int] = {}
         self.symbol_map = IndexMap(elf.symbols.count)
         self._inserted = False
-        lay = self.layout
         self._info_field = struct.Struct("<" + lay.rel_info[0])
         self._sym_field = struct.Struct("<" + (lay.rel_sym or lay.rel_info)[0])
         self._addend_field = struct.Struct("<" + lay.rela_addend[0])
@@ -310,8 +309,10 @@ class ElfEditor:
     def _edited_copy(self, index: int) -> bytearray:
         """A copy of relocation table ``index`` with the entries set by row.
 
-        Made for each of a stress object's 8.7k tables each time the output is
-        read (written, then compared): one pass over the table's rows.
+        Made once per output the editor gives (Pieces keeps it for the read-back),
+        for each of a stress object's 8.7k tables. A symbol and an addend are
+        different bytes of an entry: each field's rows are packed in their
+        order, the last one set for an entry written last, as into a copy.
         """
         buf = bytearray(self.elf.section_data(index))
         tables = self._set_table
@@ -319,23 +320,11 @@ class ElfEditor:
         hi = bisect.bisect_right(tables, index, lo)
         if lo == hi:
             return buf
-        lay = self.layout
-        entsize = lay.reloc_entsize(self.elf.sections.type[index])
-        fields, entries, values = self._set_field, self._set_entry, self._set_value
-        put_addend, addend_at = self._addend_field.pack_into, lay.rela_addend[1]
-        if lay.rel_sym is not None:  # ELF64: r_sym is the high word of r_info
-            put_sym, sym_at = self._sym_field.pack_into, lay.rel_sym[1]
-            for k in range(lo, hi):
-                if fields[k] == _SYMBOL:
-                    put_sym(buf, entries[k] * entsize + sym_at, values[k])
-                else:
-                    put_addend(buf, entries[k] * entsize + addend_at, values[k])
-            return buf
-        for k in range(lo, hi):
-            if fields[k] == _SYMBOL:
-                self._put_symbols(buf, index, (entries[k],), (values[k],))
-            else:
-                put_addend(buf, entries[k] * entsize + addend_at, values[k])
+        entries, values = self._set_entry[lo:hi], self._set_value[lo:hi]
+        is_symbol = [field == _SYMBOL for field in self._set_field[lo:hi]]
+        self._put_symbols(buf, index, list(compress(entries, is_symbol)), list(compress(values, is_symbol)))
+        is_addend = [not symbol for symbol in is_symbol]
+        self._put_addends(buf, list(compress(entries, is_addend)), list(compress(values, is_addend)))
         return buf
 
     def _set_by_row(self, index: int, field: int, entries: Sequence[int], values: Sequence[int]) -> bool:
