@@ -133,8 +133,9 @@ class Decision(Record):
 # A Decision field's column: its typecode, and the value that stands for None.
 # Each field fits its typecode in any object a toolchain emits; a value that
 # does not (a target offset summed past 64 bits, a REL addend read as a word, a
-# hostile header's numbers) turns every column into a list
-# (DecisionList._widen), never a wrong value.
+# hostile header's numbers) turns every column into a list when the columns
+# are made or later (DecisionList._make_columns, _widen), never a wrong value;
+# the tuples a short list keeps hold any int.
 _COLUMNS: tuple[tuple[str, str], ...] = (
     ("reloc_section", "I"),
     ("index", "I"),
