@@ -75,8 +75,8 @@ def _out_of_reach(ctx: Context, decisions: Decisions) -> list[Finding]:
     out = []
     funcs = ctx.funcs
     assert funcs is not None
-    for d in decisions.items:
-        if d.reason is not Reason.KEEP_OUT_OF_REACH or d.replacement is None:
+    for d in decisions.items.select(Reason.KEEP_OUT_OF_REACH):  # a Decision made only for these
+        if d.replacement is None:
             continue
         rt = classified(ctx, d)
         if rt.kind is Kind.CALL:
