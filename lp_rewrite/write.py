@@ -74,10 +74,11 @@ def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
 
 
 @contextmanager
-def _signals_raise() -> Iterator[None]:
+def signals_raise() -> Iterator[None]:
     """SIGTERM and SIGHUP raise :class:`Interrupted` (SIGINT already raises
-    KeyboardInterrupt) instead of killing the process mid-write. Handlers an
-    embedding program installed are left alone."""
+    KeyboardInterrupt) instead of killing the process mid-write (or, in
+    ``check --jobs``, before it stops its workers). Handlers an embedding
+    program installed are left alone."""
     installed: list[signal.Signals] = []
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -183,7 +184,7 @@ def write_atomic(
         mode = expect.mode
     target = _Target(dest, expect, original)
     pieces = [data] if isinstance(data, (bytes, bytearray, memoryview)) else data
-    with _signals_raise():
+    with signals_raise():
         _replace_via_temporary(dest, directory, pieces, mode, backup_suffix, before_rename, target)
     _fsync_dir(directory)
 

@@ -242,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     if check:
         cmds["check realistic"] = [py, "-m", "lp_rewrite", "check", "--format", "json", str(files["realistic"])]
         cmds[f"check batch x{args.batch}"] = [py, "-m", "lp_rewrite", "check", "--format", "json", *batch]
+        # Not the goal's row (that one is one process): the same batch in one worker per CPU.
+        cmds[f"check batch x{args.batch} --jobs 0"] = [*cmds[f"check batch x{args.batch}"][:6], "-j", "0", *batch]
         cmds[f"read+identify batch x{args.batch}"] = [py, "-c", READ_IDENTIFY, *batch]
     warm = {key: measure(cmd).seconds for key, cmd in cmds.items()}  # warm-up: bytecode and page caches
     # Start-up-bound commands vary by several ms between runs on a VM: they
@@ -294,6 +296,12 @@ def main(argv: list[str] | None = None) -> int:
         floor_rate = args.batch / med[f"read+identify batch x{args.batch}"]
         print()
         print(f"floor under the gate: read + identify only, {floor_rate:.0f} payloads/s")
+        jobs_rate = args.batch / med[f"check batch x{args.batch} --jobs 0"]
+        one_rate = args.batch / med[f"check batch x{args.batch}"]
+        print(
+            f"the gate in {len(os.sched_getaffinity(0))} worker processes (--jobs 0): {jobs_rate:.0f} payloads/s, "
+            f"{jobs_rate / one_rate:.2f}x one process"
+        )
     if floors:
         # Not goals: what the objcopy ratios cannot go below while the input is parsed
         # as it is now (once to rewrite it, once more by the self-check).
@@ -322,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratios": {k: {"value": v, "goal": g, "op": op} for k, (v, g, op) in ratios.items()},
         "floors": {k: {"one_parse": one, "two_parses": two} for k, (one, two) in floors.items()},
         "gate_floor_per_second": args.batch / med[f"read+identify batch x{args.batch}"] if check else None,
+        "gate_jobs_per_second": args.batch / med[f"check batch x{args.batch} --jobs 0"] if check else None,
         "check_available": check,
     }
     args.json.write_text(json.dumps(doc, indent=2) + "\n")

@@ -24,14 +24,15 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from lp_rewrite.check import workers
 from lp_rewrite.check.findings import UNREADABLE, Finding, PayloadReport, Severity, counts, make
-from lp_rewrite.check.run import CheckOptions, check_payload
-from lp_rewrite.errors import LpRewriteError, UsageError
+from lp_rewrite.check.run import CheckOptions, report_or_reason
+from lp_rewrite.errors import UsageError
 from lp_rewrite.textsafe import shown
 
 PAYLOAD_SUFFIX = ".livepatch"
@@ -163,8 +164,14 @@ def run(
     *,
     progress: bool | None = None,
     stream: TextIO | None = None,
+    jobs: int = 1,
 ) -> BatchResult:
-    """Check every payload; unreadable ones become LP012 findings (and a line on ``stream``)."""
+    """Check every payload; unreadable ones become LP012 findings (and a line on ``stream``).
+
+    With ``jobs`` above 1 the payloads are checked in that many forked
+    worker processes; the reports, their order and every line on ``stream``
+    are the same as with one.
+    """
     stream = stream or sys.stderr
     walk_errors: list[str] = []
     files = expand(paths, walk_errors)
@@ -175,22 +182,26 @@ def run(
         stream.write(f"lp-rewrite: error: {shown(message)}\n")
         where = message.split(": cannot list", 1)[0]
         reports.append(PayloadReport(where, error=message, findings=[make(UNREADABLE, message)]))
-    for n, path in enumerate(files, 1):
-        try:
-            report = check_payload(path, options, name=os.fspath(path))
-        except LpRewriteError as exc:
-            message = str(exc)
+    if min(jobs, len(files)) > 1:
+        checked = workers.checked_in_workers(files, options, jobs)
+    else:
+        checked = _checked_here(files, options)
+    try:
+        for n, report in enumerate(checked, 1):
+            if bar is not None and (report.error is not None or incomplete_parts(report)):
+                bar.close()  # the line below must not be drawn over
+            if report.error is not None:
+                stream.write(f"lp-rewrite: error: {shown(report.error)}\n")
+            else:
+                note_incomplete(report, stream)
+            reports.append(report)
             if bar is not None:
-                bar.close()
-            stream.write(f"lp-rewrite: error: {shown(message)}\n")
-            report = PayloadReport(os.fspath(path), error=message, findings=[make(UNREADABLE, message)])
-        else:
-            if bar is not None and incomplete_parts(report):
-                bar.close()
-            note_incomplete(report, stream)
-        reports.append(report)
+                bar.update(n, report.path)
+    finally:  # erased on Ctrl-C too: the command's one-line error follows
         if bar is not None:
-            bar.update(n, os.fspath(path))
-    if bar is not None:
-        bar.close()
+            bar.close()
     return BatchResult(reports, time.perf_counter() - start)
+
+
+def _checked_here(files: Iterable[Path], options: CheckOptions) -> Iterator[PayloadReport]:
+    return (report_or_reason(path, options) for path in files)

@@ -20,7 +20,7 @@ from lp_rewrite.check.context import Context
 from lp_rewrite.check.findings import UNREADABLE, Finding, PayloadReport, make
 from lp_rewrite.check.xen import XenImage
 from lp_rewrite.decide import Decisions, decide
-from lp_rewrite.errors import InputError
+from lp_rewrite.errors import InputError, LpRewriteError
 from lp_rewrite.inputs import MAX_INPUT_SIZE, TooLarge
 from lp_rewrite.policy import Policy
 from lp_rewrite.read import Payload, read_file, read_payload
@@ -67,6 +67,15 @@ def check_payload(
     report = check_loaded(payload, options)
     report.findings[:0] = limits
     return report
+
+
+def report_or_reason(path: str | os.PathLike[str], options: CheckOptions) -> PayloadReport:
+    """One payload's report; a file that cannot be read as a payload is an LP012 report with the reason."""
+    try:
+        return check_payload(path, options, name=os.fspath(path))
+    except LpRewriteError as exc:
+        message = str(exc)
+        return PayloadReport(os.fspath(path), error=message, findings=[make(UNREADABLE, message)])
 
 
 def check_loaded(payload: Payload, options: CheckOptions) -> PayloadReport:
