@@ -26,6 +26,8 @@ from lp_rewrite.check.run import CheckOptions
 from lp_rewrite.errors import LpRewriteError
 from tests.conftest import COMMITTED, ROOT, TESTDATA, assert_one_line_error, run_cli
 
+XEN = TESTDATA / "check"
+
 
 def mixed_batch(tmp_path: Path) -> list[Path]:
     """Every committed payload (clean ones and ones with findings), and files that are not payloads."""
@@ -95,6 +97,21 @@ def test_the_cli_report_is_the_same_with_jobs(tmp_path: Path) -> None:
         reports[jobs] = doc
     assert reports["1"] == reports["2"] == reports["0"]
     assert "LP001" in json.dumps(reports["1"])
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "aarch64", "arm"])
+def test_workers_share_the_loaded_xen_syms(arch: str) -> None:
+    """--xen-syms is read once, before the fork; the workers' findings against it are the same."""
+    reports = []
+    for jobs in ("1", "2"):
+        proc = run_cli("check", "--jobs", jobs, "--xen-syms", XEN / arch / "xen-syms", "--format", "json", XEN / arch)
+        assert proc.returncode == 1, proc.stderr
+        doc = json.loads(proc.stdout)
+        del doc["summary"]["seconds"]
+        reports.append(doc)
+    assert reports[0] == reports[1]
+    rules = {f["rule"] for r in reports[0]["payloads"] for f in r["findings"]}
+    assert {"LP004", "LP018"} <= rules  # findings only the hypervisor's symbol table can give
 
 
 def test_a_negative_job_count_is_a_usage_error() -> None:
