@@ -93,7 +93,7 @@ def signals_raise() -> Iterator[None]:
 
 
 @contextmanager
-def _signals_held() -> Iterator[None]:
+def signals_held() -> Iterator[None]:
     """Hold termination signals across a few statements that must not be split
     (creating a file and recording its name; renaming it and forgetting it).
     A held signal is delivered, and raises, when this block ends."""
@@ -248,19 +248,19 @@ class _Scratch:
     def __init__(self, beside: Path, directory: Path) -> None:
         self.fd = -1
         self.path: Path | None = None  # set exactly while the file is ours
-        with _signals_held():
+        with signals_held():
             self.fd, name = tempfile.mkstemp(prefix=f".{beside.name}.", suffix=".tmp", dir=directory)
             self.path = Path(name)
 
     def close(self) -> None:
-        with _signals_held():
+        with signals_held():
             if self.fd >= 0:
                 os.close(self.fd)
                 self.fd = -1
 
     def rename(self, dest: Path) -> None:
         assert self.path is not None
-        with _signals_held():
+        with signals_held():
             os.replace(self.path, dest)
             self.path = None
 
@@ -269,7 +269,7 @@ class _Scratch:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-        with _signals_held():
+        with signals_held():
             if self.path is not None:
                 self.path.unlink(missing_ok=True)
 
@@ -304,7 +304,7 @@ def _replace_via_temporary(
                 _write_backup(target, Path(str(dest) + backup_suffix))
             elif backup_suffix and dest.exists():
                 _backup(dest, Path(str(dest) + backup_suffix))
-            with _signals_held():
+            with signals_held():
                 if target.expect is not None:
                     target.check()
                 tmp.rename(dest)

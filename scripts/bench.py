@@ -39,6 +39,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from lp_rewrite.check.batch import available_cpus
+
 ROOT = Path(__file__).resolve().parent.parent
 INCLUDE = ROOT / "testdata" / "include"
 NOTES = ROOT / "testdata" / "src" / "notes.S"
@@ -241,9 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     check = has_check()
     if check:
         cmds["check realistic"] = [py, "-m", "lp_rewrite", "check", "--format", "json", str(files["realistic"])]
-        cmds[f"check batch x{args.batch}"] = [py, "-m", "lp_rewrite", "check", "--format", "json", *batch]
+        check_json = [py, "-m", "lp_rewrite", "check", "--format", "json"]
+        cmds[f"check batch x{args.batch}"] = [*check_json, *batch]
         # Not the goal's row (that one is one process): the same batch in one worker per CPU.
-        cmds[f"check batch x{args.batch} --jobs 0"] = [*cmds[f"check batch x{args.batch}"][:6], "-j", "0", *batch]
+        cmds[f"check batch x{args.batch} --jobs 0"] = [*check_json, "--jobs", "0", *batch]
         cmds[f"read+identify batch x{args.batch}"] = [py, "-c", READ_IDENTIFY, *batch]
     warm = {key: measure(cmd).seconds for key, cmd in cmds.items()}  # warm-up: bytecode and page caches
     # Start-up-bound commands vary by several ms between runs on a VM: they
@@ -299,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         jobs_rate = args.batch / med[f"check batch x{args.batch} --jobs 0"]
         one_rate = args.batch / med[f"check batch x{args.batch}"]
         print(
-            f"the gate in {len(os.sched_getaffinity(0))} worker processes (--jobs 0): {jobs_rate:.0f} payloads/s, "
+            f"the gate in {available_cpus()} worker processes (--jobs 0): {jobs_rate:.0f} payloads/s, "
             f"{jobs_rate / one_rate:.2f}x one process"
         )
     if floors:

@@ -74,6 +74,11 @@ def test_one_payload_or_one_job_uses_no_worker(tmp_path: Path, monkeypatch: pyte
     assert len(run_batch(files, 1)[0].reports) == len(files)
 
 
+def children() -> list[int]:
+    """This process's child processes (a worker left unreaped would be one)."""
+    return [int(pid) for pid in Path(f"/proc/self/task/{os.getpid()}/children").read_text().split()]
+
+
 def test_a_worker_that_dies_fails_the_batch_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     files = sorted(COMMITTED.glob("*/*.livepatch"))
 
@@ -83,8 +88,52 @@ def test_a_worker_that_dies_fails_the_batch_in_one_line(monkeypatch: pytest.Monk
         return PayloadReport(os.fspath(path))
 
     monkeypatch.setattr(workers, "report_or_reason", killed)
-    with pytest.raises(LpRewriteError, match=r"^a check worker process died .*rerun with --jobs 1$"):
+    with pytest.raises(LpRewriteError, match=r"^a check worker process was killed by SIGKILL .*rerun with --jobs 1$"):
         run_batch(files, 2)
+    assert children() == []  # the other worker is stopped and reaped
+
+
+def test_a_bug_in_a_worker_is_the_internal_error_one_process_gives(monkeypatch: pytest.MonkeyPatch) -> None:
+    files = sorted(COMMITTED.glob("*/*.livepatch"))
+
+    def buggy(path: Path, options: CheckOptions) -> PayloadReport:
+        if path == files[-2]:
+            raise ValueError("boom")
+        return PayloadReport(os.fspath(path))
+
+    monkeypatch.setattr(workers, "report_or_reason", buggy)
+    with pytest.raises(RuntimeError, match=r"^ValueError: boom \(in a check worker\)") as caught:
+        run_batch(files, 2)
+    assert "in buggy" in "".join(caught.value.__notes__)  # the worker's traceback, for LP_REWRITE_DEBUG
+    assert children() == []
+
+
+def test_a_batch_cut_short_stops_its_workers_at_once() -> None:
+    """The consumer stops (an exception in the command, a broken stderr): closing the batch reaps the workers."""
+    files = sorted(COMMITTED.glob("*/*.livepatch")) * 20
+    checked = workers.checked_in_workers(files, CheckOptions(), 2)
+    first = next(checked)
+    assert first.path == str(files[0]) and len(children()) == 2
+    started = time.monotonic()
+    checked.close()
+    assert children() == [] and time.monotonic() - started < 5  # not after the rest of the batch
+
+
+def test_a_batch_that_fails_while_it_reports_stops_its_workers_at_once(tmp_path: Path) -> None:
+    """A signal or a broken stderr while a line is written: run() closes the batch on the way out."""
+
+    class Interrupting(io.StringIO):
+        def write(self, text: str) -> int:
+            raise KeyboardInterrupt
+
+    junk = tmp_path / "junk.livepatch"
+    junk.write_text("not a payload")  # its error line is the first write
+    files = [junk, *sorted(COMMITTED.glob("*/*.livepatch")) * 20]
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt) as caught:
+        batch.run(files, CheckOptions(), progress=False, stream=Interrupting(), jobs=2)
+    assert children() == [] and time.monotonic() - started < 5  # while the traceback still holds run()'s frame
+    del caught
 
 
 def test_the_cli_report_is_the_same_with_jobs(tmp_path: Path) -> None:
@@ -101,7 +150,7 @@ def test_the_cli_report_is_the_same_with_jobs(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("arch", ["x86_64", "aarch64", "arm"])
 def test_workers_share_the_loaded_xen_syms(arch: str) -> None:
-    """--xen-syms is read once, before the fork; the workers' findings against it are the same."""
+    """Workers check against the command's --xen-syms: their findings are those of one process."""
     reports = []
     for jobs in ("1", "2"):
         proc = run_cli("check", "--jobs", jobs, "--xen-syms", XEN / arch / "xen-syms", "--format", "json", XEN / arch)
@@ -138,7 +187,9 @@ def read_to_eof(fd: int, seconds: float) -> bytes:
         ("1", signal.SIGINT, True, 130, "interrupted (SIGINT)"),  # Ctrl-C on a terminal: the whole group
         ("2", signal.SIGINT, True, 130, "interrupted (SIGINT)"),
         ("2", signal.SIGTERM, False, 143, "interrupted (SIGTERM)"),  # a cancelled CI job
+        ("2", signal.SIGTERM, True, 143, "interrupted (SIGTERM)"),  # timeout(1), systemd: the whole group
         ("2", signal.SIGHUP, False, 129, "interrupted (SIGHUP)"),
+        ("2", signal.SIGHUP, True, 129, "interrupted (SIGHUP)"),  # a terminal hung up
         ("2", signal.SIGKILL, False, -signal.SIGKILL, None),  # no word from the command, but no worker left
     ],
 )
@@ -172,22 +223,22 @@ def test_a_signal_stops_the_command_and_its_workers(
 
 
 def test_one_job_pays_nothing_for_workers() -> None:
-    """The pool's modules are imported only when a batch runs in workers."""
+    """The workers' module (and its selectors, pickle, ctypes) is imported only when a batch runs in workers."""
     driver = (
         "import json, sys\n"
         "from lp_rewrite.cli import main\n"
         "sys.argv = ['lp-rewrite', *sys.argv[1:]]\n"
-        "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        "print(json.dumps(sorted(sys.modules)), file=sys.stderr)\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
+        "print(json.dumps([code, sorted(sys.modules)]), file=sys.stderr)\n"
     )
     files = [str(p) for p in sorted(COMMITTED.glob("x86_64/*.livepatch"))[:3]]
-    pool_modules = {"multiprocessing", "concurrent.futures"}
-    for jobs, expected in (("1", set()), ("2", {"multiprocessing", "concurrent.futures"})):
+    for jobs, loaded in (("1", False), ("2", True)):
         proc = subprocess.run(
             [sys.executable, "-c", driver, "check", "--jobs", jobs, "--format", "json", *files],
             capture_output=True,
             text=True,
             timeout=120,
         )
-        loaded = set(json.loads(proc.stderr.strip().splitlines()[-1]))
-        assert pool_modules & loaded == expected, jobs
+        code, modules = json.loads(proc.stderr.strip().splitlines()[-1])
+        assert code == 1 and json.loads(proc.stdout)["summary"]["payloads"] == 3, proc.stderr
+        assert ("lp_rewrite.check.workers" in modules) is loaded, jobs

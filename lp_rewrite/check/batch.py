@@ -21,15 +21,15 @@ times a second, and erased before the report is written.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from lp_rewrite.check import workers
 from lp_rewrite.check.findings import UNREADABLE, Finding, PayloadReport, Severity, counts, make
 from lp_rewrite.check.run import CheckOptions, report_or_reason
 from lp_rewrite.errors import UsageError
@@ -158,6 +158,14 @@ class Progress:
             self.stream.flush()
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def run(
     paths: Sequence[str | os.PathLike[str]],
     options: CheckOptions,
@@ -169,8 +177,8 @@ def run(
     """Check every payload; unreadable ones become LP012 findings (and a line on ``stream``).
 
     With ``jobs`` above 1 the payloads are checked in that many forked
-    worker processes; the reports, their order and every line on ``stream``
-    are the same as with one.
+    worker processes (0: one per CPU; never more than the CPUs); the
+    reports, their order and every line on ``stream`` are the same as with one.
     """
     stream = stream or sys.stderr
     walk_errors: list[str] = []
@@ -182,26 +190,31 @@ def run(
         stream.write(f"lp-rewrite: error: {shown(message)}\n")
         where = message.split(": cannot list", 1)[0]
         reports.append(PayloadReport(where, error=message, findings=[make(UNREADABLE, message)]))
-    if min(jobs, len(files)) > 1:
-        checked = workers.checked_in_workers(files, options, jobs)
+    if min(jobs or available_cpus(), len(files)) > 1:
+        from lp_rewrite.check.workers import checked_in_workers  # its modules only when it is used
+
+        checked = checked_in_workers(files, options, jobs or available_cpus())
     else:
         checked = _checked_here(files, options)
+    # Closed on the way out, however: the workers stop now, not when a traceback is freed;
+    # the bar is erased, so that a one-line error starts its line.
     try:
-        for n, report in enumerate(checked, 1):
-            if bar is not None and (report.error is not None or incomplete_parts(report)):
-                bar.close()  # the line below must not be drawn over
-            if report.error is not None:
-                stream.write(f"lp-rewrite: error: {shown(report.error)}\n")
-            else:
-                note_incomplete(report, stream)
-            reports.append(report)
-            if bar is not None:
-                bar.update(n, report.path)
-    finally:  # erased on Ctrl-C too: the command's one-line error follows
+        with contextlib.closing(checked):
+            for n, report in enumerate(checked, 1):
+                if bar is not None and (report.error is not None or incomplete_parts(report)):
+                    bar.close()  # the line below must not be drawn over
+                if report.error is not None:
+                    stream.write(f"lp-rewrite: error: {shown(report.error)}\n")
+                else:
+                    note_incomplete(report, stream)
+                reports.append(report)
+                if bar is not None:
+                    bar.update(n, report.path)
+    finally:
         if bar is not None:
             bar.close()
     return BatchResult(reports, time.perf_counter() - start)
 
 
-def _checked_here(files: Iterable[Path], options: CheckOptions) -> Iterator[PayloadReport]:
+def _checked_here(files: Iterable[Path], options: CheckOptions) -> Generator[PayloadReport, None, None]:
     return (report_or_reason(path, options) for path in files)

@@ -83,7 +83,7 @@ def check(
             "-j",
             "--jobs",
             metavar="N",
-            help="Check a batch in N worker processes (0: one per available CPU); the report is the same.",
+            help="Check a batch in N worker processes (0, or more than the CPUs: one per CPU); the report is the same.",
         ),
     ] = 1,
 ) -> None:
@@ -96,7 +96,6 @@ def check(
     from lp_rewrite.check.allow import AllowList
     from lp_rewrite.check.findings import Severity
     from lp_rewrite.check.run import CheckOptions, check_payload
-    from lp_rewrite.check.workers import available_cpus
     from lp_rewrite.check.xen import XenImage
     from lp_rewrite.errors import UsageError
     from lp_rewrite.report import dumps
@@ -114,7 +113,7 @@ def check(
         result = batch.BatchResult([report], time.perf_counter() - start)
         batch.note_incomplete(report, sys.stderr)
     else:
-        result = batch.run(payloads, options, progress=progress, jobs=jobs or available_cpus())
+        result = batch.run(payloads, options, progress=progress, jobs=jobs)
     threshold = Severity(fail_on.value)
     if fmt is CheckFormat.sarif:
         text = dumps(sarif.sarif_log(result))
