@@ -16,11 +16,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from lp_rewrite.check import batch, workers
+from lp_rewrite.check.batch import available_cpus
 from lp_rewrite.check.findings import PayloadReport
 from lp_rewrite.check.run import CheckOptions
 from lp_rewrite.errors import LpRewriteError
@@ -37,6 +39,13 @@ def mixed_batch(tmp_path: Path) -> list[Path]:
     os.mkfifo(fifo)
     payloads = sorted(TESTDATA.rglob("*.livepatch"))
     return [junk, *payloads, tmp_path / "missing.livepatch", fifo, *payloads[:5]]
+
+
+@pytest.fixture(autouse=True)
+def four_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In this process, as many workers as asked (up to 4) on any machine: the tests are about workers."""
+    monkeypatch.setattr(batch, "available_cpus", lambda: 4)
+    monkeypatch.setattr(workers, "available_cpus", lambda: 4)
 
 
 def run_batch(paths: list[Path], jobs: int) -> tuple[batch.BatchResult, str]:
@@ -108,31 +117,46 @@ def test_a_bug_in_a_worker_is_the_internal_error_one_process_gives(monkeypatch: 
     assert children() == []
 
 
-def test_a_batch_cut_short_stops_its_workers_at_once() -> None:
-    """The consumer stops (an exception in the command, a broken stderr): closing the batch reaps the workers."""
-    files = sorted(COMMITTED.glob("*/*.livepatch")) * 20
+def slow_after(first: int) -> Callable[[Path, CheckOptions], PayloadReport]:
+    """A check that answers at once for files named p0..p{first-1}, an error report for 'junk',
+    and takes a minute for the rest: a worker on those is stopped only by a kill."""
+
+    def check(path: Path, options: CheckOptions) -> PayloadReport:
+        if path.name == "junk":
+            return PayloadReport(str(path), error="not a payload")
+        if int(path.name[1:]) >= first:
+            time.sleep(60)
+        return PayloadReport(str(path))
+
+    return check
+
+
+def test_a_batch_cut_short_kills_its_workers_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The consumer stops (an exception in the command): closing the batch kills and reaps the workers."""
+    monkeypatch.setattr(workers, "report_or_reason", slow_after(16))  # the first range: 16 files
+    files = [Path(f"p{k}") for k in range(200)]
     checked = workers.checked_in_workers(files, CheckOptions(), 2)
-    first = next(checked)
-    assert first.path == str(files[0]) and len(children()) == 2
-    started = time.monotonic()
-    checked.close()
-    assert children() == [] and time.monotonic() - started < 5  # not after the rest of the batch
+    try:
+        assert next(checked).path == "p0" and len(children()) == 2  # the other worker sleeps in p16
+    finally:
+        started = time.monotonic()
+        checked.close()
+    assert children() == [] and time.monotonic() - started < 10  # killed, not waited for
 
 
-def test_a_batch_that_fails_while_it_reports_stops_its_workers_at_once(tmp_path: Path) -> None:
+def test_a_batch_that_fails_while_it_reports_kills_its_workers_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """A signal or a broken stderr while a line is written: run() closes the batch on the way out."""
 
     class Interrupting(io.StringIO):
         def write(self, text: str) -> int:
             raise KeyboardInterrupt
 
-    junk = tmp_path / "junk.livepatch"
-    junk.write_text("not a payload")  # its error line is the first write
-    files = [junk, *sorted(COMMITTED.glob("*/*.livepatch")) * 20]
+    monkeypatch.setattr(workers, "report_or_reason", slow_after(16))  # the first range: junk, p1..p15
+    files = [Path("junk"), *(Path(f"p{k}") for k in range(1, 200))]  # junk's error line is the first write
     started = time.monotonic()
     with pytest.raises(KeyboardInterrupt) as caught:
         batch.run(files, CheckOptions(), progress=False, stream=Interrupting(), jobs=2)
-    assert children() == [] and time.monotonic() - started < 5  # while the traceback still holds run()'s frame
+    assert children() == [] and time.monotonic() - started < 10  # while the traceback still holds run()'s frame
     del caught
 
 
@@ -211,7 +235,7 @@ def test_a_signal_stops_the_command_and_its_workers(
     )
     assert proc.stderr is not None
     fd = proc.stderr.fileno()
-    assert os.read(fd, 2) == b"\r["  # the first payloads are checked: the workers run
+    assert os.read(fd, 1) + os.read(fd, 1) == b"\r["  # the first payloads are checked: the workers run
     (os.killpg if to_group else os.kill)(proc.pid, sig)
     rest = read_to_eof(fd, 30).decode()
     assert proc.wait(timeout=60) == status
@@ -241,4 +265,4 @@ def test_one_job_pays_nothing_for_workers() -> None:
         )
         code, modules = json.loads(proc.stderr.strip().splitlines()[-1])
         assert code == 1 and json.loads(proc.stdout)["summary"]["payloads"] == 3, proc.stderr
-        assert ("lp_rewrite.check.workers" in modules) is loaded, jobs
+        assert ("lp_rewrite.check.workers" in modules) is (loaded and available_cpus() > 1), jobs

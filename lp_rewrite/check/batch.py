@@ -190,10 +190,11 @@ def run(
         stream.write(f"lp-rewrite: error: {shown(message)}\n")
         where = message.split(": cannot list", 1)[0]
         reports.append(PayloadReport(where, error=message, findings=[make(UNREADABLE, message)]))
-    if min(jobs or available_cpus(), len(files)) > 1:
+    jobs = min(jobs or available_cpus(), available_cpus())  # checking is CPU-bound
+    if min(jobs, len(files)) > 1:
         from lp_rewrite.check.workers import checked_in_workers  # its modules only when it is used
 
-        checked = checked_in_workers(files, options, jobs or available_cpus())
+        checked = checked_in_workers(files, options, jobs)
     else:
         checked = _checked_here(files, options)
     # Closed on the way out, however: the workers stop now, not when a traceback is freed;

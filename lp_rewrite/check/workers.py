@@ -28,6 +28,7 @@ open, even when the command itself is SIGKILLed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import selectors
@@ -36,6 +37,7 @@ import struct
 import traceback
 from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from lp_rewrite.check.batch import available_cpus
 from lp_rewrite.check.findings import PayloadReport
@@ -83,10 +85,17 @@ def checked_in_workers(files: Sequence[Path], options: CheckOptions, jobs: int) 
 
 
 def _fork(files: Sequence[Path], options: CheckOptions, earlier: list[_Worker]) -> _Worker:
-    task_r, task_w = os.pipe()
-    result_r, result_w = os.pipe()
-    command = os.getpid()
-    pid = os.fork()
+    opened: list[int] = []
+    command = os.getpid()  # taken before the fork: the worker checks that it is still its parent
+    try:
+        opened.extend(os.pipe())
+        opened.extend(os.pipe())
+        pid = os.fork()
+    except OSError as exc:  # EMFILE, EAGAIN (a process limit): nothing of this worker is left open
+        for fd in opened:
+            os.close(fd)
+        raise LpRewriteError(f"cannot start a check worker ({exc.strerror or exc}); rerun with --jobs 1") from None
+    task_r, task_w, result_r, result_w = opened
     if pid == 0:  # the worker: it must never return into the command's stack
         status = 1
         try:
@@ -111,24 +120,24 @@ def _serve(files: Sequence[Path], options: CheckOptions, command: int, tasks: in
     signal.pthread_sigmask(signal.SIG_UNBLOCK, stop)
     while (task := _read_exact(tasks, _TASK.size)) is not None:
         first, last = _TASK.unpack(task)
-        answer: tuple[str, object]
         try:
             answer = ("reports", [report_or_reason(files[k], options) for k in range(first, last)])
+            blob = pickle.dumps(answer, pickle.HIGHEST_PROTOCOL)
         except Exception as exc:  # a bug: the command reports it as one process would (an internal error)
-            answer = ("failure", (f"{type(exc).__name__}: {exc}", traceback.format_exc()))
-        blob = pickle.dumps(answer, pickle.HIGHEST_PROTOCOL)
+            failure = ("failure", (f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+            blob = pickle.dumps(failure, pickle.HIGHEST_PROTOCOL)
         _write_all(results, _LENGTH.pack(len(blob)) + blob)
 
 
 def _die_with(command: int) -> None:
     """Be SIGKILLed when the command's process ends, however it ends (Linux; elsewhere, nothing)."""
-    import ctypes  # only in a worker: the command does not pay for it
-
     pr_set_pdeathsig = 1  # <linux/prctl.h>
     try:
+        import ctypes  # only in a worker: the command does not pay for it
+
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-    except (AttributeError, OSError):
+    except (ImportError, AttributeError, OSError):  # a Python without ctypes, a libc without prctl
         return
     if os.getppid() != command:  # the command ended before prctl() took effect
         os._exit(1)
@@ -164,7 +173,10 @@ def _hand(w: _Worker, todo: Iterator[tuple[int, int]]) -> bool:
         os.close(w.tasks)
         w.tasks = -1
         return False
-    _write_all(w.tasks, _TASK.pack(*w.busy))
+    try:
+        _write_all(w.tasks, _TASK.pack(*w.busy))
+    except BrokenPipeError:  # it died after its last answer, or before its first task
+        _died(w)
     return True
 
 
@@ -172,9 +184,7 @@ def _receive(w: _Worker) -> list[PayloadReport]:
     size = _read_exact(w.results, _LENGTH.size)
     blob = None if size is None else _read_exact(w.results, _LENGTH.unpack(size)[0])
     if blob is None:
-        _, status = os.waitpid(w.pid, 0)
-        w.reaped = True
-        raise LpRewriteError(f"a check worker process {_ended(status)}; rerun with --jobs 1")
+        _died(w)
     kind, value = pickle.loads(blob)
     if kind == "failure":
         summary, worker_traceback = value
@@ -183,6 +193,12 @@ def _receive(w: _Worker) -> list[PayloadReport]:
         raise exc
     reports: list[PayloadReport] = value
     return reports
+
+
+def _died(w: _Worker) -> NoReturn:
+    _, status = os.waitpid(w.pid, 0)
+    w.reaped = True
+    raise LpRewriteError(f"a check worker process {_ended(status)}; rerun with --jobs 1")
 
 
 def _ended(status: int) -> str:
@@ -197,18 +213,21 @@ def _ended(status: int) -> str:
 
 def _stop(workers: list[_Worker], answered: bool) -> None:
     """Close the command's ends and reap every worker: one that has answered everything exits
-    when its task pipe closes; one cut short is SIGKILLed (it only reads files)."""
-    for w in workers:
-        for fd in (w.tasks, w.results):
-            if fd >= 0:
-                os.close(fd)
-        w.tasks = w.results = -1
-    for w in workers:
-        if not w.reaped:
-            if not answered:
+    when its task pipe closes; one cut short is SIGKILLed (it only reads files). All are killed
+    before any is waited for, with signals held: a second Ctrl-C must not leave one running."""
+    with signals_held():
+        for w in workers:
+            for fd in (w.tasks, w.results):
+                if fd >= 0:
+                    os.close(fd)
+            w.tasks = w.results = -1
+            if not answered and not w.reaped:
                 os.kill(w.pid, signal.SIGKILL)  # not reaped yet, so still this worker's pid
-            os.waitpid(w.pid, 0)
-            w.reaped = True
+        for w in workers:
+            if not w.reaped:
+                with contextlib.suppress(ChildProcessError):  # a host program that reaps children itself
+                    os.waitpid(w.pid, 0)
+                w.reaped = True
 
 
 def _read_exact(fd: int, size: int) -> bytes | None:
