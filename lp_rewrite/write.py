@@ -136,8 +136,9 @@ def _blocks(pieces: Iterable[Chunk]) -> Iterator[list[memoryview]]:
         yield batch
 
 
-def _write_all(fd: int, pieces: Iterable[Chunk]) -> None:
-    """Write the pieces in order, whole: a stress object's output is 30k of them (views of the input)."""
+def write_all(fd: int, pieces: Iterable[Chunk]) -> None:
+    """Write the pieces in order, whole: a stress object's output is 30k of them (views of the input);
+    ``check --jobs`` sends its tasks and answers through pipes with it."""
     for pending in _blocks(pieces):
         k = 0
         while k < len(pending):
@@ -291,7 +292,7 @@ def _replace_via_temporary(
     try:
         with scratch as tmp:
             assert tmp.path is not None
-            _write_all(tmp.fd, pieces)
+            write_all(tmp.fd, pieces)
             target.own(tmp.fd)
             os.fsync(tmp.fd)
             tmp.close()
@@ -320,7 +321,7 @@ def _write_backup(target: _Target, dst: Path) -> None:
     try:
         with _Scratch(dst, dst.parent) as tmp:
             assert tmp.path is not None
-            _write_all(tmp.fd, [target.original])
+            write_all(tmp.fd, [target.original])
             os.fchmod(tmp.fd, target.expect.mode)
             target.own(tmp.fd)
             os.fsync(tmp.fd)

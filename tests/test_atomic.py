@@ -324,7 +324,7 @@ def test_os_failure_is_one_error_and_leaves_nothing(
 def test_failed_backup_leaves_target_and_no_backup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     src = tmp_path / "p.livepatch"
     shutil.copy(GOOD, src)
-    real_write_all = write_mod._write_all
+    real_write_all = write_mod.write_all
     writes: list[int] = []
 
     def no_space_for_the_backup(fd: int, data: list[bytes]) -> None:
@@ -333,7 +333,7 @@ def test_failed_backup_leaves_target_and_no_backup(tmp_path: Path, monkeypatch: 
             raise OSError(errno.ENOSPC, "No space left on device")
         real_write_all(fd, data)
 
-    monkeypatch.setattr(write_mod, "_write_all", no_space_for_the_backup)
+    monkeypatch.setattr(write_mod, "write_all", no_space_for_the_backup)
     with pytest.raises(InputError, match="cannot write the backup: No space left"):
         rewrite(src, in_place=True, backup_suffix=".orig")
     assert src.read_bytes() == GOOD.read_bytes()

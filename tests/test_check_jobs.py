@@ -45,7 +45,6 @@ def mixed_batch(tmp_path: Path) -> list[Path]:
 def four_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
     """In this process, as many workers as asked (up to 4) on any machine: the tests are about workers."""
     monkeypatch.setattr(batch, "available_cpus", lambda: 4)
-    monkeypatch.setattr(workers, "available_cpus", lambda: 4)
 
 
 def run_batch(paths: list[Path], jobs: int) -> tuple[batch.BatchResult, str]:

@@ -354,7 +354,7 @@ def test_self_check_reads_back_the_written_file(kind: str, tmp_path: Path, monke
     planned = rewrite(src).output
     pos = locate(planned)
     expect = f"the written file is not what was planned (byte {pos:#x} differs)"
-    real = write_mod._write_all
+    real = write_mod.write_all
 
     def corrupting_write(fd: int, pieces: list[bytes]) -> None:
         flipped = bytearray(b"".join(pieces))
@@ -362,13 +362,13 @@ def test_self_check_reads_back_the_written_file(kind: str, tmp_path: Path, monke
         flipped[pos] ^= 0x40
         real(fd, [bytes(flipped)])
 
-    monkeypatch.setattr(write_mod, "_write_all", corrupting_write)
+    monkeypatch.setattr(write_mod, "write_all", corrupting_write)
     out = tmp_path / "out" / "o.livepatch"
     out.parent.mkdir()
     with pytest.raises(VerificationError, match=re.escape(expect)):
         rewrite(src, out)
     assert list(out.parent.iterdir()) == [], "no output and no temporary file"
-    monkeypatch.setattr(write_mod, "_write_all", real)
+    monkeypatch.setattr(write_mod, "write_all", real)
     rewrite(src, out)  # the same rewrite, written faithfully, passes
     assert out.read_bytes() == planned
 

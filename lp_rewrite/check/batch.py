@@ -25,7 +25,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -196,7 +196,7 @@ def run(
 
         checked = checked_in_workers(files, options, jobs)
     else:
-        checked = _checked_here(files, options)
+        checked = (report_or_reason(path, options) for path in files)
     # Closed on the way out, however: the workers stop now, not when a traceback is freed;
     # the bar is erased, so that a one-line error starts its line.
     try:
@@ -215,7 +215,3 @@ def run(
         if bar is not None:
             bar.close()
     return BatchResult(reports, time.perf_counter() - start)
-
-
-def _checked_here(files: Iterable[Path], options: CheckOptions) -> Generator[PayloadReport, None, None]:
-    return (report_or_reason(path, options) for path in files)

@@ -39,11 +39,10 @@ from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from lp_rewrite.check.batch import available_cpus
 from lp_rewrite.check.findings import PayloadReport
 from lp_rewrite.check.run import CheckOptions, report_or_reason
 from lp_rewrite.errors import LpRewriteError
-from lp_rewrite.write import signals_held, signals_raise
+from lp_rewrite.write import signals_held, signals_raise, write_all
 
 # Payloads per round trip at most: enough to amortise a round trip (~0.1 ms)
 # over payloads that take ~3 ms each, few enough that the progress bar moves
@@ -66,9 +65,10 @@ class _Worker:
 
 
 def checked_in_workers(files: Sequence[Path], options: CheckOptions, jobs: int) -> Generator[PayloadReport, None, None]:
-    """Each file's report (as ``report_or_reason``), in order, from at most ``jobs`` workers (one per CPU
-    at most: checking is CPU-bound). Close the generator to stop early: it stops and reaps the workers."""
-    count = max(1, min(jobs, len(files), available_cpus()))
+    """Each file's report (as ``report_or_reason``), in order, from ``jobs`` workers (fewer for fewer
+    files; how many the CPUs allow is the caller's choice). Close the generator to stop early: it stops
+    and reaps the workers."""
+    count = max(1, min(jobs, len(files)))
     chunk = max(1, min(CHUNK_MAX, len(files) // (count * 4)))
     ranges = [(first, min(first + chunk, len(files))) for first in range(0, len(files), chunk)]
     workers: list[_Worker] = []
@@ -126,7 +126,7 @@ def _serve(files: Sequence[Path], options: CheckOptions, command: int, tasks: in
         except Exception as exc:  # a bug: the command reports it as one process would (an internal error)
             failure = ("failure", (f"{type(exc).__name__}: {exc}", traceback.format_exc()))
             blob = pickle.dumps(failure, pickle.HIGHEST_PROTOCOL)
-        _write_all(results, _LENGTH.pack(len(blob)) + blob)
+        write_all(results, [_LENGTH.pack(len(blob)), blob])
 
 
 def _die_with(command: int) -> None:
@@ -147,21 +147,21 @@ def _in_order(workers: list[_Worker], ranges: list[tuple[int, int]]) -> Iterator
     """The reports of every range, in the ranges' order, from whichever worker answers first."""
     todo = iter(ranges)
     ends = dict(ranges)
-    answered: dict[int, list[PayloadReport]] = {}  # by the first file of their range
+    waiting: dict[int, list[PayloadReport]] = {}  # answers ahead of their turn, by their range's first file
     with selectors.DefaultSelector() as selector:
         for w in workers:
             if _hand(w, todo):
                 selector.register(w.results, selectors.EVENT_READ, w)
-        nxt, total = 0, len(ranges) and ranges[-1][1]
-        while nxt < total:
-            if nxt in answered:
-                reports, nxt = answered.pop(nxt), ends[nxt]
+        nxt = 0
+        while nxt in ends:  # the first file of the next range to report
+            if nxt in waiting:
+                reports, nxt = waiting.pop(nxt), ends[nxt]
                 yield from reports
                 continue
             for key, _events in selector.select():
                 ready: _Worker = key.data
                 assert ready.busy is not None
-                answered[ready.busy[0]] = _receive(ready)
+                waiting[ready.busy[0]] = _receive(ready)
                 if not _hand(ready, todo):
                     selector.unregister(ready.results)
 
@@ -174,7 +174,7 @@ def _hand(w: _Worker, todo: Iterator[tuple[int, int]]) -> bool:
         w.tasks = -1
         return False
     try:
-        _write_all(w.tasks, _TASK.pack(*w.busy))
+        write_all(w.tasks, [_TASK.pack(*w.busy)])
     except BrokenPipeError:  # it died after its last answer, or before its first task
         _died(w)
     return True
@@ -240,9 +240,3 @@ def _read_exact(fd: int, size: int) -> bytes | None:
         parts.append(part)
         left -= len(part)
     return b"".join(parts)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
